@@ -1,0 +1,36 @@
+"""Write files and folders under a temporary name and move them into place when complete.
+
+A run that is killed mid-write, or a second run writing the same cache at the same time,
+never leaves a path that a later run would load as if it were whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds.
+
+    If another process finished the same path first, its result is kept and ours discarded
+    (both were built from the same inputs). On error the temporary path is removed.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    target = tmp if is_dir else tmp / final.name
+    try:
+        yield target
+        try:
+            os.replace(target, final)
+        except OSError:
+            if not final.exists():  # a real failure, not a concurrent winner
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,17 @@
+"""IMDB loading, the SentencePiece tokenizer and the LightningDataModules."""
+
+from imdb_transformer.data.imdb import IMDBSourceError, clean_text, load_split
+from imdb_transformer.data.lm import LMDataModule
+from imdb_transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "IMDBSourceError",
+    "LMDataModule",
+    "Tokenizer",
+    "clean_text",
+    "load_split",
+]

@@ -1,0 +1,82 @@
+"""Load IMDB splits from the Hugging Face hub or a local folder of parquet files, and check them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import datasets
+
+SPLITS = ("train", "test", "unsupervised")
+DEFAULT_SOURCE = "stanfordnlp/imdb"
+_EXPECTED = (
+    "a folder holding train.parquet, test.parquet and unsupervised.parquet (columns text: str, label: int)"
+)
+_BREAKS = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
+_SPACES = re.compile(r"[ \t]{2,}")
+
+
+class IMDBSourceError(ValueError):
+    """The IMDB source is missing, incomplete or has the wrong columns."""
+
+
+def clean_text(text: str) -> str:
+    """Turn the HTML line breaks of raw IMDB reviews (``<br />``) into spaces; keep everything else.
+
+    Case and punctuation are kept: ``!`` and ``?`` are sentiment cues.
+    """
+    return _SPACES.sub(" ", _BREAKS.sub(" ", text)).strip()
+
+
+def is_local(source: str) -> bool:
+    """Whether ``source`` names a local folder (existing or not) rather than a hub dataset id."""
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def load_split(source: str, split: str) -> datasets.Dataset:
+    """Load one IMDB split (``train``, ``test`` or ``unsupervised``) and check its columns.
+
+    ``source`` is a dataset id for :func:`datasets.load_dataset` (such as ``stanfordnlp/imdb``) or
+    a local folder of ``{split}.parquet`` files.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if is_local(source):
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise IMDBSourceError(f"IMDB source folder {str(folder)!r} does not exist; expected {_EXPECTED}.")
+        path = folder / f"{split}.parquet"
+        if not path.is_file():
+            found = sorted(p.name for p in folder.glob("*.parquet")) or "no parquet files"
+            raise IMDBSourceError(
+                f"IMDB split {split!r} is missing: {str(path)!r} not found (the folder has {found}); "
+                f"expected {_EXPECTED}."
+            )
+        ds = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+    else:
+        try:
+            ds = datasets.load_dataset(source, split=split)
+        except Exception as err:  # offline, unknown id, missing split: one clear message
+            raise IMDBSourceError(
+                f"could not load split {split!r} of dataset {source!r} with datasets.load_dataset ({err}). "
+                f"Without internet access, pass --data.source {_EXPECTED}."
+            ) from err
+    _check_columns(ds, f"{source}:{split}")
+    return ds
+
+
+def _check_columns(ds: datasets.Dataset, where: str) -> None:
+    features = ds.features
+    text = features.get("text")
+    label = features.get("label")
+    if not (isinstance(text, datasets.Value) and text.dtype in ("string", "large_string")):
+        raise IMDBSourceError(
+            f"{where} needs a string column 'text'; it has columns {dict(features)}. Expected {_EXPECTED}."
+        )
+    is_int = isinstance(label, datasets.ClassLabel) or (
+        isinstance(label, datasets.Value) and label.dtype.startswith(("int", "uint"))
+    )
+    if not is_int:
+        raise IMDBSourceError(
+            f"{where} needs an integer column 'label'; it has columns {dict(features)}. Expected {_EXPECTED}."
+        )

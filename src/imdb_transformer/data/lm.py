@@ -1,0 +1,257 @@
+"""LMDataModule: IMDB reviews as packed blocks of token ids for next-token pretraining."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+
+import datasets
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from imdb_transformer.atomic import atomic_path
+from imdb_transformer.data.imdb import DEFAULT_SOURCE, clean_text, load_split
+from imdb_transformer.data.tokenizer import (
+    EOS_ID,
+    ModelType,
+    Tokenizer,
+    cache_key,
+    corpus_fingerprint,
+    fit_or_load,
+)
+
+_CACHE_VERSION = "1"  # bump when tokenising or packing changes
+
+
+class PackedBlocks(Dataset):
+    """Rows of a (N, block_size + 1) tensor of token ids: each row gives the inputs
+    ``row[:-1]`` and the next-token targets ``row[1:]``. Map-style, so under DDP Lightning's
+    DistributedSampler gives each rank its own share of the rows."""
+
+    def __init__(self, blocks: torch.Tensor) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return self.blocks.size(0)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.blocks[i].long()
+
+
+def pack(reviews: list[list[int]] | pa.ListArray, block_size: int) -> np.ndarray:
+    """Join tokenised reviews, each followed by EOS, into rows of ``block_size + 1`` ids.
+
+    No padding: every row is full. Rows do not overlap, so no token is seen twice; only the
+    stream's last partial row (fewer than ``block_size + 1`` ids) is dropped.
+    """
+    if not isinstance(reviews, pa.Array | pa.ChunkedArray):
+        reviews = pa.array(reviews, type=pa.list_(pa.int32()))
+    with_eos = pc.list_flatten(_append_eos(reviews)).to_numpy(zero_copy_only=False).astype(np.int32)
+    n = len(with_eos) // (block_size + 1)
+    return with_eos[: n * (block_size + 1)].reshape(n, block_size + 1)
+
+
+def _append_eos(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    if isinstance(reviews, pa.ChunkedArray):
+        reviews = reviews.combine_chunks()
+    lengths = pc.list_value_length(reviews).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(reviews).to_numpy(zero_copy_only=False)
+    ends = np.cumsum(lengths)
+    out = np.insert(values, ends, EOS_ID)  # an EOS after each review
+    offsets = np.concatenate([[0], ends + np.arange(1, len(lengths) + 1)])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(out, pa.int32()))
+
+
+class _Encode:
+    """Batched tokenisation for ``datasets.map`` (picklable: each worker loads the model once)."""
+
+    def __init__(self, tokenizer_path: str) -> None:
+        self.tokenizer_path = tokenizer_path
+        self._tok: Tokenizer | None = None
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self._tok is None:
+            self._tok = Tokenizer(self.tokenizer_path)
+        return {"ids": self._tok.encode(batch["text"], num_threads=1)}
+
+    def __getstate__(self) -> dict:
+        return {"tokenizer_path": self.tokenizer_path, "_tok": None}
+
+
+class LMDataModule(L.LightningDataModule):
+    """IMDB ``train`` + ``unsupervised`` reviews, tokenised and packed for language modelling.
+
+    ``prepare_data`` does the one-time work (load, fit the tokenizer, tokenise in parallel,
+    pack, ``save_to_disk``), cached under ``cache_dir`` by a key of its inputs and settings, so
+    a second run starts at once. ``setup`` only loads. The ``test`` split is never read here.
+
+    Args:
+        source: A dataset id for ``datasets.load_dataset`` or a local folder holding
+            ``train/test/unsupervised.parquet``.
+        cache_dir: Where the tokenizer and tokenised blocks are cached.
+        vocab_size: Number of SentencePiece pieces to learn (the model's embedding rows).
+        tokenizer_type: SentencePiece algorithm: ``unigram`` or ``bpe``.
+        block_size: Tokens of context per training example (each row holds one more, the last target).
+        val_fraction: Share of whole reviews held out for validation (never inside a training block).
+        max_reviews: Use only this many (shuffled) reviews: for smoke runs. None uses all 75,000.
+        batch_size: Blocks per batch on each device.
+        num_workers: DataLoader worker processes. The blocks live in memory, so 0 keeps up.
+        num_proc: Processes for tokenising in ``prepare_data`` (default: all CPU cores).
+        seed: Seeds the review shuffle and the validation split.
+    """
+
+    def __init__(
+        self,
+        source: str = DEFAULT_SOURCE,
+        cache_dir: str = "~/.cache/imdb_transformer",
+        vocab_size: int = 8192,
+        tokenizer_type: ModelType = "unigram",
+        block_size: int = 256,
+        val_fraction: float = 0.02,
+        max_reviews: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if block_size < 1 or batch_size < 1:
+            raise ValueError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+        self.save_hyperparameters()
+        self.source = source
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.vocab_size = vocab_size
+        self.tokenizer_type = tokenizer_type
+        self.block_size = block_size
+        self.val_fraction = val_fraction
+        self.max_reviews = max_reviews
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc or os.cpu_count() or 1
+        self.seed = seed
+        self._reviews: tuple[list[str], list[str]] | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.train_set: PackedBlocks | None = None
+        self.val_set: PackedBlocks | None = None
+
+    def reviews(self) -> tuple[list[str], list[str]]:
+        """The cleaned (train, validation) review texts: whole reviews, split by ``seed``."""
+        if self._reviews is None:
+            texts = [
+                clean_text(t)
+                for split in ("train", "unsupervised")
+                for t in load_split(self.source, split)["text"]
+            ]
+            kept = [t for t in texts if t]
+            if len(kept) < len(texts):
+                warnings.warn(
+                    f"skipped {len(texts) - len(kept)} empty reviews (nothing left after cleaning)",
+                    stacklevel=2,
+                )
+            random.Random(self.seed).shuffle(kept)
+            if self.max_reviews is not None:
+                kept = kept[: self.max_reviews]
+            n_val = max(1, round(len(kept) * self.val_fraction))
+            if len(kept) - n_val < 1:
+                raise ValueError(f"only {len(kept)} non-empty reviews: too few to hold out a validation set")
+            self._reviews = (kept[n_val:], kept[:n_val])
+        return self._reviews
+
+    def _fit_tokenizer(self) -> Tokenizer:
+        train, _ = self.reviews()
+        return fit_or_load(train, self.cache_dir, self.vocab_size, self.tokenizer_type)
+
+    def _blocks_path(self, tokenizer: Tokenizer) -> Path:
+        train, val = self.reviews()
+        key = cache_key(
+            _CACHE_VERSION,
+            corpus_fingerprint(train),
+            corpus_fingerprint(val),
+            tokenizer.path.name,
+            self.block_size,
+        )
+        return self.cache_dir / f"lm-blocks-{key}"
+
+    def prepare_data(self) -> None:
+        """Fit (or find) the tokenizer, then tokenise and pack both splits once, into the cache."""
+        tokenizer = self._fit_tokenizer()
+        path = self._blocks_path(tokenizer)
+        if path.exists():
+            return
+        train, val = self.reviews()
+        packed = {}
+        for name, texts in (("train", train), ("validation", val)):
+            ds = datasets.Dataset.from_dict({"text": texts})
+            ids = ds.map(
+                _Encode(str(tokenizer.path)),
+                batched=True,
+                batch_size=256,
+                num_proc=min(self.num_proc, max(1, len(texts) // 256)),
+                remove_columns=["text"],
+                desc=f"Tokenising {name} reviews",
+            )
+            blocks = pack(ids.data.column("ids"), self.block_size)
+            if len(blocks) == 0:
+                raise ValueError(
+                    f"the {name} split has fewer than block_size + 1 = {self.block_size + 1} tokens; "
+                    "use more reviews or a smaller block_size"
+                )
+            flat = pa.array(blocks.reshape(-1), pa.int32())
+            packed[name] = datasets.Dataset(
+                pa.table({"ids": pa.FixedSizeListArray.from_arrays(flat, self.block_size + 1)})
+            )
+        with atomic_path(path, is_dir=True) as tmp:
+            datasets.DatasetDict(packed).save_to_disk(str(tmp))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached tokenizer and blocks into memory (no tokenising here)."""
+        self.tokenizer = self._fit_tokenizer()
+        path = self._blocks_path(self.tokenizer)
+        if not path.exists():
+            raise RuntimeError(f"tokenised blocks not found at {path}: call prepare_data() first")
+        saved = datasets.load_from_disk(str(path))
+        blocks = {
+            name: torch.from_numpy(
+                pc.list_flatten(saved[name].data.column("ids"))
+                .to_numpy()
+                .reshape(-1, self.block_size + 1)
+                .copy()
+            )
+            for name in ("train", "validation")
+        }
+        world = self.trainer.world_size if self.trainer is not None else 1
+        # Equal shares per rank, so the DistributedSampler never repeats a block to even them out.
+        train = blocks["train"][: len(blocks["train"]) // world * world]
+        self.train_set, self.val_set = PackedBlocks(train), PackedBlocks(blocks["validation"])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
+        )
+
+    def state_dict(self) -> dict:
+        """The tokenizer travels inside every checkpoint, so a checkpoint is never without it."""
+        if self.tokenizer is None:
+            return {}
+        return {
+            "tokenizer_model": torch.frombuffer(
+                bytearray(self.tokenizer.path.read_bytes()), dtype=torch.uint8
+            )
+        }

@@ -1,0 +1,125 @@
+"""A SentencePiece subword tokenizer with fixed special ids, fit once and cached on disk.
+
+SentencePiece learns its pieces from raw text (no hand-written regex), keeps case and
+punctuation, and falls back to bytes, so no input is ever "unknown" and decode(encode(x)) gives
+the (whitespace-normalised) text back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import sentencepiece as spm
+import torch
+
+from imdb_transformer.atomic import atomic_path
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+ModelType = Literal["unigram", "bpe"]
+_CACHE_VERSION = "1"  # bump when the training settings below change
+
+
+class Tokenizer:
+    """A loaded SentencePiece model. ``pad=0, unk=1, bos=2, eos=3`` in every model we fit."""
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"tokenizer model {str(self.path)!r} not found")
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str | list[str], num_threads: int = -1) -> list[int] | list[list[int]]:
+        """Token ids of one text, or of each text in a list (encoded in parallel threads)."""
+        return self.sp.encode(text, num_threads=num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of a sequence of ids; special ids (pad, bos, eos) decode to nothing."""
+        return self.sp.decode([int(i) for i in ids])
+
+    def token_bytes(self) -> torch.Tensor:
+        """UTF-8 byte length of each piece (0 for special ids), for bits-per-byte metrics."""
+        sizes = []
+        for i in range(self.vocab_size):
+            if self.sp.is_control(i) or self.sp.is_unknown(i):
+                sizes.append(0)
+            elif self.sp.is_byte(i):
+                sizes.append(1)
+            else:
+                sizes.append(len(self.sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8")))
+        return torch.tensor(sizes, dtype=torch.long)
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Iterable[str],
+        path: str | os.PathLike,
+        vocab_size: int = 8192,
+        model_type: ModelType = "unigram",
+    ) -> Tokenizer:
+        """Train a SentencePiece model on ``texts`` and write it atomically to ``path``."""
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            byte_fallback=True,  # unseen characters become bytes, never <unk>
+            character_coverage=0.9995,
+            split_digits=True,
+            max_sentence_length=1 << 16,  # one review is one "sentence"; the longest is ~14 kB
+            hard_vocab_limit=False,  # a small corpus may yield fewer pieces than asked for
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(model.getvalue())
+        return cls(path)
+
+
+def cache_key(*parts: object) -> str:
+    """A short stable hash of the inputs and settings that determine a cached artifact."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def corpus_fingerprint(texts: Iterable[str]) -> str:
+    """A hash of the exact texts a tokenizer or dataset is built from."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def fit_or_load(
+    texts: Sequence[str],
+    cache_dir: str | os.PathLike,
+    vocab_size: int,
+    model_type: ModelType,
+    fingerprint: str | None = None,
+) -> Tokenizer:
+    """Return the tokenizer fit on exactly these ``texts`` and settings, fitting it only once."""
+    fingerprint = fingerprint or corpus_fingerprint(texts)
+    key = cache_key(_CACHE_VERSION, fingerprint, vocab_size, model_type)
+    path = Path(cache_dir).expanduser() / f"tokenizer-{model_type}-{vocab_size}-{key}.model"
+    if path.is_file():
+        return Tokenizer(path)
+    return Tokenizer.fit(texts, path, vocab_size=vocab_size, model_type=model_type)

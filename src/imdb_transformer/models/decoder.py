@@ -1,0 +1,272 @@
+"""The backbone: a decoder-only (GPT-style) transformer as a plain ``nn.Module``.
+
+Every other part of the package (the pretraining LightningModule, the embedder, the
+classifier, generation) holds one of these and adds as little as it needs.
+
+Positions are encoded with rotary embeddings (RoPE) rather than a learned position table:
+RoPE rotates queries and keys by an angle proportional to their position, so attention
+scores depend only on the *relative* distance between tokens. That has three practical
+benefits here: no parameters to learn, a KV cache only needs a position offset, and a
+left-padded prompt gives its real tokens exactly the same scores as the unpadded one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class DecoderConfig:
+    """Shape of a :class:`CausalDecoder`."""
+
+    vocab_size: int = 8192
+    """Number of token ids (embedding rows); the LM head is tied to the embedding."""
+    block_size: int = 256
+    """Context length: the most tokens one forward pass (or a KV cache) can hold."""
+    n_layer: int = 6
+    """Number of transformer blocks."""
+    n_head: int = 8
+    """Attention heads per block; ``n_embd`` must divide evenly among them."""
+    n_embd: int = 256
+    """Width of the residual stream."""
+    dropout: float = 0.0
+    """Dropout on attention weights and residual branches (0 for short pretraining runs)."""
+    bias: bool = False
+    """Biases in linear layers and LayerNorms (False is slightly faster and as good)."""
+    rope_base: float = 10000.0
+    """Base of the rotary embedding frequencies."""
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError("the head size n_embd // n_head must be even for rotary embeddings")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class KVCache:
+    """Keys and values of every token seen so far, per layer, preallocated up to ``max_len``.
+
+    Generation feeds only the new tokens; each attention layer appends their keys/values here
+    and attends over the whole cached prefix, so a new token costs one position, not a
+    re-run of the prefix. ``mask`` remembers which cached positions are real (not padding).
+    """
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.max_len = max_len or config.block_size
+        if self.max_len > config.block_size:
+            raise ValueError(f"max_len={self.max_len} exceeds the model's block_size={config.block_size}")
+        shape = (config.n_layer, batch_size, config.n_head, self.max_len, config.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.mask = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)
+        self.padded = False  # whether any cached position is padding (then attention needs the mask)
+        self.length = 0  # positions filled in every layer
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v`` (B, nh, T, hs) after the cached prefix; return all keys/values so far."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def rope_angles(config: DecoderConfig, length: int) -> tuple[Tensor, Tensor]:
+    """cos and sin tables (length, head_size) for rotary position embeddings."""
+    hs = config.head_size
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs of channels of ``x`` (B, nh, T, hs) by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each token sees only itself and earlier tokens.
+
+    One fused linear layer produces queries, keys and values; the attention itself runs in
+    ``F.scaled_dot_product_attention`` so PyTorch can pick a fused (flash / memory-efficient)
+    kernel. Without padding or a cache the causal mask is implied by ``is_causal=True`` and no
+    (T, T) mask tensor is ever built.
+    """
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj.is_residual_projection = True  # scaled init, see CausalDecoder._init_weights
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        attn_mask: Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        B, T, C = x.shape
+        nh, hs = self.config.n_head, self.config.head_size
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)
+        v = v.view(B, T, nh, hs).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
+        # No mask means plain causal attention over T == S positions (or one new token, which
+        # may see everything before it): let the kernel apply causality itself.
+        is_causal = attn_mask is None and q.size(2) == k.size(2) and T > 1
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: expand 4x, GELU, project back."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.proj.is_residual_projection = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: each sub-layer reads a normalised copy of the residual
+    stream and adds its output back, so the stream itself is never normalised away."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), cos, sin, attn_mask, cache, layer))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class CausalDecoder(nn.Module):
+    """Token embedding, a stack of pre-norm blocks, a final LayerNorm and a weight-tied LM head."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying: one matrix reads and writes tokens
+        cos, sin = rope_angles(config, config.block_size)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02), with projections into the residual stream scaled down by
+        sqrt(2 * n_layer) so the stream's variance does not grow with depth."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "is_residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Number of parameters, counting every element once (the tied head is not counted twice)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_embeddings else n - self.wte.weight.numel()
+
+    def _attention_mask(self, T: int, start: int, pad_mask: Tensor | None) -> Tensor | None:
+        """Boolean (B, 1, T, S) mask of allowed query->key pairs, or None when causal is implied.
+
+        ``pad_mask`` (B, S) marks real key positions. Each query may also see itself, so a
+        padding query never has an all-masked row (which would give NaN).
+        """
+        S = start + T
+        if pad_mask is None and (start == 0 or T == 1):
+            return None
+        q_pos = torch.arange(start, S, device=self.rope_cos.device)[:, None]
+        k_pos = torch.arange(S, device=self.rope_cos.device)[None, :]
+        allowed = k_pos <= q_pos  # (T, S) causal
+        if pad_mask is None:
+            return allowed
+        allowed = allowed & pad_mask[:, None, None, :]  # (B, 1, T, S)
+        return allowed | (k_pos == q_pos)
+
+    def hidden_states(
+        self, idx: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """Final-layer features (B, T, n_embd) for token ids ``idx`` (B, T).
+
+        ``attention_mask`` (B, T), True for real tokens, hides padding from attention. With a
+        ``cache``, ``idx`` holds only the new tokens; they are placed after the cached ones.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}; "
+                "crop the input (or slide the window) to block_size tokens"
+            )
+        pad_mask = attention_mask
+        if cache is not None:
+            if attention_mask is not None:
+                cache.mask[:, start : start + T] = attention_mask
+                cache.padded = True
+            pad_mask = cache.mask[:, : start + T] if cache.padded else None
+        attn_mask = self._attention_mask(T, start, pad_mask)
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        x = self.drop(self.wte(idx))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attn_mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    def forward(
+        self, idx: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """Next-token logits (B, T, vocab_size) for token ids ``idx`` (B, T)."""
+        return self.lm_head(self.hidden_states(idx, attention_mask, cache))

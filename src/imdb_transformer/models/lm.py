@@ -1,0 +1,146 @@
+"""CausalLM: the LightningModule that pretrains a :class:`CausalDecoder` by next-token prediction."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import SumMetric
+
+from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup from 0 to 1, then cosine decay to ``min_ratio``
+    exactly at ``total_steps`` (the schedule anneals fully by the end of the run)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class CausalLM(L.LightningModule):
+    """Pretrains a decoder-only transformer on packed blocks of token ids.
+
+    Logs ``train/loss``, and per validation run ``val/loss`` (nats per token), ``val/ppl`` and
+    ``val/bpb`` (bits per UTF-8 byte of text, comparable across tokenizers).
+
+    Args:
+        vocab_size: Embedding rows; filled in from ``data.vocab_size`` by the CLI.
+        block_size: Context length; filled in from ``data.block_size`` by the CLI.
+        n_layer: Transformer blocks.
+        n_head: Attention heads per block.
+        n_embd: Width of the residual stream.
+        dropout: Dropout probability in attention and residual branches.
+        learning_rate: Peak AdamW learning rate, reached after warmup.
+        weight_decay: AdamW decay, applied to weight matrices only (not norms or biases).
+        betas: AdamW betas.
+        warmup_steps: Steps of linear warmup before cosine decay.
+        min_lr_ratio: The cosine ends at ``learning_rate * min_lr_ratio`` on the last step.
+        compile: ``torch.compile`` the backbone (faster steps after a one-off compile).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        block_size: int = 256,
+        n_layer: int = 6,
+        n_head: int = 8,
+        n_embd: int = 256,
+        dropout: float = 0.0,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 200,
+        min_lr_ratio: float = 0.1,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = DecoderConfig(
+            vocab_size=vocab_size,
+            block_size=block_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            dropout=dropout,
+        )
+        self.backbone = CausalDecoder(self.config)
+        self.val_nats = SumMetric()
+        self.val_tokens = SumMetric()
+        self.val_bytes = SumMetric()
+        self.register_buffer("token_bytes", torch.ones(vocab_size, dtype=torch.long), persistent=False)
+        self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.backbone.compile()  # in place: the state_dict keys stay the same
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            if tokenizer.vocab_size > self.config.vocab_size:
+                raise ValueError(
+                    f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                    f"{self.config.vocab_size} embedding rows; set model.vocab_size >= data.vocab_size"
+                )
+            sizes = tokenizer.token_bytes()
+            self.token_bytes.zero_()[: len(sizes)] = sizes.to(self.token_bytes.device)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward): 6 per parameter-multiply, including the LM
+        head, plus attention's 12 * layers * width * context (the PaLM paper's estimate)."""
+        c = self.config
+        matmul_params = self.backbone.num_parameters(include_embeddings=False) + c.n_embd * c.vocab_size
+        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * seq_len
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.backbone(idx)
+
+    def _loss(self, batch: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor]:
+        x, y = batch[:, :-1], batch[:, 1:]  # predict token t+1 from tokens <= t
+        logits = self.backbone(x)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction=reduction
+        )
+        return loss, y
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss, y = self._loss(batch)
+        self.flops_per_batch = self.flops_per_token(y.size(1)) * y.numel()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        nats, y = self._loss(batch, reduction="sum")
+        self.val_nats.update(nats)
+        self.val_tokens.update(y.numel())
+        self.val_bytes.update(self.token_bytes[y].sum())
+
+    def on_validation_epoch_end(self) -> None:
+        nats, tokens, nbytes = self.val_nats.compute(), self.val_tokens.compute(), self.val_bytes.compute()
+        loss = nats / tokens
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss))
+        self.log("val/bpb", nats / math.log(2) / nbytes.clamp(min=1))
+        for metric in (self.val_nats, self.val_tokens, self.val_bytes):
+            metric.reset()
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = min(hp.warmup_steps, max(1, total // 10))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,126 @@
+"""The command line: wiring, and real runs of the ``imdb-transformer`` console script on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from imdb_transformer.cli import build_cli
+from imdb_transformer.models import CausalLM
+
+SCRIPT = shutil.which("imdb-transformer") or str(Path(sys.executable).parent / "imdb-transformer")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(run_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if value and key not in ("step", "epoch"):
+                    series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return series
+
+
+def test_wiring_links_data_sizes_into_the_model(tiny_fit_args: list[str]) -> None:
+    cli = build_cli([*tiny_fit_args, "--data.vocab_size", "333", "--data.block_size", "24"], run=False)
+    assert isinstance(cli.model, CausalLM)
+    assert cli.model.config.vocab_size == 333 and cli.model.config.block_size == 24
+    assert cli.datamodule.vocab_size == 333
+    assert cli.config.seed_everything == 1337  # the seed is fixed in the YAML
+    assert any(type(c).__name__ == "ModelCheckpoint" for c in cli.trainer.callbacks)
+
+
+def test_help_documents_the_arguments() -> None:
+    out = " ".join(run_cli("fit", "--data.help", "imdb_transformer.data.LMDataModule").stdout.split())
+    assert "--data.source" in out and "local folder holding" in out
+    assert "Share of whole reviews held out" in out
+
+
+def test_tiny_fit_writes_a_checkpoint_and_lowers_the_loss(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli("fit", *tiny_fit_args)
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "tokenizer.model").is_file()
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("best-step=") for n in ckpts)
+    metrics = read_metrics(run)
+    val = [v for _, v in metrics["val/loss"]]
+    assert len(val) == 3 and val[-1] < val[0]  # after steps 10, 20 and 30
+    train = [v for _, v in metrics["train/loss"]]
+    assert train[-1] < train[0]
+    assert {"val/ppl", "val/bpb"} <= metrics.keys()
+    # checkpoints hold only tensors and plain values: they load without unpickling code
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 30
+    saved_tokenizer = bytes(ckpt["LMDataModule"]["tokenizer_model"].numpy())
+    assert saved_tokenizer == (run / "tokenizer.model").read_bytes()
+
+
+def test_fit_resumes_with_ckpt_path_last(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli("fit", *tiny_fit_args, "--trainer.max_steps", "20")
+    out = run_cli("fit", *tiny_fit_args, "--ckpt_path", "last")
+    assert "version_0/checkpoints/last.ckpt" in out.stdout
+    resumed = tmp_path / "lightning_logs" / "version_1"
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    steps = [s for s, _ in read_metrics(resumed)["train/loss"]]
+    assert min(steps) >= 20  # the step count continues where the first run stopped
+
+
+def test_ckpt_path_last_without_a_run_is_a_clear_error(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SCRIPT, "fit", *tiny_fit_args, "--ckpt_path", "last"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "no last.ckpt under" in result.stderr
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli("fit", *tiny_fit_args, "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "10")
+    assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_missing_source_fails_before_training(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SCRIPT, "fit", *tiny_fit_args, "--data.source", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "does not exist; expected a folder holding train.parquet" in result.stderr
+    assert not (tmp_path / "lightning_logs" / "version_0" / "checkpoints").exists()
+
+
+def test_ddp_on_two_cpu_processes_sees_each_block_once(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    record = tmp_path / "seen"
+    run_cli(
+        "fit", *tiny_fit_args,
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.max_steps", "-1", "--trainer.max_epochs", "1",
+        "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.callbacks+=helpers.RecordBatches", f"--trainer.callbacks.record_dir={record}",
+        env={"PYTHONPATH": str(Path(__file__).parent)},
+    )  # fmt: skip
+    seen = [tuple(row) for f in sorted(record.glob("rank*.pt")) for row in torch.load(f).tolist()]
+    assert len(list(record.glob("rank*.pt"))) == 2
+    from helpers import train_blocks
+
+    blocks = train_blocks(tmp_path / "lightning_logs" / "version_0" / "config.yaml")
+    assert sorted(seen) == sorted(tuple(r) for r in blocks.tolist())  # each block once, across both ranks

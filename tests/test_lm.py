@@ -1,0 +1,72 @@
+"""CausalLM: the schedule, the optimizer groups, learning, and the validation metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from imdb_transformer.models.lm import CausalLM, warmup_cosine
+
+
+def test_schedule_warms_up_then_anneals_fully_by_the_last_step() -> None:
+    lrs = [warmup_cosine(s, warmup_steps=10, total_steps=100, min_ratio=0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[100] == pytest.approx(0.1) and lrs[55] == pytest.approx(0.55)
+
+
+def tiny_lm(**kwargs) -> CausalLM:
+    torch.manual_seed(0)
+    args = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, learning_rate=3e-3)
+    return CausalLM(**{**args, **kwargs})
+
+
+def test_weight_decay_applies_to_matrices_only() -> None:
+    lm = tiny_lm()
+    lm.trainer = type("T", (), {"estimated_stepping_batches": 100})()  # what configure_optimizers reads
+    optimizer = lm.configure_optimizers()["optimizer"]
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert n == lm.backbone.num_parameters()  # every parameter once, the tied head included
+
+
+def test_training_lowers_the_loss_on_a_repeated_batch() -> None:
+    lm = tiny_lm()
+    batch = torch.randint(4, 50, (4, 17))
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    first = lm._loss(batch)[0].item()
+    for _ in range(30):
+        loss = lm._loss(batch)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first == pytest.approx(math.log(50), rel=0.1)  # starts near uniform
+    assert loss.item() < first / 2
+
+
+def test_validation_metrics_are_consistent() -> None:
+    lm = tiny_lm()
+    lm.token_bytes.fill_(4)  # pretend every token is 4 bytes
+    logged = {}
+    lm.log = lambda name, value, **_: logged.__setitem__(name, float(value))
+    batches = [torch.randint(4, 50, (3, 17)), torch.randint(4, 50, (2, 17))]
+    with torch.no_grad():
+        for i, b in enumerate(batches):
+            lm.validation_step(b, i)
+        expected = torch.cat([lm._loss(b, reduction="none")[0] for b in batches]).mean().item()
+    lm.on_validation_epoch_end()
+    assert logged["val/loss"] == pytest.approx(expected, rel=1e-5)  # token-weighted, uneven batches
+    assert logged["val/ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert logged["val/bpb"] == pytest.approx(expected / math.log(2) / 4, rel=1e-5)
+
+
+def test_flops_estimate_counts_the_lm_head() -> None:
+    lm = tiny_lm()
+    c = lm.config
+    non_embedding = lm.backbone.num_parameters(include_embeddings=False)
+    assert lm.flops_per_token(16) == 6 * (non_embedding + c.n_embd * c.vocab_size) + 12 * 2 * 32 * 16
