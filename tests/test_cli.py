@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from imdb_transformer.cli import build_cli
@@ -40,7 +41,10 @@ def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def test_wiring_links_data_sizes_into_the_model(tiny_fit_args: list[str]) -> None:
+def test_wiring_links_data_sizes_into_the_model(
+    tiny_fit_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["imdb-transformer"])  # only ``args`` is parsed
     cli = build_cli([*tiny_fit_args, "--data.vocab_size", "333", "--data.block_size", "24"], run=False)
     assert isinstance(cli.model, CausalLM)
     assert cli.model.config.vocab_size == 333 and cli.model.config.block_size == 24
@@ -95,6 +99,13 @@ def test_ckpt_path_last_without_a_run_is_a_clear_error(tiny_fit_args: list[str],
 def test_bf16_mixed_precision_runs_on_cpu(tiny_fit_args: list[str], tmp_path: Path) -> None:
     run_cli("fit", *tiny_fit_args, "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "10")
     assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_and_saves_plain_keys(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli("fit", *tiny_fit_args, "--model.compile", "true", "--trainer.max_steps", "10")
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert "backbone.wte.weight" in ckpt["state_dict"]  # no "_orig_mod." prefix: loads into a plain model
 
 
 def test_a_missing_source_fails_before_training(tiny_fit_args: list[str], tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from imdb_transformer.atomic import atomic_path
@@ -185,6 +186,7 @@ class LMDataModule(L.LightningDataModule):
         tokenizer = self._fit_tokenizer()
         path = self._blocks_path(tokenizer)
         if path.exists():
+            rank_zero_info(f"Using cached token blocks: {path}")
             return
         train, val = self.reviews()
         packed = {}
@@ -210,6 +212,8 @@ class LMDataModule(L.LightningDataModule):
             )
         with atomic_path(path, is_dir=True) as tmp:
             datasets.DatasetDict(packed).save_to_disk(str(tmp))
+        sizes = ", ".join(f"{name} {len(d):,} blocks" for name, d in packed.items())
+        rank_zero_info(f"Cached token blocks ({sizes} of {self.block_size + 1} ids): {path}")
 
     def setup(self, stage: str | None = None) -> None:
         """Load the cached tokenizer and blocks into memory (no tokenising here)."""

@@ -16,6 +16,7 @@ from typing import Literal
 
 import sentencepiece as spm
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from imdb_transformer.atomic import atomic_path
 
@@ -122,4 +123,5 @@ def fit_or_load(
     path = Path(cache_dir).expanduser() / f"tokenizer-{model_type}-{vocab_size}-{key}.model"
     if path.is_file():
         return Tokenizer(path)
+    rank_zero_info(f"Fitting a {model_type} tokenizer ({vocab_size} pieces), {len(texts):,} reviews: {path}")
     return Tokenizer.fit(texts, path, vocab_size=vocab_size, model_type=model_type)
