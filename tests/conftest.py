@@ -77,3 +77,23 @@ def tiny_fit_args(imdb_dir: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
         "--trainer.val_check_interval", "10",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(imdb_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of a tiny pretraining through the real console script (made once per session)."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("pretrained")
+    script = shutil.which("imdb-transformer") or str(Path(sys.executable).parent / "imdb-transformer")
+    args = [
+        "--config", str(REPO / "configs/pretrain.yaml"), "--config", str(REPO / "configs/tiny.yaml"),
+        "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.vocab_size", "400",
+        "--data.max_reviews", "null", "--trainer.default_root_dir", str(root), "--trainer.max_steps", "30",
+        "--trainer.val_check_interval", "15", "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    result = subprocess.run([script, "fit", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return root / "lightning_logs" / "version_0"

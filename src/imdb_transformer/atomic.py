@@ -15,18 +15,23 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(final: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds.
+def atomic_path(final: str | os.PathLike, is_dir: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final`` (an empty folder if ``is_dir``); move it to ``final``
+    if the block succeeds. On error the temporary path is removed and ``final`` is untouched.
 
-    If another process finished the same path first, its result is kept and ours discarded
-    (both were built from the same inputs). On error the temporary path is removed.
+    A cache (``overwrite=False``) keeps a ``final`` folder that another process finished first: both
+    were built from the same inputs. An export (``overwrite=True``) replaces it.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    target = tmp if is_dir else tmp / final.name
+    target = tmp / "new" if is_dir else tmp / final.name
+    if is_dir:
+        target.mkdir()
     try:
         yield target
+        if overwrite and final.is_dir():
+            final.rename(tmp / "old")  # moved out of the way, deleted with tmp
         try:
             os.replace(target, final)
         except OSError:

@@ -6,7 +6,6 @@ Every argument comes from a type-hinted signature and its docstring, so
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -24,7 +23,7 @@ class SaveRunFiles(SaveConfigCallback):
         log_dir = trainer.log_dir  # a collective call under DDP: every rank must make it
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         if trainer.is_global_zero and tokenizer is not None and log_dir is not None:
-            shutil.copyfile(tokenizer.path, Path(log_dir) / "tokenizer.model")
+            tokenizer.save(Path(log_dir) / "tokenizer.model")
 
 
 class ImdbCLI(LightningCLI):

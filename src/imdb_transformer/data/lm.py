@@ -69,20 +69,20 @@ def _append_eos(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(out, pa.int32()))
 
 
-class _Encode:
+class Encode:
     """Batched tokenisation for ``datasets.map`` (picklable: each worker loads the model once)."""
 
-    def __init__(self, tokenizer_path: str) -> None:
-        self.tokenizer_path = tokenizer_path
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.model = tokenizer.to_bytes()
         self._tok: Tokenizer | None = None
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self._tok is None:
-            self._tok = Tokenizer(self.tokenizer_path)
+            self._tok = Tokenizer.from_bytes(self.model)
         return {"ids": self._tok.encode(batch["text"], num_threads=1)}
 
     def __getstate__(self) -> dict:
-        return {"tokenizer_path": self.tokenizer_path, "_tok": None}
+        return {"model": self.model, "_tok": None}
 
 
 class LMDataModule(L.LightningDataModule):
@@ -193,7 +193,7 @@ class LMDataModule(L.LightningDataModule):
         for name, texts in (("train", train), ("validation", val)):
             ds = datasets.Dataset.from_dict({"text": texts})
             ids = ds.map(
-                _Encode(str(tokenizer.path)),
+                Encode(tokenizer),
                 batched=True,
                 batch_size=256,
                 num_proc=min(self.num_proc, max(1, len(texts) // 256)),
@@ -254,8 +254,4 @@ class LMDataModule(L.LightningDataModule):
         """The tokenizer travels inside every checkpoint, so a checkpoint is never without it."""
         if self.tokenizer is None:
             return {}
-        return {
-            "tokenizer_model": torch.frombuffer(
-                bytearray(self.tokenizer.path.read_bytes()), dtype=torch.uint8
-            )
-        }
+        return {"tokenizer_model": torch.frombuffer(bytearray(self.tokenizer.to_bytes()), dtype=torch.uint8)}

@@ -26,15 +26,36 @@ _CACHE_VERSION = "1"  # bump when the training settings below change
 
 
 class Tokenizer:
-    """A loaded SentencePiece model. ``pad=0, unk=1, bos=2, eos=3`` in every model we fit."""
+    """A loaded SentencePiece model. ``pad=0, unk=1, bos=2, eos=3`` in every model we fit.
+
+    Load one from a ``.model`` file (``Tokenizer(path)``) or from its bytes (``Tokenizer.from_bytes``),
+    as stored inside checkpoints.
+    """
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path: Path | None = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"tokenizer model {str(self.path)!r} not found")
         self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+
+    @classmethod
+    def from_bytes(cls, model: bytes) -> Tokenizer:
+        """A tokenizer from the bytes of a ``.model`` file (``path`` is then None)."""
+        tokenizer = cls.__new__(cls)
+        tokenizer.path = None
+        tokenizer.sp = spm.SentencePieceProcessor(model_proto=model)
+        return tokenizer
+
+    def to_bytes(self) -> bytes:
+        """The serialised model: write it to a ``.model`` file, or keep it inside a checkpoint."""
+        return self.sp.serialized_model_proto()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to ``path`` (atomically)."""
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(self.to_bytes())
 
     @property
     def vocab_size(self) -> int:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import SumMetric
 
+from imdb_transformer.models.backbone import export_backbone
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 
 
@@ -90,6 +93,24 @@ class CausalLM(L.LightningModule):
                 )
             sizes = tokenizer.token_bytes()
             self.token_bytes.zero_()[: len(sizes)] = sizes.to(self.token_bytes.device)
+
+    def on_fit_end(self) -> None:
+        """Export the best weights (by ``val/loss``) to ``backbone/`` in the run folder: safetensors,
+        config JSON and tokenizer, which the adapters load without pickle."""
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if not self.trainer.is_global_zero or log_dir is None or tokenizer is None:
+            return
+        decoder = CausalDecoder(self.config)
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        else:
+            state = {k: v.detach().cpu() for k, v in self.backbone.state_dict().items()}
+        decoder.load_state_dict(state)
+        folder = export_backbone(decoder, tokenizer, Path(log_dir) / "backbone")
+        rank_zero_info(f"Exported the backbone ({'best' if best else 'last'} weights) to {folder}")
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward): 6 per parameter-multiply, including the LM
