@@ -15,6 +15,7 @@ import torch
 from imdb_transformer.cli import build_cli
 from imdb_transformer.models import CausalLM
 
+REPO = Path(__file__).resolve().parents[1]
 SCRIPT = shutil.which("imdb-transformer") or str(Path(sys.executable).parent / "imdb-transformer")
 
 
@@ -135,3 +136,39 @@ def test_ddp_on_two_cpu_processes_sees_each_block_once(tiny_fit_args: list[str],
 
     blocks = train_blocks(tmp_path / "lightning_logs" / "version_0" / "config.yaml")
     assert sorted(seen) == sorted(tuple(r) for r in blocks.tolist())  # each block once, across both ranks
+
+
+def test_pretrain_classify_test_pipeline_prints_accuracy(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    common = ["--config", str(REPO / "configs/classify.yaml"), "--data.source", str(imdb_dir)]
+    common += ["--data.cache_dir", str(cache_dir), "--trainer.default_root_dir", str(tmp_path)]
+    run_cli(
+        "fit", *common, "--model.backbone", str(pretrained_run / "backbone"),
+        "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    best = next((tmp_path / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
+    out = run_cli("test", *common, "--ckpt_path", str(best)).stdout
+    for metric in ("test/acc", "test/f1", "test/auroc"):
+        assert metric in out
+    accuracy = float(out.split("test/acc")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_embed_then_search_prints_a_table(pretrained_run: Path, imdb_dir: Path, tmp_path: Path) -> None:
+    run_cli(
+        "embed",
+        "--backbone",
+        str(pretrained_run / "backbone"),
+        "--source",
+        str(imdb_dir),
+        "--out",
+        str(tmp_path / "i"),
+    )
+    out = run_cli("search", "--index", str(tmp_path / "i"), "a wonderful superb movie", "-k", "3").stdout
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["#", "score", "review", "id"] and len(lines) == 2 + 3
+    bad = subprocess.run(
+        [SCRIPT, "search", "--index", str(tmp_path / "i"), "x", "-k", "0"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "k=0 is out of range" in bad.stderr

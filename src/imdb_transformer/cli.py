@@ -6,6 +6,8 @@ Every argument comes from a type-hinted signature and its docstring, so
 
 from __future__ import annotations
 
+import argparse
+import sys
 import warnings
 from pathlib import Path
 
@@ -45,16 +47,29 @@ class ImdbCLI(LightningCLI):
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
-        """``--ckpt_path last`` means the newest run's ``last.ckpt``.
+        """``--ckpt_path last`` means the newest run's ``last.ckpt``: Lightning alone looks only in
+        the new run's (empty) checkpoint folder and would silently start from scratch.
 
-        Lightning alone looks only in the new run's (empty) checkpoint folder and would silently
-        start from scratch; here it resumes the run that was stopped.
+        To evaluate an adapter (``validate``/``test``/``predict --ckpt_path``), its backbone is
+        built from that checkpoint.
         """
         config = self.config.get(self.subcommand)
-        if config is not None and config.get("ckpt_path") == "last":
+        if config is None:
+            return
+        if config.get("ckpt_path") == "last":
             root = Path(config.trainer.default_root_dir or ".")
             config.ckpt_path = str(find_last_checkpoint(root))
             print(f"Resuming from {config.ckpt_path}")
+        init_args = config.model.get("init_args")
+        if (
+            self.subcommand != "fit"
+            and config.ckpt_path
+            and init_args is not None
+            and "backbone" in init_args
+        ):
+            # An adapter's checkpoint holds its backbone (weights, shape, tokenizer): build from it,
+            # so evaluating needs nothing but the checkpoint.
+            init_args.backbone = config.ckpt_path
 
 
 def find_last_checkpoint(root: Path) -> Path:
@@ -82,12 +97,79 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
         save_config_callback=SaveRunFiles,
         args=args,
         run=run,
-        parser_kwargs={"description": "Pretrain a causal transformer on IMDB and reuse it."},
+        parser_kwargs={
+            "description": "Pretrain a causal transformer on IMDB and reuse it. Training and evaluation: "
+            "fit, validate, test, predict. Also: `imdb-transformer embed --help` (build a search index) and "
+            "`imdb-transformer search --help` (query it)."
+        },
     )
+
+
+def embed_main(argv: list[str]) -> None:
+    """``imdb-transformer embed``: embed a split's reviews and save them as a search index."""
+    from imdb_transformer.data.imdb import DEFAULT_SOURCE, clean_text, load_split
+    from imdb_transformer.models.backbone import load_backbone
+    from imdb_transformer.models.embedder import DocumentEmbedder
+    from imdb_transformer.search import SemanticIndex
+
+    parser = argparse.ArgumentParser(
+        prog="imdb-transformer embed",
+        description="Embed the reviews of an IMDB split with a pretrained backbone and save them as a search "
+        "index folder (vectors.safetensors, reviews.parquet, index.json).",
+    )
+    parser.add_argument(
+        "--backbone", required=True, help="a pretraining run's backbone/ folder or checkpoint"
+    )
+    parser.add_argument("--out", required=True, help="the index folder to write")
+    parser.add_argument("--source", default=DEFAULT_SOURCE, help="dataset id or local parquet folder")
+    parser.add_argument("--split", default="test", choices=["train", "test", "unsupervised"])
+    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "last", "concat"])
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--max_reviews", type=int, default=None, help="embed only the first N reviews")
+    args = parser.parse_args(argv)
+    ds = load_split(args.source, args.split)
+    if args.max_reviews is not None:
+        ds = ds.select(range(min(args.max_reviews, len(ds))))
+    texts = [clean_text(t) for t in ds["text"]]
+    keep = [i for i, t in enumerate(texts) if t]
+    ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
+    embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling)
+    index = SemanticIndex.build(
+        embedder,
+        [texts[i] for i in keep],
+        [ids[i] for i in keep],
+        [ds["label"][i] for i in keep],
+        args.batch_size,
+    )
+    index.backbone = args.backbone
+    print(f"Saved {len(index):,} review embeddings to {index.save(args.out)}")
+
+
+def search_main(argv: list[str]) -> None:
+    """``imdb-transformer search``: the reviews most similar to a query, as a table."""
+    from imdb_transformer.search import SemanticIndex, format_hits
+
+    parser = argparse.ArgumentParser(
+        prog="imdb-transformer search", description="Print the k reviews of an index most similar to a query."
+    )
+    parser.add_argument("--index", required=True, help="an index folder written by `imdb-transformer embed`")
+    parser.add_argument("query", help="the text to search for")
+    parser.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    args = parser.parse_args(argv)
+    print(format_hits(SemanticIndex.load(args.index).query(args.query, args.k)))
+
+
+VERBS = {"embed": embed_main, "search": search_main}
 
 
 def main() -> None:
     """Entry point of the ``imdb-transformer`` console script."""
+    if len(sys.argv) > 1 and sys.argv[1] in VERBS:
+        try:
+            VERBS[sys.argv[1]](sys.argv[2:])
+        except ValueError as err:  # bad input: one clear line, no traceback
+            sys.exit(f"error: {err}")
+        return
     build_cli()
 
 

@@ -2,6 +2,7 @@
 
 from imdb_transformer.data.imdb import IMDBSourceError, clean_text, load_split
 from imdb_transformer.data.lm import LMDataModule
+from imdb_transformer.data.reviews import ReviewsDataModule
 from imdb_transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "UNK_ID",
     "IMDBSourceError",
     "LMDataModule",
+    "ReviewsDataModule",
     "Tokenizer",
     "clean_text",
     "load_split",

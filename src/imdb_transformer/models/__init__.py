@@ -1,6 +1,18 @@
 """The backbone (:class:`CausalDecoder`) and the LightningModules built on it."""
 
+from imdb_transformer.models.backbone import Backbone, BackboneError, export_backbone, load_backbone
+from imdb_transformer.models.classifier import SentimentClassifier
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig, KVCache
 from imdb_transformer.models.lm import CausalLM
 
-__all__ = ["CausalDecoder", "CausalLM", "DecoderConfig", "KVCache"]
+__all__ = [
+    "Backbone",
+    "BackboneError",
+    "CausalDecoder",
+    "CausalLM",
+    "DecoderConfig",
+    "KVCache",
+    "SentimentClassifier",
+    "export_backbone",
+    "load_backbone",
+]

@@ -1,0 +1,161 @@
+"""SentimentClassifier: a pretrained backbone, pooled, and a small head that predicts the label."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+
+from imdb_transformer.models.backbone import load_backbone
+from imdb_transformer.models.lm import warmup_cosine
+from imdb_transformer.models.pooling import Pooling, pool, pooled_size
+
+
+class SentimentClassifier(L.LightningModule):
+    """Positive or negative from a review, on top of a pretrained :class:`CausalDecoder`.
+
+    With ``freeze`` (the default) the backbone is a fixed feature extractor: it runs in eval mode
+    without gradients, and each review's pooled features are computed once and reused in later
+    epochs, so only the head trains. With ``freeze false`` the whole model is fine-tuned, the
+    backbone with smaller learning rates that shrink layer by layer towards the embedding
+    (ULMFiT's discriminative fine-tuning): lower layers hold general language knowledge to keep.
+
+    Args:
+        backbone: A pretraining run's ``backbone/`` export, or a checkpoint holding a backbone (required).
+        freeze: Keep the backbone fixed and train only the head.
+        pooling: ``concat`` (mean, max and last token side by side, as ULMFiT does), ``mean``, ``max``
+            or ``last``.
+        dropout: Dropout before the head's linear layer.
+        learning_rate: Peak learning rate of the head.
+        backbone_lr: Peak learning rate of the top block when fine-tuning (``freeze false``).
+        layer_lr_decay: Each block below the top gets this factor of the one above (ULMFiT: 1/2.6).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warmup steps before cosine decay.
+    """
+
+    def __init__(
+        self,
+        backbone: str | None = None,
+        freeze: bool = True,
+        pooling: Pooling = "concat",
+        dropout: float = 0.1,
+        learning_rate: float = 2e-3,
+        backbone_lr: float = 1e-4,
+        layer_lr_decay: float = 1 / 2.6,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if backbone is None:
+            raise ValueError(
+                "SentimentClassifier needs a pretrained backbone: pass --model.backbone, a pretraining run's "
+                "backbone/ folder (lightning_logs/version_N/backbone) or one of its checkpoints"
+            )
+        loaded = load_backbone(backbone)
+        self.backbone, self.tokenizer = loaded.decoder, loaded.tokenizer
+        self.freeze = freeze
+        self.pooling = pooling
+        features = pooled_size(self.backbone.config.n_embd, pooling)
+        self.head = nn.Sequential(nn.LayerNorm(features), nn.Dropout(dropout), nn.Linear(features, 1))
+        if freeze:
+            self.backbone.requires_grad_(False)
+        self._features: dict[str, dict[int, Tensor]] = {"train": {}, "val": {}, "test": {}, "predict": {}}
+        metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def train(self, mode: bool = True) -> SentimentClassifier:
+        super().train(mode)
+        if self.freeze:
+            self.backbone.eval()  # a frozen feature extractor: no dropout, same features every epoch
+        return self
+
+    def features(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Pooled backbone features (B, F) of padded reviews."""
+        return pool(self.backbone.hidden_states(ids, attention_mask=mask), mask, self.pooling)
+
+    def _cached_features(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        """Frozen features, computed on first sight of each review and reused after."""
+        cache = self._features[stage]
+        idx = batch["idx"].tolist()
+        if all(i in cache for i in idx):
+            return torch.stack([cache[i] for i in idx]).to(self.device)
+        with torch.no_grad():
+            feats = self.features(batch["ids"], batch["mask"]).float()
+        for i, f in zip(idx, feats, strict=True):
+            cache[i] = f.cpu()
+        return feats
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Logits (B,) of the positive class."""
+        return self.head(self.features(ids, mask)).squeeze(-1)
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        if self.freeze:
+            logits = self.head(self._cached_features(batch, stage)).squeeze(-1)
+        else:
+            logits = self(batch["ids"], batch["mask"])
+        labels = batch["label"]
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(torch.sigmoid(logits.float()), labels)
+        batch_size = labels.size(0)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=stage != "test",
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=batch_size,
+        )
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Probability that each review is positive."""
+        return torch.sigmoid(self(batch["ids"], batch["mask"]))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Self-contained: the backbone's shape and tokenizer travel with its weights.
+        checkpoint["backbone_config"] = asdict(self.backbone.config)
+        checkpoint["tokenizer_model"] = torch.frombuffer(
+            bytearray(self.tokenizer.to_bytes()), dtype=torch.uint8
+        )
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        groups = [{"params": list(self.head.parameters()), "lr": hp.learning_rate}]
+        if not self.freeze:
+            b = self.backbone
+            layers = [
+                [b.wte.weight],
+                *[list(block.parameters()) for block in b.blocks],
+                list(b.ln_f.parameters()),
+            ]
+            for depth, params in enumerate(reversed(layers)):  # top (ln_f) first
+                groups.append(
+                    {"params": params, "lr": hp.backbone_lr * hp.layer_lr_decay ** max(0, depth - 1)}
+                )
+        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = min(hp.warmup_steps, max(1, total // 10))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, warmup, total, 0.0)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,61 @@
+"""DocumentEmbedder: one L2-normalised vector per review from the frozen pretrained backbone."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from imdb_transformer.data.imdb import clean_text
+from imdb_transformer.data.reviews import collate_reviews
+from imdb_transformer.models.backbone import Backbone, tokenizer_fingerprint
+from imdb_transformer.models.pooling import Pooling, pool
+
+
+class DocumentEmbedder(nn.Module):
+    """Frozen backbone + pooling over real tokens + L2 normalisation, so a dot product is a cosine.
+
+    A review longer than the context keeps its head and tail (as the classifier reads it): one
+    forward pass per review, and the opening and the verdict at the end both count.
+
+    Args:
+        backbone: The pretrained decoder and its tokenizer (see :func:`load_backbone`).
+        pooling: ``mean`` over real tokens (default), ``max``, ``last`` or ``concat``.
+        max_length: Tokens per review, EOS marks included; default: the backbone's context.
+    """
+
+    def __init__(self, backbone: Backbone, pooling: Pooling = "mean", max_length: int | None = None) -> None:
+        super().__init__()
+        self.decoder = backbone.decoder.eval().requires_grad_(False)
+        self.tokenizer = backbone.tokenizer
+        self.pooling = pooling
+        self.max_length = min(max_length or self.decoder.config.block_size, self.decoder.config.block_size)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights, tokenizer and pooling: vectors from different embedders don't mix."""
+        weights = hashlib.sha256(self.decoder.wte.weight.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+        return f"{weights}-{tokenizer_fingerprint(self.tokenizer)}-{self.pooling}-{self.max_length}"
+
+    @torch.no_grad()
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Unit vectors (B, C) for padded token ids (B, T) with their mask."""
+        features = pool(self.decoder.hidden_states(ids, attention_mask=mask), mask, self.pooling)
+        return nn.functional.normalize(features.float(), dim=-1)
+
+    def embed(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
+        """Unit vectors (N, C) for raw review texts, computed in batches of similar length."""
+        if any(not t.strip() for t in texts):
+            raise ValueError("cannot embed an empty text: give at least one word")
+        ids = self.tokenizer.encode([clean_text(t) for t in texts])
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
+        device = self.decoder.wte.weight.device
+        out = torch.empty(len(ids), self.decoder.config.n_embd * (3 if self.pooling == "concat" else 1))
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="Embedding", unit="batch", disable=not progress or len(starts) < 2):
+            chunk = order[start : start + batch_size]
+            batch = collate_reviews([{"ids": ids[i]} for i in chunk], self.max_length)
+            out[chunk] = self(batch["ids"].to(device), batch["mask"].to(device)).cpu()
+        return out

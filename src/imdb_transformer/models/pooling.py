@@ -1,0 +1,34 @@
+"""Pooling: one vector per review from the backbone's per-token features, ignoring padding."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Pooling = Literal["mean", "max", "last", "concat"]
+
+
+def pool(hidden: Tensor, mask: Tensor, how: Pooling = "mean") -> Tensor:
+    """Pool ``hidden`` (B, T, C) over the real tokens marked by ``mask`` (B, T) -> (B, C).
+
+    ``mean`` averages every real token; ``max`` takes each channel's largest value; ``last`` is the
+    final real token, the only one that has attended to the whole review in a causal model;
+    ``concat`` joins all three (B, 3C), ULMFiT's concat pooling.
+    """
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+    if how == "last":
+        last = mask.long().cumsum(1).argmax(1)  # index of the last real token (right padding)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    if how == "concat":
+        return torch.cat([pool(hidden, mask, p) for p in ("mean", "max", "last")], dim=-1)
+    raise ValueError(f"unknown pooling {how!r}; expected mean, max, last or concat")
+
+
+def pooled_size(n_embd: int, how: Pooling) -> int:
+    return 3 * n_embd if how == "concat" else n_embd

@@ -1,0 +1,70 @@
+"""SentimentClassifier: frozen means frozen, cached features, discriminative rates, loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from imdb_transformer.data.reviews import ReviewsDataModule
+from imdb_transformer.models.backbone import BackboneError
+from imdb_transformer.models.classifier import SentimentClassifier
+
+
+def fit(
+    model: SentimentClassifier, imdb_dir: Path, cache_dir: Path, tmp_path: Path, epochs: int = 2
+) -> L.Trainer:
+    dm = ReviewsDataModule(source=str(imdb_dir), cache_dir=str(cache_dir), batch_size=16)
+    trainer = L.Trainer(
+        max_epochs=epochs, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
+        enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    return trainer
+
+
+@pytest.mark.parametrize("source", ["backbone", "checkpoints/last.ckpt"])
+def test_loads_from_the_export_and_from_an_lm_checkpoint(pretrained_run: Path, source: str) -> None:
+    model = SentimentClassifier(backbone=str(pretrained_run / source))
+    assert model.tokenizer.vocab_size <= model.backbone.config.vocab_size
+
+
+def test_frozen_training_leaves_the_backbone_unchanged(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"))
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = model.head[-1].weight.clone()
+    calls = []
+    real = model.backbone.hidden_states
+    model.backbone.hidden_states = lambda *a, **k: calls.append(1) or real(*a, **k)
+    fit(model, imdb_dir, cache_dir, tmp_path, epochs=3)
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head_before, model.head[-1].weight)  # the head did learn
+    n_train_batches, n_val_batches = 9, 1  # 144 and 16 reviews in batches of 16
+    assert len(calls) == n_train_batches + n_val_batches  # features computed once, reused in epochs 2 and 3
+
+
+def test_full_fine_tuning_uses_smaller_rates_deeper_down(pretrained_run: Path) -> None:
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), freeze=False, backbone_lr=1e-4)
+    model.trainer = type("T", (), {"estimated_stepping_batches": 100})()
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    lrs = [g["initial_lr"] for g in groups]  # peak rates (the scheduler has already applied warmup)
+    assert lrs[0] == model.hparams.learning_rate  # the head
+    assert lrs[1] == lrs[2] == pytest.approx(1e-4)  # ln_f and the top block
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # then shrinking to the embedding
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    n = sum(p.numel() for g in groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())  # every parameter in exactly one group
+
+
+def test_a_missing_or_wrong_backbone_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a pretrained backbone"):
+        SentimentClassifier()
+    wrong = tmp_path / "wrong.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}}, wrong)
+    with pytest.raises(BackboneError, match="not a checkpoint of a pretrained CausalLM"):
+        SentimentClassifier(backbone=str(wrong))

@@ -1,0 +1,96 @@
+"""DocumentEmbedder and SemanticIndex: padding invariance, save/load, ranked results, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imdb_transformer.data.reviews import collate_reviews
+from imdb_transformer.models.backbone import load_backbone
+from imdb_transformer.models.embedder import DocumentEmbedder
+from imdb_transformer.search import SearchIndexError, SemanticIndex, format_hits
+
+TEXTS = [
+    "A wonderful, brilliant film. Loved it!",
+    "Boring and dreadful; a waste of time.",
+    "The camera work was superb and the music moving.",
+    "Terrible plot, dull actors, awful ending.",
+    "Quite a delightful masterpiece.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder(pretrained_run: Path) -> DocumentEmbedder:
+    return DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "last"])
+def test_a_review_alone_and_in_a_padded_batch_gets_the_same_vector(
+    pretrained_run: Path, pooling: str
+) -> None:
+    emb = DocumentEmbedder(load_backbone(pretrained_run / "backbone"), pooling=pooling)
+    ids = emb.tokenizer.encode(TEXTS)
+    batch = collate_reviews([{"ids": i} for i in ids], emb.max_length)
+    together = emb(batch["ids"], batch["mask"])
+    for row, review in enumerate(ids):
+        alone = collate_reviews([{"ids": review}], emb.max_length)
+        torch.testing.assert_close(emb(alone["ids"], alone["mask"])[0], together[row], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.norm(dim=-1), torch.ones(len(TEXTS)))  # L2-normalised
+
+
+def test_embed_keeps_input_order(embedder: DocumentEmbedder) -> None:
+    out = embedder.embed(TEXTS, batch_size=2, progress=False)
+    for i in (0, 3):
+        torch.testing.assert_close(
+            out[i], embedder.embed([TEXTS[i]], progress=False)[0], atol=1e-5, rtol=1e-4
+        )
+
+
+def test_index_survives_save_and_load(
+    embedder: DocumentEmbedder, tmp_path: Path, pretrained_run: Path
+) -> None:
+    index = SemanticIndex.build(embedder, TEXTS, ids=[10, 11, 12, 13, 14], labels=[1, 0, 1, 0, 1])
+    index.backbone = str(pretrained_run / "backbone")
+    index.save(tmp_path / "idx")
+    loaded = SemanticIndex.load(tmp_path / "idx")  # the backbone is found from the index itself
+    torch.testing.assert_close(loaded.vectors, index.vectors)
+    assert loaded.query(TEXTS[2], 3) == index.query(TEXTS[2], 3)
+
+
+def test_queries_return_k_results_best_first(embedder: DocumentEmbedder) -> None:
+    index = SemanticIndex.build(embedder, TEXTS, ids=[10, 11, 12, 13, 14], labels=[1, 0, 1, 0, 1])
+    hits = index.query(TEXTS[3], k=4)
+    assert [h.rank for h in hits] == [1, 2, 3, 4]
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert hits[0].id == 13 and hits[0].score == pytest.approx(1.0, abs=1e-5)  # itself, first
+    table = format_hits(hits)
+    assert "review id" in table and "neg" in table
+
+
+def test_bad_queries_are_clear_errors(embedder: DocumentEmbedder) -> None:
+    index = SemanticIndex.build(embedder, TEXTS)
+    with pytest.raises(ValueError, match="empty query"):
+        index.query("   ", 3)
+    for k in (0, 6):
+        with pytest.raises(ValueError, match="out of range"):
+            index.query("good", k)
+
+
+def test_missing_or_foreign_indexes_are_clear_errors(embedder: DocumentEmbedder, tmp_path: Path) -> None:
+    with pytest.raises(SearchIndexError, match="not found: build one"):
+        SemanticIndex.load(tmp_path / "nope", embedder)
+    SemanticIndex.build(embedder, TEXTS).save(tmp_path / "idx")
+    other = DocumentEmbedder(embedder_backbone(embedder), pooling="max")
+    with pytest.raises(SearchIndexError, match="another backbone or pooling"):
+        SemanticIndex.load(tmp_path / "idx", other)
+    (tmp_path / "idx" / "vectors.safetensors").unlink()
+    with pytest.raises(SearchIndexError, match="vectors.safetensors missing"):
+        SemanticIndex.load(tmp_path / "idx", embedder)
+
+
+def embedder_backbone(embedder: DocumentEmbedder):
+    from imdb_transformer.models.backbone import Backbone
+
+    return Backbone(embedder.decoder, embedder.tokenizer)
