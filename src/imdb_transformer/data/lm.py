@@ -25,6 +25,7 @@ from imdb_transformer.data.tokenizer import (
     cache_key,
     corpus_fingerprint,
     fit_or_load,
+    tokenize,
 )
 
 _CACHE_VERSION = "1"  # bump when tokenising or packing changes
@@ -67,22 +68,6 @@ def _append_eos(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
     out = np.insert(values, ends, EOS_ID)  # an EOS after each review
     offsets = np.concatenate([[0], ends + np.arange(1, len(lengths) + 1)])
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(out, pa.int32()))
-
-
-class Encode:
-    """Batched tokenisation for ``datasets.map`` (picklable: each worker loads the model once)."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.model = tokenizer.to_bytes()
-        self._tok: Tokenizer | None = None
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        if self._tok is None:
-            self._tok = Tokenizer.from_bytes(self.model)
-        return {"ids": self._tok.encode(batch["text"], num_threads=1)}
-
-    def __getstate__(self) -> dict:
-        return {"model": self.model, "_tok": None}
 
 
 class LMDataModule(L.LightningDataModule):
@@ -191,15 +176,7 @@ class LMDataModule(L.LightningDataModule):
         train, val = self.reviews()
         packed = {}
         for name, texts in (("train", train), ("validation", val)):
-            ds = datasets.Dataset.from_dict({"text": texts})
-            ids = ds.map(
-                Encode(tokenizer),
-                batched=True,
-                batch_size=256,
-                num_proc=min(self.num_proc, max(1, len(texts) // 256)),
-                remove_columns=["text"],
-                desc=f"Tokenising {name} reviews",
-            )
+            ids = tokenize(datasets.Dataset.from_dict({"text": texts}), tokenizer, self.num_proc, name)
             blocks = pack(ids.data.column("ids"), self.block_size)
             if len(blocks) == 0:
                 raise ValueError(

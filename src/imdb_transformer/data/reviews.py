@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imdb_transformer.atomic import atomic_path
 from imdb_transformer.data.imdb import DEFAULT_SOURCE, IMDBSourceError, clean_text, load_split
-from imdb_transformer.data.lm import Encode
-from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID, Tokenizer, cache_key, corpus_fingerprint
+from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID, Tokenizer, cache_key, corpus_fingerprint, tokenize
 
 _CACHE_VERSION = "1"
 
@@ -167,14 +166,7 @@ class ReviewsDataModule(L.LightningDataModule):
             if path.exists():
                 continue
             ds = datasets.Dataset.from_dict({"text": texts, "label": labels, "idx": list(range(len(texts)))})
-            ds = ds.map(
-                Encode(tokenizer),
-                batched=True,
-                batch_size=256,
-                num_proc=min(self.num_proc, max(1, len(texts) // 256)),
-                remove_columns=["text"],
-                desc=f"Tokenising {split} reviews",
-            )
+            ds = tokenize(ds, tokenizer, self.num_proc, split)
             with atomic_path(path, is_dir=True) as tmp:
                 ds.save_to_disk(str(tmp))
             rank_zero_info(f"Cached {len(ds):,} tokenised {split} reviews: {path}")
@@ -215,4 +207,8 @@ class ReviewsDataModule(L.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test reviews (sorted by length; each batch carries their ``idx`` in the split)."""
         return self._loader("test", shuffle=False)

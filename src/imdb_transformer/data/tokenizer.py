@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import datasets
 import sentencepiece as spm
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -146,3 +147,31 @@ def fit_or_load(
         return Tokenizer(path)
     rank_zero_info(f"Fitting a {model_type} tokenizer ({vocab_size} pieces), {len(texts):,} reviews: {path}")
     return Tokenizer.fit(texts, path, vocab_size=vocab_size, model_type=model_type)
+
+
+class Encode:
+    """Batched tokenisation for ``datasets.map`` (picklable: each worker loads the model once)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.model = tokenizer.to_bytes()
+        self._tok: Tokenizer | None = None
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self._tok is None:
+            self._tok = Tokenizer.from_bytes(self.model)
+        return {"ids": self._tok.encode(batch["text"], num_threads=1)}
+
+    def __getstate__(self) -> dict:
+        return {"model": self.model, "_tok": None}
+
+
+def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int, name: str) -> datasets.Dataset:
+    """Replace the ``text`` column of ``ds`` by ``ids``, in batches over ``num_proc`` processes."""
+    return ds.map(
+        Encode(tokenizer),
+        batched=True,
+        batch_size=256,
+        num_proc=min(num_proc, max(1, len(ds) // 256)),
+        remove_columns=["text"],
+        desc=f"Tokenising {name} reviews",
+    )
