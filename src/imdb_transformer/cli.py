@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -134,15 +135,14 @@ def embed_main(argv: list[str]) -> None:
     keep = [i for i, t in enumerate(texts) if t]
     ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
     embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling)
+    labels = ds["label"]
+    start = time.perf_counter()
     index = SemanticIndex.build(
-        embedder,
-        [texts[i] for i in keep],
-        [ids[i] for i in keep],
-        [ds["label"][i] for i in keep],
-        args.batch_size,
+        embedder, [texts[i] for i in keep], [ids[i] for i in keep], [labels[i] for i in keep], args.batch_size
     )
+    rate = len(index) / (time.perf_counter() - start)
     index.backbone = args.backbone
-    print(f"Saved {len(index):,} review embeddings to {index.save(args.out)}")
+    print(f"Saved {len(index):,} review embeddings ({rate:.1f} reviews/s) to {index.save(args.out)}")
 
 
 def search_main(argv: list[str]) -> None:
