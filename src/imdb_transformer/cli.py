@@ -90,6 +90,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     # Without tensorboard installed, runs log to CSV (lightning_logs/version_N/metrics.csv) on purpose.
     warnings.filterwarnings("ignore", ".*`tensorboardX` has been removed as a dependency.*")
+    # A frozen backbone stays in eval mode on purpose (no dropout: the same features every epoch).
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     return ImdbCLI(
         LightningModule,
         LightningDataModule,
