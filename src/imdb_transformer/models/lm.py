@@ -72,6 +72,8 @@ class CausalLM(L.LightningModule):
             dropout=dropout,
         )
         self.backbone = CausalDecoder(self.config)
+        # weights that multiply every token: all but the embedding lookup, plus the (tied) LM head
+        self._matmul_params = self.backbone.num_parameters(include_embeddings=False) + n_embd * vocab_size
         self.val_nats = SumMetric()
         self.val_tokens = SumMetric()
         self.val_bytes = SumMetric()
@@ -116,8 +118,7 @@ class CausalLM(L.LightningModule):
         """Training FLOPs per token (forward + backward): 6 per parameter-multiply, including the LM
         head, plus attention's 12 * layers * width * context (the PaLM paper's estimate)."""
         c = self.config
-        matmul_params = self.backbone.num_parameters(include_embeddings=False) + c.n_embd * c.vocab_size
-        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * seq_len
+        return 6 * self._matmul_params + 12 * c.n_layer * c.n_embd * seq_len
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.backbone(idx)
