@@ -51,8 +51,13 @@ def test_embed_keeps_input_order(embedder: DocumentEmbedder) -> None:
 def test_index_survives_save_and_load(
     embedder: DocumentEmbedder, tmp_path: Path, pretrained_run: Path
 ) -> None:
-    index = SemanticIndex.build(embedder, TEXTS, ids=[10, 11, 12, 13, 14], labels=[1, 0, 1, 0, 1])
-    index.backbone = str(pretrained_run / "backbone")
+    index = SemanticIndex.build(
+        embedder,
+        TEXTS,
+        ids=[10, 11, 12, 13, 14],
+        labels=[1, 0, 1, 0, 1],
+        backbone=str(pretrained_run / "backbone"),
+    )
     index.save(tmp_path / "idx")
     loaded = SemanticIndex.load(tmp_path / "idx")  # the backbone is found from the index itself
     torch.testing.assert_close(loaded.vectors, index.vectors)

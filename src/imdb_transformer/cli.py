@@ -139,11 +139,11 @@ def embed_main(argv: list[str]) -> None:
     embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling)
     labels = ds["label"]
     start = time.perf_counter()
+    kept_texts, kept_ids, kept_labels = ([col[i] for i in keep] for col in (texts, ids, labels))
     index = SemanticIndex.build(
-        embedder, [texts[i] for i in keep], [ids[i] for i in keep], [labels[i] for i in keep], args.batch_size
+        embedder, kept_texts, kept_ids, kept_labels, args.batch_size, backbone=args.backbone
     )
     rate = len(index) / (time.perf_counter() - start)
-    index.backbone = args.backbone
     print(f"Saved {len(index):,} review embeddings ({rate:.1f} reviews/s) to {index.save(args.out)}")
 
 

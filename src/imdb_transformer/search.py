@@ -69,8 +69,10 @@ class SemanticIndex:
         ids: list[int] | None = None,
         labels: list[int] | None = None,
         batch_size: int = 64,
+        backbone: str | None = None,
     ) -> SemanticIndex:
-        """Embed ``texts`` (with their review ids and labels, if known) into a new index."""
+        """Embed ``texts`` (with their review ids and labels, if known) into a new index; ``backbone``
+        records where the embedder's weights came from, so the saved index can load them again."""
         if not texts:
             raise ValueError("cannot build an index of no reviews")
         vectors = embedder.embed(texts, batch_size=batch_size)
@@ -81,7 +83,7 @@ class SemanticIndex:
                 "text": pa.array(texts, pa.string()),
             }
         )
-        return cls(embedder, vectors, reviews)
+        return cls(embedder, vectors, reviews, backbone)
 
     def query(self, text: str, k: int = 5) -> list[Hit]:
         """The ``k`` reviews most similar to ``text``, best first."""

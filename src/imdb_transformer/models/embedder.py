@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from imdb_transformer.data.imdb import clean_text
 from imdb_transformer.data.reviews import collate_reviews
 from imdb_transformer.models.backbone import Backbone, tokenizer_fingerprint
-from imdb_transformer.models.pooling import Pooling, pool
+from imdb_transformer.models.pooling import Pooling, pool, pooled_size
 
 
 class DocumentEmbedder(nn.Module):
@@ -52,7 +52,7 @@ class DocumentEmbedder(nn.Module):
         ids = self.tokenizer.encode([clean_text(t) for t in texts])
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
         device = self.decoder.wte.weight.device
-        out = torch.empty(len(ids), self.decoder.config.n_embd * (3 if self.pooling == "concat" else 1))
+        out = torch.empty(len(ids), pooled_size(self.decoder.config.n_embd, self.pooling))
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="Embedding", unit="batch", disable=not progress or len(starts) < 2):
             chunk = order[start : start + batch_size]

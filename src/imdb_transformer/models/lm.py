@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import SumMetric
 
-from imdb_transformer.models.backbone import export_backbone
+from imdb_transformer.models.backbone import export_backbone, load_backbone
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 
 
@@ -103,14 +103,8 @@ class CausalLM(L.LightningModule):
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if not self.trainer.is_global_zero or log_dir is None or tokenizer is None:
             return
-        decoder = CausalDecoder(self.config)
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        else:
-            state = {k: v.detach().cpu() for k, v in self.backbone.state_dict().items()}
-        decoder.load_state_dict(state)
+        decoder = load_backbone(best).decoder if best else self.backbone
         folder = export_backbone(decoder, tokenizer, Path(log_dir) / "backbone")
         rank_zero_info(f"Exported the backbone ({'best' if best else 'last'} weights) to {folder}")
 
