@@ -172,3 +172,32 @@ def test_embed_then_search_prints_a_table(pretrained_run: Path, imdb_dir: Path, 
         [SCRIPT, "search", "--index", str(tmp_path / "i"), "x", "-k", "0"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "k=0 is out of range" in bad.stderr
+
+
+def test_generate_prints_one_continuation_per_prompt(pretrained_run: Path) -> None:
+    args = ["generate", "--checkpoint", str(pretrained_run / "backbone"), "--strategy", "top_k"]
+    args += ["--top_k", "5", "--max_new_tokens", "8", "--seed", "0"]
+    args += ["--prompt", "A wonderful film", "--prompt", "It was dull"]
+    out = run_cli(*args).stdout
+    assert out.startswith("[1] A wonderful film") and "\n[2] It was dull" in out
+    assert out == run_cli(*args).stdout  # seeded: the same sample again
+    for bad, message in [(["--top_k", "0"], "top_k must be >= 1"), (["--prompt", ""], "prompt 3 is empty")]:
+        result = subprocess.run([SCRIPT, *args, *bad], capture_output=True, text=True)
+        assert result.returncode != 0 and message in result.stderr
+
+
+def test_lstm_baseline_trains_through_the_same_cli(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli(
+        "fit", *tiny_fit_args, "--config", str(REPO / "configs/lstm.yaml"),
+        "--model.n_embd", "32", "--trainer.max_steps", "20",
+    )  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    metrics = read_metrics(run)
+    assert len(metrics["val/bpb"]) == 2 and metrics["val/loss"][-1][1] < metrics["val/loss"][0][1]
+    assert "LSTMLM" in (run / "config.yaml").read_text()
+    result = subprocess.run(
+        [SCRIPT, "generate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--prompt", "A"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "is not a checkpoint of a pretrained CausalLM" in result.stderr

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from imdb_transformer.models.lm import CausalLM, warmup_cosine
+from imdb_transformer.models.lstm import LSTMLM
 
 
 def test_schedule_warms_up_then_anneals_fully_by_the_last_step() -> None:
@@ -70,3 +71,21 @@ def test_flops_estimate_counts_the_lm_head() -> None:
     c = lm.config
     non_embedding = lm.backbone.num_parameters(include_embeddings=False)
     assert lm.flops_per_token(16) == 6 * (non_embedding + c.n_embd * c.vocab_size) + 12 * 2 * 32 * 16
+
+
+def test_the_lstm_baseline_learns_with_the_same_loop() -> None:
+    torch.manual_seed(0)
+    lm = LSTMLM(vocab_size=50, block_size=16, n_layer=2, n_embd=32)
+    assert lm.backbone.lm_head.weight is lm.backbone.wte.weight  # tied
+    batch = torch.randint(4, 50, (4, 17))
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    first = lm._loss(batch)[0].item()
+    for _ in range(100):
+        loss = lm._loss(batch)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first == pytest.approx(math.log(50), rel=0.1)
+    assert loss.item() < first / 2
+    lstm_matrices = sum(p.numel() for n, p in lm.backbone.lstm.named_parameters() if "weight" in n)
+    assert lm.flops_per_token(16) == 6 * (lstm_matrices + 32 * 50)

@@ -103,7 +103,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
         parser_kwargs={
             "description": "Pretrain a causal transformer on IMDB and reuse it. Training and evaluation: "
             "fit, validate, test, predict. Also: `imdb-transformer embed --help` (build a search index) and "
-            "`imdb-transformer search --help` (query it)."
+            "`imdb-transformer search --help` (query it), "
+            "`imdb-transformer generate --help` (continue a prompt)."
         },
     )
 
@@ -161,7 +162,61 @@ def search_main(argv: list[str]) -> None:
     print(format_hits(SemanticIndex.load(args.index).query(args.query, args.k)))
 
 
-VERBS = {"embed": embed_main, "search": search_main}
+def generate_main(argv: list[str]) -> None:
+    """``imdb-transformer generate``: continue one or more prompts with a pretrained model."""
+    import torch
+
+    from imdb_transformer.generation import STRATEGIES, generate_text
+    from imdb_transformer.models.backbone import load_backbone
+
+    parser = argparse.ArgumentParser(
+        prog="imdb-transformer generate",
+        description="Continue review openings with a pretrained decoder (KV-cached decoding). "
+        "Each --prompt gives one continuation.",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="a pretraining run's backbone/ folder or one of its .ckpt files"
+    )
+    parser.add_argument(
+        "--prompt", action="append", required=True, help="the opening of a review; repeat for several"
+    )
+    parser.add_argument(
+        "--strategy", default="top_k", choices=STRATEGIES, help="how to pick each token (default top_k)"
+    )
+    parser.add_argument("--max_new_tokens", type=int, default=60, help="tokens to add at most (default 60)")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default 1.0)"
+    )
+    parser.add_argument("--top_k", type=int, default=50, help="top_k: sample among the k likeliest (50)")
+    parser.add_argument(
+        "--top_p", type=float, default=0.9, help="top_p: sample within this probability mass (default 0.9)"
+    )
+    parser.add_argument(
+        "--repetition_penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0: off)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="fix the sampling for repeatable output")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available"
+    )
+    args = parser.parse_args(argv)
+    backbone = load_backbone(args.checkpoint)
+    backbone.decoder.to(args.device)
+    continuations = generate_text(
+        backbone,
+        args.prompt,
+        args.max_new_tokens,
+        strategy=args.strategy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    for i, (prompt, text) in enumerate(zip(args.prompt, continuations, strict=True), start=1):
+        print(f"[{i}] {prompt}{text}\n" if len(args.prompt) > 1 else f"{prompt}{text}")
+
+
+VERBS = {"embed": embed_main, "search": search_main, "generate": generate_main}
 
 
 def main() -> None:

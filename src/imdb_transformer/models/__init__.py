@@ -3,7 +3,8 @@
 from imdb_transformer.models.backbone import Backbone, BackboneError, export_backbone, load_backbone
 from imdb_transformer.models.classifier import SentimentClassifier
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig, KVCache
-from imdb_transformer.models.lm import CausalLM
+from imdb_transformer.models.lm import CausalLM, LanguageModel
+from imdb_transformer.models.lstm import LSTMLM
 
 __all__ = [
     "Backbone",
@@ -12,6 +13,8 @@ __all__ = [
     "CausalLM",
     "DecoderConfig",
     "KVCache",
+    "LSTMLM",
+    "LanguageModel",
     "SentimentClassifier",
     "export_backbone",
     "load_backbone",

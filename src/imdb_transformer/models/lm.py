@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from imdb_transformer.models.backbone import export_backbone, load_backbone
@@ -25,55 +25,19 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class CausalLM(L.LightningModule):
-    """Pretrains a decoder-only transformer on packed blocks of token ids.
+class LanguageModel(L.LightningModule):
+    """Next-token prediction on packed blocks of token ids, for any network in ``self.backbone``
+    that maps ids (B, T) to logits (B, T, V). :class:`CausalLM` and :class:`LSTMLM` share this
+    training loop, its metrics and its optimiser, so they compare like for like.
 
     Logs ``train/loss``, and per validation run ``val/loss`` (nats per token), ``val/ppl`` and
     ``val/bpb`` (bits per UTF-8 byte of text, comparable across tokenizers).
-
-    Args:
-        vocab_size: Embedding rows; filled in from ``data.vocab_size`` by the CLI.
-        block_size: Context length; filled in from ``data.block_size`` by the CLI.
-        n_layer: Transformer blocks.
-        n_head: Attention heads per block.
-        n_embd: Width of the residual stream.
-        dropout: Dropout probability in attention and residual branches.
-        learning_rate: Peak AdamW learning rate, reached after warmup.
-        weight_decay: AdamW decay, applied to weight matrices only (not norms or biases).
-        betas: AdamW betas.
-        warmup_steps: Steps of linear warmup before cosine decay.
-        min_lr_ratio: The cosine ends at ``learning_rate * min_lr_ratio`` on the last step.
-        compile: ``torch.compile`` the backbone (faster steps after a one-off compile).
     """
 
-    def __init__(
-        self,
-        vocab_size: int = 8192,
-        block_size: int = 256,
-        n_layer: int = 6,
-        n_head: int = 8,
-        n_embd: int = 256,
-        dropout: float = 0.0,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 200,
-        min_lr_ratio: float = 0.1,
-        compile: bool = False,
-    ) -> None:
+    backbone: nn.Module
+
+    def __init__(self, vocab_size: int) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.config = DecoderConfig(
-            vocab_size=vocab_size,
-            block_size=block_size,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            dropout=dropout,
-        )
-        self.backbone = CausalDecoder(self.config)
-        # weights that multiply every token: all but the embedding lookup, plus the (tied) LM head
-        self._matmul_params = self.backbone.num_parameters(include_embeddings=False) + n_embd * vocab_size
         self.val_nats = SumMetric()
         self.val_tokens = SumMetric()
         self.val_bytes = SumMetric()
@@ -81,38 +45,24 @@ class CausalLM(L.LightningModule):
         self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
+        if self.hparams.get("compile"):
             self.backbone.compile()  # in place: the state_dict keys stay the same
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:
-            if tokenizer.vocab_size > self.config.vocab_size:
+            if tokenizer.vocab_size > self.hparams.vocab_size:
                 raise ValueError(
                     f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                    f"{self.config.vocab_size} embedding rows; set model.vocab_size >= data.vocab_size"
+                    f"{self.hparams.vocab_size} embedding rows; set model.vocab_size >= data.vocab_size"
                 )
             sizes = tokenizer.token_bytes()
             self.token_bytes.zero_()[: len(sizes)] = sizes.to(self.token_bytes.device)
 
-    def on_fit_end(self) -> None:
-        """Export the best weights (by ``val/loss``) to ``backbone/`` in the run folder: safetensors,
-        config JSON and tokenizer, which the adapters load without pickle."""
-        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-        if not self.trainer.is_global_zero or log_dir is None or tokenizer is None:
-            return
-        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        decoder = load_backbone(best).decoder if best else self.backbone
-        folder = export_backbone(decoder, tokenizer, Path(log_dir) / "backbone")
-        rank_zero_info(f"Exported the backbone ({'best' if best else 'last'} weights) to {folder}")
-
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token (forward + backward): 6 per parameter-multiply, including the LM
-        head, plus attention's 12 * layers * width * context (the PaLM paper's estimate)."""
-        c = self.config
-        return 6 * self._matmul_params + 12 * c.n_layer * c.n_embd * seq_len
+        """Training FLOPs per predicted token (forward + backward) at context ``seq_len``."""
+        raise NotImplementedError
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.backbone(idx)
@@ -160,3 +110,69 @@ class CausalLM(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class CausalLM(LanguageModel):
+    """Pretrains a decoder-only transformer (:class:`CausalDecoder`) on packed blocks of token ids.
+
+    Args:
+        vocab_size: Embedding rows; filled in from ``data.vocab_size`` by the CLI.
+        block_size: Context length; filled in from ``data.block_size`` by the CLI.
+        n_layer: Transformer blocks.
+        n_head: Attention heads per block.
+        n_embd: Width of the residual stream.
+        dropout: Dropout probability in attention and residual branches.
+        learning_rate: Peak AdamW learning rate, reached after warmup.
+        weight_decay: AdamW decay, applied to weight matrices only (not norms or biases).
+        betas: AdamW betas.
+        warmup_steps: Steps of linear warmup before cosine decay.
+        min_lr_ratio: The cosine ends at ``learning_rate * min_lr_ratio`` on the last step.
+        compile: ``torch.compile`` the backbone (faster steps after a one-off compile).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        block_size: int = 256,
+        n_layer: int = 6,
+        n_head: int = 8,
+        n_embd: int = 256,
+        dropout: float = 0.0,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 200,
+        min_lr_ratio: float = 0.1,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(vocab_size)
+        self.save_hyperparameters()
+        self.config = DecoderConfig(
+            vocab_size=vocab_size,
+            block_size=block_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            dropout=dropout,
+        )
+        self.backbone = CausalDecoder(self.config)
+        # weights that multiply every token: all but the embedding lookup, plus the (tied) LM head
+        self._matmul_params = self.backbone.num_parameters(include_embeddings=False) + n_embd * vocab_size
+
+    def on_fit_end(self) -> None:
+        """Export the best weights (by ``val/loss``) to ``backbone/`` in the run folder: safetensors,
+        config JSON and tokenizer, which the adapters load without pickle."""
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if not self.trainer.is_global_zero or log_dir is None or tokenizer is None:
+            return
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        decoder = load_backbone(best).decoder if best else self.backbone
+        folder = export_backbone(decoder, tokenizer, Path(log_dir) / "backbone")
+        rank_zero_info(f"Exported the backbone ({'best' if best else 'last'} weights) to {folder}")
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """6 per parameter-multiply (forward + backward), including the LM head, plus attention's
+        12 * layers * width * context (the PaLM paper's estimate)."""
+        c = self.config
+        return 6 * self._matmul_params + 12 * c.n_layer * c.n_embd * seq_len

@@ -1,0 +1,203 @@
+"""Text generation from a pretrained :class:`CausalDecoder`, over its KV cache.
+
+One :func:`generate` serves a batch of prompts. Each step turns the logits of the last position
+into one new token (greedy, or sampled with temperature, top-k or top-p), appends it and feeds
+*only that token* through the model: the keys and values of everything before it are already in
+the :class:`KVCache`, so a step costs one position instead of a re-run of the whole prefix.
+
+Prompts of different lengths are left-padded and masked; rotary positions are relative, so
+padding changes nothing for the real tokens. When prompt plus output outgrow the context, the
+window slides: it restarts from the last ``block_size - slide`` tokens (one re-run of those,
+every ``slide`` steps), so a generation of any length runs without error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID
+from imdb_transformer.models.backbone import Backbone
+from imdb_transformer.models.decoder import CausalDecoder, KVCache
+
+Strategy = Literal["greedy", "sample", "top_k", "top_p"]
+STRATEGIES: tuple[str, ...] = ("greedy", "sample", "top_k", "top_p")
+
+
+def check_options(
+    strategy: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    max_new_tokens: int,
+) -> None:
+    """Raise ``ValueError`` naming the bad option and its valid range."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if not temperature > 0:
+        raise ValueError(
+            f"temperature must be > 0 (got {temperature}); for deterministic output use the greedy strategy"
+        )
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (got {top_k}); 1 is greedy, larger values sample more widely")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (got {top_p}); 0.9 keeps the likeliest 90% of the mass")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (got {repetition_penalty}); 1.0 turns it off")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
+
+
+def next_token(
+    logits: Tensor,
+    strategy: str,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    seen: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Choose one token per row from ``logits`` (B, V).
+
+    ``greedy`` takes the argmax; ``sample`` draws from softmax(logits / temperature); ``top_k``
+    draws among the k likeliest tokens only; ``top_p`` (nucleus) among the fewest tokens whose
+    probabilities add up to ``top_p``. The repetition penalty (CTRL, Keskar et al. 2019) divides
+    positive logits, and multiplies negative ones, of tokens already ``seen`` (B, V bool).
+    """
+    if repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if strategy == "greedy":
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if strategy == "top_k":
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    elif strategy == "top_p":
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens before it already hold top_p (the first always stays)
+        outside = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    decoder: CausalDecoder,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    strategy: Strategy = "greedy",
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = EOS_ID,
+    seed: int | None = None,
+    use_cache: bool = True,
+    slide: int | None = None,
+) -> list[list[int]]:
+    """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens.
+
+    Returns the new tokens of each prompt, ending before ``eos_id`` when the model emits it.
+    ``seed`` makes sampling repeatable. ``use_cache=False`` re-runs the whole window for every
+    token (the slow way, kept to check and benchmark the cache). When the sequence outgrows the
+    context, it continues from its last ``block_size - slide`` tokens (default slide: a quarter
+    of the context), with or without the cache alike.
+    """
+    check_options(strategy, temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    block = decoder.config.block_size
+    slide = slide or max(1, block // 4)
+    if not 1 <= slide < block:
+        raise ValueError(f"slide must be in [1, {block - 1}] for a context of {block} (got {slide})")
+    keep = block - slide
+    was_training = decoder.training
+    try:
+        choose = partial(
+            next_token, strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty,
+        )  # fmt: skip
+        return _generate(decoder.eval(), prompts, max_new_tokens, keep, eos_id, seed, use_cache, choose)
+    finally:
+        decoder.train(was_training)
+
+
+def _generate(  # the loop of generate(), for a decoder already in eval mode
+    decoder: CausalDecoder,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    keep: int,
+    eos_id: int | None,
+    seed: int | None,
+    use_cache: bool,
+    choose: Callable[..., Tensor],
+) -> list[list[int]]:
+    block = decoder.config.block_size
+    param = next(decoder.parameters())
+    device, vocab = param.device, decoder.config.vocab_size
+    B, P = len(prompts), max(len(p) for p in prompts)
+    tokens = torch.full((B, P + max_new_tokens), PAD_ID, dtype=torch.long, device=device)
+    real = torch.zeros_like(tokens, dtype=torch.bool)
+    for i, prompt in enumerate(prompts):  # left padding: every prompt ends at column P
+        tokens[i, P - len(prompt) : P] = torch.as_tensor(prompt, dtype=torch.long, device=device)
+        real[i, P - len(prompt) : P] = True
+    seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)  # for the repetition penalty
+    seen.scatter_(1, tokens[:, :P], True)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+    cache, start, end = None, 0, P
+    for _ in range(max_new_tokens):
+        if end - start > block:  # prompt too long, or window full: slide it and start a fresh cache
+            start, cache = end - keep, None
+        if use_cache and cache is not None:  # only the newest token goes through the model
+            hidden = decoder.hidden_states(tokens[:, end - 1 : end], cache=cache)
+        else:
+            mask = real[:, start:end]
+            if use_cache:
+                cache = KVCache(decoder.config, B, device=device, dtype=param.dtype)
+            hidden = decoder.hidden_states(
+                tokens[:, start:end], attention_mask=None if mask.all() else mask, cache=cache
+            )
+        logits = decoder.lm_head(hidden[:, -1]).float()  # (B, V)
+        new = choose(logits, seen=seen, generator=generator)
+        new = new.masked_fill(done, PAD_ID)  # finished rows idle on padding (ignored below)
+        tokens[:, end], real[:, end] = new, True
+        seen[torch.arange(B, device=device), new] = True
+        end += 1
+        if eos_id is not None:
+            done |= new == eos_id
+            if bool(done.all()):
+                break
+
+    out = []
+    for row in tokens[:, P:end].tolist():
+        out.append(row[: row.index(eos_id)] if eos_id is not None and eos_id in row else row)
+    return out
+
+
+def generate_text(backbone: Backbone, prompts: Sequence[str], max_new_tokens: int, **options) -> list[str]:
+    """Continue each text prompt; returns the continuations (the prompt itself is not repeated).
+
+    Each prompt is read as the start of a review: it follows an end-of-text token, as every review
+    did in pretraining. ``options`` are those of :func:`generate`.
+    """
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise ValueError(f"prompt {i + 1} is empty; give the opening words of a review to continue")
+    tok = backbone.tokenizer
+    ids = [[EOS_ID, *tok.encode(prompt)] for prompt in prompts]
+    new = generate(backbone.decoder, ids, max_new_tokens, eos_id=EOS_ID, **options)
+    # decode prompt and continuation together, so a word split across them keeps its spacing
+    return [tok.decode(p[1:] + n)[len(tok.decode(p[1:])) :] for p, n in zip(ids, new, strict=True)]
