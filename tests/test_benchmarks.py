@@ -23,3 +23,46 @@ def test_decode_speed_prints_cached_against_recomputed() -> None:
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [row.split("|")[1].strip() for row in rows] == ["8", "40"]  # 40 slides past the context
     assert "differ" not in out and all(row.rstrip(" |").endswith("x") for row in rows)
+
+
+def test_train_speed_compares_both_decoders() -> None:
+    tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
+    out = run_script("train_speed.py", *tiny, "--batch_size", "2", "--steps", "1", "--warmup", "1")
+    rows = [
+        [c.strip() for c in line.split("|")[1:4]] for line in out.splitlines() if line[:3] in ("| f", "| b")
+    ]
+    expected = [[p, "off", kind] for p in ("fp32", "bf16") for kind in ("original", "ours")]
+    assert rows == expected
+
+
+def test_search_speed_times_each_index_size(pretrained_run: Path, imdb_dir: Path, tmp_path: Path) -> None:
+    from imdb_transformer.models.backbone import load_backbone
+    from imdb_transformer.models.embedder import DocumentEmbedder
+    from imdb_transformer.search import SemanticIndex
+
+    backbone = str(pretrained_run / "backbone")
+    texts = [f"review number {i}" for i in range(30)]
+    SemanticIndex.build(DocumentEmbedder(load_backbone(backbone)), texts, backbone=backbone).save(
+        tmp_path / "index"
+    )
+    args = [
+        "--index",
+        str(tmp_path / "index"),
+        "--source",
+        str(imdb_dir),
+        "--reviews",
+        "10",
+        "--queries",
+        "3",
+    ]
+    out = run_script("search_speed.py", *args, "--sizes", "20", "90")
+    rows = [
+        line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()
+    ]
+    assert rows == ["20", "90"]
+
+
+def test_data_prep_times_cold_and_cached(imdb_dir: Path) -> None:
+    out = run_script("data_prep.py", "--source", str(imdb_dir), "--vocab_size", "300", "--block_size", "32")
+    assert "fit the tokenizer (" in out and "tokenize() all 400 reviews" in out
+    assert "LMDataModule.prepare_data" in out and "ReviewsDataModule.prepare_data" in out

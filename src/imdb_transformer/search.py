@@ -93,12 +93,15 @@ class SemanticIndex:
             raise ValueError(
                 f"k={k} is out of range: the index holds {len(self)} reviews, so 1 <= k <= {len(self)}"
             )
-        q = self.embedder.embed([text], progress=False)[0]
-        scores, rows = torch.topk(self.vectors @ q, k)
-        ids, labels, texts = (self.reviews.column(c).to_pylist() for c in ("id", "label", "text"))
+        return self.nearest(self.embedder.embed([text], progress=False)[0], k)
+
+    def nearest(self, vector: torch.Tensor, k: int) -> list[Hit]:
+        """The ``k`` reviews whose embeddings have the highest cosine with unit ``vector``, best first."""
+        scores, rows = torch.topk(self.vectors @ vector, k)
+        found = self.reviews.take(pa.array(rows.tolist()))  # only the k rows, never the whole table
         return [
-            Hit(rank + 1, float(score), ids[row], labels[row], snippet(texts[row]))
-            for rank, (score, row) in enumerate(zip(scores.tolist(), rows.tolist(), strict=True))
+            Hit(rank + 1, score, review["id"], review["label"], snippet(review["text"]))
+            for rank, (score, review) in enumerate(zip(scores.tolist(), found.to_pylist(), strict=True))
         ]
 
     def save(self, folder: str | os.PathLike) -> Path:

@@ -1,0 +1,171 @@
+"""Training throughput: our decoder against one built the way the original notebook built it.
+
+    python benchmarks/train_speed.py                   # pretrain.yaml's shape, fp32 and bf16, eager
+    python benchmarks/train_speed.py --compile off on  # also with torch.compile
+
+Both models get the same width, depth, heads, context, batch and vocabulary, and the same
+training step (forward, cross-entropy, backward, AdamW step) on the same random batch, timed one
+after the other in this process. The original design: ``nn.TransformerDecoderLayer`` (post-norm)
+fed its own input embeddings as cross-attention memory, a learned position table, and an explicit
+``(B*heads, T, T)`` mask built on the CPU every step (which also keeps the fused attention kernels
+from running). FLOPs are counted with ``torch.utils.flop_counter`` on one step of each model;
+MFU is achieved FLOP/s over the peak matmul FLOP/s measured here, in the same precision, in this
+run. Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
+
+
+class NotebookDecoder(nn.Module):
+    """The original notebook's decoder, at a chosen size (kept only to measure against)."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        c = config
+        self.n_head = c.n_head
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd)
+        self.layers = nn.ModuleList(
+            nn.TransformerDecoderLayer(c.n_embd, c.n_head, 4 * c.n_embd, dropout=0.0, batch_first=True)
+            for _ in range(c.n_layer)
+        )
+        self.head = nn.Linear(c.n_embd, c.vocab_size)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        B, T = idx.shape
+        # rebuilt on the CPU and copied over every step, one (T, T) copy per sequence and head
+        mask = torch.triu(torch.full((T, T), float("-inf")), diagonal=1).repeat(B * self.n_head, 1, 1)
+        mask = mask.to(idx.device)
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        memory = x  # its own input embeddings as cross-attention "memory"
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask=mask, memory_mask=mask)
+        return self.head(x)
+
+
+def peak_matmul_flops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul in ``dtype``: the ceiling MFU is measured against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, precision: str, device: str):
+    autocast = (
+        torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+
+    def step() -> None:
+        with autocast:
+            logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(
+    kind: str, config: DecoderConfig, args: argparse.Namespace, precision: str, compiled: bool
+) -> dict:
+    torch.manual_seed(0)
+    model = (CausalDecoder if kind == "ours" else NotebookDecoder)(config).to(args.device).train()
+    batch = torch.randint(4, config.vocab_size, (args.batch_size, config.block_size + 1), device=args.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    with FlopCounterMode(display=False) as counter:
+        step_fn(model, optimizer, batch, precision, args.device)()  # eager: the model's own FLOPs
+    flops = counter.get_total_flops()
+    runner = torch.compile(model) if compiled else model
+    step = step_fn(runner, optimizer, batch, precision, args.device)
+    for _ in range(args.warmup):  # includes compilation
+        step()
+    sync(args.device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(args.device)
+    seconds = (time.perf_counter() - start) / args.steps
+    return {"tokens_per_s": args.batch_size * config.block_size / seconds, "flops_per_s": flops / seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n_layer", type=int, default=6)
+    parser.add_argument("--n_head", type=int, default=8)
+    parser.add_argument("--n_embd", type=int, default=256)
+    parser.add_argument("--block_size", type=int, default=512, help="context (tokens per sequence)")
+    parser.add_argument("--vocab_size", type=int, default=8192)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps first (compilation happens here)"
+    )
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    config = DecoderConfig(
+        vocab_size=args.vocab_size,
+        block_size=args.block_size,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+    )
+    peaks = {
+        p: peak_matmul_flops(torch.float32 if p == "fp32" else torch.bfloat16, args.device)
+        for p in args.precision
+    }
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"{torch.get_num_threads()} CPU threads"
+    )
+    print(
+        f"{args.n_layer} layers x {args.n_embd} wide, {args.n_head} heads, context {args.block_size}, "
+        f"batch {args.batch_size}, vocab {args.vocab_size}; {device_name}; peak matmul "
+        + ", ".join(f"{p} {peaks[p] / 1e9:,.0f} GFLOP/s" for p in args.precision)
+    )
+    print("| precision | compile | decoder | tokens/s | MFU | speedup over original |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for precision in args.precision:
+        for compiled in args.compile:
+            results = {
+                kind: measure(kind, config, args, precision, compiled == "on")
+                for kind in ("original", "ours")
+            }
+            for kind, r in results.items():
+                speedup = r["tokens_per_s"] / results["original"]["tokens_per_s"]
+                print(
+                    f"| {precision} | {compiled} | {kind} | {r['tokens_per_s']:,.0f} | "
+                    f"{100 * r['flops_per_s'] / peaks[precision]:.1f}% | {speedup:.2f}x |"
+                )
+
+
+if __name__ == "__main__":
+    main()
