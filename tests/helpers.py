@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -35,3 +36,29 @@ def train_blocks(config_path: Path) -> torch.Tensor:
     dm.trainer = type("T", (), {"world_size": 2})()
     dm.setup("fit")
     return dm.train_set.blocks
+
+
+class SlowSteps(Callback):
+    """Sleeps after every training step, so a test can kill a run part-way through."""
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        time.sleep(self.seconds)
+
+
+class PoisonWeights(Callback):
+    """Fills the embedding with NaN before step ``at_step``, as a diverging run would."""
+
+    def __init__(self, at_step: int = 5) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.at_step:
+            with torch.no_grad():
+                pl_module.backbone.wte.weight.fill_(float("nan"))

@@ -68,3 +68,23 @@ def test_a_missing_or_wrong_backbone_is_a_clear_error(tmp_path: Path) -> None:
     torch.save({"state_dict": {"x": torch.zeros(1)}}, wrong)
     with pytest.raises(BackboneError, match="not a checkpoint of a pretrained CausalLM"):
         SentimentClassifier(backbone=str(wrong))
+
+
+def test_a_classifier_onto_a_backbone_of_another_size_is_a_clear_error(
+    pretrained_run: Path, tmp_path: Path
+) -> None:
+    from imdb_transformer.models.backbone import export_backbone, load_backbone
+    from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
+
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"))
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    model.on_load_checkpoint(checkpoint)  # its own backbone: accepted
+
+    tokenizer = load_backbone(pretrained_run / "backbone").tokenizer
+    config = DecoderConfig(**{**vars(model.backbone.config), "n_layer": model.backbone.config.n_layer + 1})
+    bigger = export_backbone(CausalDecoder(config), tokenizer, tmp_path / "bigger")
+    with pytest.raises(
+        BackboneError, match=r"trained on another backbone \(2 layers .*\) than the one given \(3 layers"
+    ):
+        SentimentClassifier(backbone=str(bigger)).on_load_checkpoint(checkpoint)

@@ -89,22 +89,6 @@ def test_the_test_split_is_never_read(
     assert set(read) == {"train", "unsupervised"}
 
 
-def test_empty_reviews_are_skipped_with_a_warning(tmp_path: Path, cache_dir: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = write_imdb(tmp_path / "imdb", {"train": 40, "unsupervised": 40})
-    table = pq.read_table(folder / "train.parquet")
-    texts = table.column("text").to_pylist()
-    texts[0], texts[1] = "", "  <br /><br />  "
-    pq.write_table(table.set_column(0, "text", pa.array(texts)), folder / "train.parquet")
-    dm = make_dm(folder, cache_dir)
-    with pytest.warns(UserWarning, match="skipped 2 empty reviews"):
-        dm.prepare_data()
-    dm.setup("fit")
-    assert len(dm.train_set) > 0
-
-
 def test_train_blocks_split_evenly_across_ranks(imdb_dir: Path, cache_dir: Path) -> None:
     dm = make_dm(imdb_dir, cache_dir)
     dm.prepare_data()

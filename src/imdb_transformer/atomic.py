@@ -1,4 +1,5 @@
-"""Write files and folders under a temporary name and move them into place when complete.
+"""Artifact files: written under a temporary name and moved into place when complete, and read
+back with an error that names the file when they are damaged.
 
 A run that is killed mid-write, or a second run writing the same cache at the same time,
 never leaves a path that a later run would load as if it were whole.
@@ -9,9 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -39,3 +43,13 @@ def atomic_path(final: str | os.PathLike, is_dir: bool = False, overwrite: bool 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_artifact(path: Path, read: Callable[[Path], T], error: type[Exception], remedy: str) -> T:
+    """``read(path)``, turning any failure (truncation, corruption, a wrong format) into ``error``
+    with the file's name, what went wrong and ``remedy``."""
+    try:
+        return read(path)
+    except Exception as err:
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise error(f"{path} cannot be read ({type(err).__name__}: {detail}); {remedy}") from err

@@ -7,14 +7,22 @@ Every argument comes from a type-hinted signature and its docstring, so
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from imdb_transformer.atomic import read_artifact
+from imdb_transformer.data.imdb import IMDBSourceError
+from imdb_transformer.models.backbone import BackboneError, load_checkpoint
 
 
 class SaveRunFiles(SaveConfigCallback):
@@ -47,20 +55,30 @@ class ImdbCLI(LightningCLI):
         for name in ("vocab_size", "block_size"):
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}", apply_on="parse")
 
-    def before_instantiate_classes(self) -> None:
-        """``--ckpt_path last`` means the newest run's ``last.ckpt``: Lightning alone looks only in
-        the new run's (empty) checkpoint folder and would silently start from scratch.
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """After parsing, check ``--ckpt_path`` before Lightning reads it.
 
-        To evaluate an adapter (``validate``/``test``/``predict --ckpt_path``), its backbone is
-        built from that checkpoint.
+        ``--ckpt_path last`` means the newest run's ``last.ckpt``: Lightning alone looks only in
+        the new run's (empty) checkpoint folder and would silently start from scratch. A missing,
+        truncated or unsafe checkpoint stops here with one line naming it.
         """
-        config = self.config.get(self.subcommand)
-        if config is None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is None or not config.get("ckpt_path"):
             return
-        if config.get("ckpt_path") == "last":
+        if config.ckpt_path == "last":
             root = Path(config.trainer.default_root_dir or ".")
             config.ckpt_path = str(find_last_checkpoint(root))
             print(f"Resuming from {config.ckpt_path}")
+        check_checkpoint(Path(config.ckpt_path))
+
+    def before_instantiate_classes(self) -> None:
+        """To evaluate an adapter (``validate``/``test``/``predict --ckpt_path``), its backbone is
+        built from that checkpoint."""
+        config = self.config.get(self.subcommand)
+        if config is None:
+            return
         init_args = config.model.get("init_args")
         if (
             self.subcommand != "fit"
@@ -72,12 +90,60 @@ class ImdbCLI(LightningCLI):
             # so evaluating needs nothing but the checkpoint.
             init_args.backbone = config.ckpt_path
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with its default logger given a run folder claimed atomically (``mkdir``), so
+        two runs started at once under the same root never share a ``version_N``."""
+        trainer = super().instantiate_trainer(**kwargs)
+        logger = trainer.logger
+        config = self.config.get(self.subcommand, self.config)
+        is_default = config.trainer.logger in (None, True) and isinstance(
+            logger, (CSVLogger, TensorBoardLogger)
+        )
+        if (
+            is_default
+            and os.environ.get("LOCAL_RANK", "0") == "0"
+            and os.environ.get("NODE_RANK", "0") == "0"
+        ):
+            root = Path(trainer.default_root_dir) / "lightning_logs"
+            trainer.logger = type(logger)(
+                trainer.default_root_dir, name="lightning_logs", version=claim_version(root)
+            )
+        return trainer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not exist or cannot be read as a checkpoint."""
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail at once, naming the file, if ``path`` is missing, truncated or holds pickled code."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    remedy = (
+        "it may be truncated (a run killed while writing it), not a checkpoint, or hold pickled code "
+        "(never run: checkpoints load with weights_only=True). Pass another, such as a best-*.ckpt beside it"
+    )
+    read_artifact(path, load_checkpoint, CheckpointError, remedy)
+
+
+def claim_version(root: Path) -> int:
+    """Create and return the next free ``root/version_N`` (``mkdir`` fails if another run took it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{n}").mkdir()
+            return n
+        except FileExistsError:
+            n += 1
+
 
 def find_last_checkpoint(root: Path) -> Path:
     """The most recently written ``last*.ckpt`` of the runs under ``root/lightning_logs``."""
     found = sorted(root.glob("lightning_logs/*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"--ckpt_path last: no last.ckpt under {root.resolve()}/lightning_logs/*/checkpoints; "
             "pass the path of a checkpoint instead, or the same --trainer.default_root_dir as the stopped run"
         )
@@ -111,7 +177,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
 
 def embed_main(argv: list[str]) -> None:
     """``imdb-transformer embed``: embed a split's reviews and save them as a search index."""
-    from imdb_transformer.data.imdb import DEFAULT_SOURCE, clean_text, load_split
+    from imdb_transformer.data.imdb import DEFAULT_SOURCE, load_split, review_texts
     from imdb_transformer.models.backbone import load_backbone
     from imdb_transformer.models.embedder import DocumentEmbedder
     from imdb_transformer.search import SemanticIndex
@@ -132,15 +198,13 @@ def embed_main(argv: list[str]) -> None:
     parser.add_argument("--max_reviews", type=int, default=None, help="embed only the first N reviews")
     args = parser.parse_args(argv)
     ds = load_split(args.source, args.split)
-    if args.max_reviews is not None:
-        ds = ds.select(range(min(args.max_reviews, len(ds))))
-    texts = [clean_text(t) for t in ds["text"]]
-    keep = [i for i, t in enumerate(texts) if t]
+    texts, rows = review_texts(ds, f"{args.source}:{args.split}")
+    rows = rows[: args.max_reviews]
     ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
-    embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling)
     labels = ds["label"]
+    kept_texts, kept_ids, kept_labels = texts[: len(rows)], [ids[i] for i in rows], [labels[i] for i in rows]
+    embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling)
     start = time.perf_counter()
-    kept_texts, kept_ids, kept_labels = ([col[i] for i in keep] for col in (texts, ids, labels))
     index = SemanticIndex.build(
         embedder, kept_texts, kept_ids, kept_labels, args.batch_size, backbone=args.backbone
     )
@@ -164,8 +228,6 @@ def search_main(argv: list[str]) -> None:
 
 def generate_main(argv: list[str]) -> None:
     """``imdb-transformer generate``: continue one or more prompts with a pretrained model."""
-    import torch
-
     from imdb_transformer.generation import STRATEGIES, generate_text
     from imdb_transformer.models.backbone import load_backbone
 
@@ -227,7 +289,10 @@ def main() -> None:
         except ValueError as err:  # bad input: one clear line, no traceback
             sys.exit(f"error: {err}")
         return
-    build_cli()
+    try:
+        build_cli()
+    except (IMDBSourceError, BackboneError, CheckpointError, FloatingPointError) as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from imdb_transformer.atomic import atomic_path
+from imdb_transformer.atomic import atomic_path, read_artifact
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.embedder import DocumentEmbedder
 
@@ -133,7 +133,10 @@ class SemanticIndex:
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise SearchIndexError(f"{folder} is not a complete index: {', '.join(missing)} missing")
-        meta = json.loads((folder / "index.json").read_text())
+        remedy = "the index is damaged: build it again with `imdb-transformer embed`"
+        meta = read_artifact(
+            folder / "index.json", lambda p: json.loads(p.read_text()), SearchIndexError, remedy
+        )
         if meta.get("format") != INDEX_FORMAT:
             raise SearchIndexError(
                 f"{folder}/index.json has format {meta.get('format')!r}, expected {INDEX_FORMAT!r}"
@@ -148,8 +151,16 @@ class SemanticIndex:
                 f"{folder} was built by another backbone or pooling ({meta['embedder']}) than the one given "
                 f"({embedder.fingerprint}); query it with the backbone that built it, or rebuild the index"
             )
-        vectors = load_file(str(folder / "vectors.safetensors"))["vectors"]
-        return cls(embedder, vectors, pq.read_table(folder / "reviews.parquet"), meta.get("backbone"))
+        vectors = read_artifact(
+            folder / "vectors.safetensors", lambda p: load_file(str(p))["vectors"], SearchIndexError, remedy
+        )
+        reviews = read_artifact(folder / "reviews.parquet", pq.read_table, SearchIndexError, remedy)
+        if len(vectors) != reviews.num_rows or len(vectors) != meta.get("count"):
+            raise SearchIndexError(
+                f"{folder} holds {len(vectors)} vectors and {reviews.num_rows} reviews, but index.json says "
+                f"{meta.get('count')}; {remedy}"
+            )
+        return cls(embedder, vectors, reviews, meta.get("backbone"))
 
 
 def format_hits(hits: list[Hit]) -> str:

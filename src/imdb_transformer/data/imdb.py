@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 SPLITS = ("train", "test", "unsupervised")
 DEFAULT_SOURCE = "stanfordnlp/imdb"
@@ -23,9 +25,45 @@ class IMDBSourceError(ValueError):
 def clean_text(text: str) -> str:
     """Turn the HTML line breaks of raw IMDB reviews (``<br />``) into spaces; keep everything else.
 
-    Case and punctuation are kept: ``!`` and ``?`` are sentiment cues.
+    Case and punctuation are kept: ``!`` and ``?`` are sentiment cues. NUL characters are dropped.
     """
-    return _SPACES.sub(" ", _BREAKS.sub(" ", text)).strip()
+    return _SPACES.sub(" ", _BREAKS.sub(" ", text.replace("\x00", ""))).strip()
+
+
+def review_texts(ds: datasets.Dataset, where: str) -> tuple[list[str], list[int]]:
+    """The cleaned texts of ``ds`` and the row numbers they came from.
+
+    Rows whose text is not valid UTF-8, is missing, or is empty once cleaned (only whitespace or
+    HTML) are skipped and counted in one warning, here in the main process rather than as a
+    crash inside a tokenising worker.
+    """
+    column = ds.with_format("arrow")["text"]
+    try:
+        column.validate(full=True)
+        raw = column.to_pylist()
+        invalid = 0
+    except pa.ArrowInvalid:  # decode row by row, keeping what is valid
+        raw = []
+        for value in column.cast(pa.binary()).to_pylist():
+            try:
+                raw.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                raw.append(None)
+        invalid = sum(r is None for r in raw) - column.null_count
+    texts, rows = [], []
+    for i, text in enumerate(raw):
+        cleaned = clean_text(text) if text is not None else ""
+        if cleaned:
+            texts.append(cleaned)
+            rows.append(i)
+    if len(rows) < len(raw):
+        empty = len(raw) - len(rows) - invalid
+        warnings.warn(
+            f"{where}: skipped {invalid} reviews that are not valid UTF-8 and {empty} that are empty "
+            "(missing, or nothing left once HTML and whitespace are removed)",
+            stacklevel=2,
+        )
+    return texts, rows
 
 
 def is_local(source: str) -> bool:

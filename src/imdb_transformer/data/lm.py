@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 from pathlib import Path
 
 import datasets
@@ -17,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from imdb_transformer.atomic import atomic_path
-from imdb_transformer.data.imdb import DEFAULT_SOURCE, clean_text, load_split
+from imdb_transformer.data.imdb import DEFAULT_SOURCE, load_split, review_texts
 from imdb_transformer.data.tokenizer import (
     EOS_ID,
     ModelType,
@@ -131,17 +130,11 @@ class LMDataModule(L.LightningDataModule):
     def reviews(self) -> tuple[list[str], list[str]]:
         """The cleaned (train, validation) review texts: whole reviews, split by ``seed``."""
         if self._reviews is None:
-            texts = [
-                clean_text(t)
+            kept = [
+                text
                 for split in ("train", "unsupervised")
-                for t in load_split(self.source, split)["text"]
+                for text in review_texts(load_split(self.source, split), f"{self.source}:{split}")[0]
             ]
-            kept = [t for t in texts if t]
-            if len(kept) < len(texts):
-                warnings.warn(
-                    f"skipped {len(texts) - len(kept)} empty reviews (nothing left after cleaning)",
-                    stacklevel=2,
-                )
             random.Random(self.seed).shuffle(kept)
             if self.max_reviews is not None:
                 kept = kept[: self.max_reviews]

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from imdb_transformer.atomic import atomic_path
-from imdb_transformer.data.imdb import DEFAULT_SOURCE, IMDBSourceError, clean_text, load_split
+from imdb_transformer.data.imdb import DEFAULT_SOURCE, IMDBSourceError, load_split, review_texts
 from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID, Tokenizer, cache_key, corpus_fingerprint, tokenize
 
 _CACHE_VERSION = "1"
@@ -141,12 +141,13 @@ class ReviewsDataModule(L.LightningDataModule):
 
     def _load(self, split: str) -> tuple[list[str], list[int]]:
         ds = load_split(self.source, split)
-        texts, labels = [clean_text(t) for t in ds["text"]], list(ds["label"])
-        bad = sorted({lab for lab in labels if lab not in (0, 1)})
+        where = f"{self.source}:{split}"
+        all_labels = ds["label"]
+        bad = sorted({lab for lab in all_labels if lab not in (0, 1)})
         if bad:
-            raise IMDBSourceError(
-                f"{self.source}:{split} has labels {bad} outside {{0, 1}}; fix or drop those rows"
-            )
+            raise IMDBSourceError(f"{where} has labels {bad} outside {{0, 1}}; fix or drop those rows")
+        texts, rows = review_texts(ds, where)
+        labels = [all_labels[i] for i in rows]
         keep = list(range(len(texts)))
         if self.max_reviews is not None:
             random.Random(self.seed).shuffle(keep)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from imdb_transformer.atomic import atomic_path
+from imdb_transformer.atomic import atomic_path, read_artifact
 from imdb_transformer.data.tokenizer import Tokenizer
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 
@@ -81,13 +81,14 @@ def _load_export(folder: Path) -> Backbone:
     missing = [name for name in (WEIGHTS, CONFIG, TOKENIZER) if not (folder / name).is_file()]
     if missing:
         raise BackboneError(f"{folder} is not a backbone export: {', '.join(missing)} missing")
-    meta = json.loads((folder / CONFIG).read_text())
+    remedy = "the export is damaged: export the backbone again, or use a checkpoint of its run"
+    meta = read_artifact(folder / CONFIG, lambda p: json.loads(p.read_text()), BackboneError, remedy)
     if meta.get("format") != EXPORT_FORMAT:
         raise BackboneError(
             f"{folder / CONFIG} has format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}"
         )
     config = DecoderConfig(**meta["config"])
-    tokenizer = Tokenizer(folder / TOKENIZER)
+    tokenizer = read_artifact(folder / TOKENIZER, Tokenizer, BackboneError, remedy)
     _check_vocab(tokenizer, config, folder)
     if tokenizer_fingerprint(tokenizer) != meta["tokenizer_sha256"]:
         raise BackboneError(
@@ -96,15 +97,19 @@ def _load_export(folder: Path) -> Backbone:
             "restore the tokenizer.model exported with them"
         )
     decoder = CausalDecoder(config)
-    load_model(decoder, str(folder / WEIGHTS))
+    read_artifact(folder / WEIGHTS, lambda p: load_model(decoder, str(p)), BackboneError, remedy)
     return Backbone(decoder.eval(), tokenizer)
 
 
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning checkpoint's contents, loaded with ``weights_only=True``: tensors and plain values
+    only, so a file holding pickled code is refused instead of run."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def _load_checkpoint(path: Path) -> Backbone:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickled code, truncation, not a torch file at all
-        raise BackboneError(f"cannot load {path} as a checkpoint without unpickling code: {err}") from err
+    remedy = "it is truncated, not a checkpoint, or holds code (refused: loaded without unpickling code)"
+    ckpt = read_artifact(path, load_checkpoint, BackboneError, remedy)
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     weights = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     config_dict = ckpt.get("backbone_config") or ckpt.get("hyper_parameters", {})

@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from imdb_transformer.models.backbone import load_backbone
-from imdb_transformer.models.lm import warmup_cosine
+from imdb_transformer.data.tokenizer import Tokenizer
+from imdb_transformer.models.backbone import BackboneError, load_backbone, tokenizer_fingerprint
+from imdb_transformer.models.lm import FiniteLossGuard, warmup_cosine
 from imdb_transformer.models.pooling import Pooling, pool, pooled_size
 
 
@@ -70,6 +71,7 @@ class SentimentClassifier(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.loss_guard = FiniteLossGuard()
 
     def train(self, mode: bool = True) -> SentimentClassifier:
         super().train(mode)
@@ -119,7 +121,12 @@ class SentimentClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        self.loss_guard.watch(loss, self.global_step)
+        return loss
+
+    def on_train_batch_end(self, outputs: Tensor, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.loss_guard.on_train_batch_end(self.trainer)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -132,11 +139,28 @@ class SentimentClassifier(L.LightningModule):
         return torch.sigmoid(self(batch["ids"], batch["mask"]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_guard.check()
         # Self-contained: the backbone's shape and tokenizer travel with its weights.
         checkpoint["backbone_config"] = asdict(self.backbone.config)
         checkpoint["tokenizer_model"] = torch.frombuffer(
             bytearray(self.tokenizer.to_bytes()), dtype=torch.uint8
         )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse weights trained on top of another backbone (shape or tokenizer) with a clear message,
+        before ``load_state_dict`` fails on a tensor's size or, worse, silently fits."""
+        mine = {"config": asdict(self.backbone.config), "tokenizer": tokenizer_fingerprint(self.tokenizer)}
+        saved = {"config": checkpoint.get("backbone_config", mine["config"]), "tokenizer": mine["tokenizer"]}
+        if isinstance(checkpoint.get("tokenizer_model"), Tensor):
+            saved["tokenizer"] = tokenizer_fingerprint(
+                Tokenizer.from_bytes(checkpoint["tokenizer_model"].numpy().tobytes())
+            )
+        if saved != mine:
+            raise BackboneError(
+                f"this classifier was trained on another backbone ({_describe(**saved)}) than the one given "
+                f"({_describe(**mine)}); pass the classifier checkpoint itself as --model.backbone (as "
+                "`imdb-transformer test --ckpt_path` does), or the backbone it was trained on"
+            )
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
@@ -159,3 +183,7 @@ class SentimentClassifier(L.LightningModule):
             optimizer, lambda s: warmup_cosine(s, warmup, total, 0.0)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _describe(config: dict, tokenizer: str) -> str:
+    return f"{config['n_layer']} layers x {config['n_embd']} wide, tokenizer {tokenizer}"

@@ -25,6 +25,36 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class FiniteLossGuard:
+    """Stops training on a NaN or infinite loss: every update after one trains on garbage.
+
+    ``watch`` runs every step but stays on the device (no host sync); ``check`` reads the result
+    and is called every ``log_every_n_steps`` and before any checkpoint is written, so a broken
+    model is never saved and the error still names the first bad step.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: Tensor | None = None  # step of the first non-finite loss, or -1
+
+    def watch(self, loss: Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        if self.first_bad is None or self.first_bad.device != loss.device:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+
+    def check(self) -> None:
+        if self.first_bad is not None and (step := int(self.first_bad)) >= 0:
+            raise FloatingPointError(
+                f"the training loss became NaN or infinite at step {step}; stopped before saving broken "
+                "weights. Try a lower --model.learning_rate, gradient clipping (--trainer.gradient_clip_val "
+                "1.0) or full precision (--trainer.precision 32-true), then resume from an earlier checkpoint"
+            )
+
+    def on_train_batch_end(self, trainer: L.Trainer) -> None:
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self.check()
+
+
 class LanguageModel(L.LightningModule):
     """Next-token prediction on packed blocks of token ids, for any network in ``self.backbone``
     that maps ids (B, T) to logits (B, T, V). :class:`CausalLM` and :class:`LSTMLM` share this
@@ -43,6 +73,7 @@ class LanguageModel(L.LightningModule):
         self.val_bytes = SumMetric()
         self.register_buffer("token_bytes", torch.ones(vocab_size, dtype=torch.long), persistent=False)
         self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU
+        self.loss_guard = FiniteLossGuard()
 
     def configure_model(self) -> None:
         if self.hparams.get("compile"):
@@ -59,6 +90,12 @@ class LanguageModel(L.LightningModule):
                 )
             sizes = tokenizer.token_bytes()
             self.token_bytes.zero_()[: len(sizes)] = sizes.to(self.token_bytes.device)
+
+    def on_train_batch_end(self, outputs: Tensor, batch: Tensor, batch_idx: int) -> None:
+        self.loss_guard.on_train_batch_end(self.trainer)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_guard.check()
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per predicted token (forward + backward) at context ``seq_len``."""
@@ -77,6 +114,7 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss, y = self._loss(batch)
+        self.loss_guard.watch(loss, self.global_step)
         self.flops_per_batch = self.flops_per_token(y.size(1)) * y.numel()
         self.log("train/loss", loss, prog_bar=True)
         return loss

@@ -28,7 +28,9 @@ class RecurrentLM(nn.Module):
         self.lstm = nn.LSTM(n_embd, n_embd, n_layer, batch_first=True, dropout=between)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in the transformer (Press & Wolf 2017)
-        nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+        # U(-0.1, 0.1), the usual start for LSTM language models: the LSTM's outputs lie in (-1, 1)
+        # with no final norm, so a GPT-sized 0.02 would leave the tied head's logits near zero for long
+        nn.init.uniform_(self.wte.weight, -0.1, 0.1)
 
     def forward(self, idx: Tensor) -> Tensor:
         """Next-token logits (B, T, vocab_size) for token ids ``idx`` (B, T)."""
