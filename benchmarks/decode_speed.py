@@ -3,9 +3,10 @@
     python benchmarks/decode_speed.py --checkpoint lightning_logs/version_0/backbone
     python benchmarks/decode_speed.py                      # a random model of configs/pretrain.yaml's shape
 
-Both paths run the same greedy loop (``imdb_transformer.generation.generate``, ``use_cache`` on
-or off) from the same prompt, one after the other in this process, and must produce the same
-tokens. Past the context the window slides on both paths. Prints one table.
+Both paths run the same greedy loop (``imdb_transformer.generation.generate``, ``use_cache`` on or
+off) from the same prompts, one after the other in this process, and must produce the same tokens;
+once for a single prompt and once for a batch of eight. Past the context the window slides on both
+paths. Prints one table.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", help="a backbone/ folder or .ckpt (default: a random model)")
     parser.add_argument("--new_tokens", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--prompt_tokens", type=int, default=16, help="prompt length (random ids)")
-    parser.add_argument("--batch_size", type=int, default=1, help="prompts decoded together")
+    parser.add_argument("--batch_size", type=int, nargs="+", default=[1, 8], help="prompts decoded together")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     shape = parser.add_argument_group("random model (without --checkpoint)")
     shape.add_argument("--n_layer", type=int, default=6)
@@ -49,22 +50,22 @@ def main(argv: list[str] | None = None) -> None:
         decoder = CausalDecoder(DecoderConfig(**{k: getattr(args, k) for k in names}))
     decoder = decoder.to(args.device).eval()
     c = decoder.config
-    shape = (args.batch_size, args.prompt_tokens)
-    prompts = torch.randint(4, c.vocab_size, shape, generator=torch.Generator().manual_seed(0)).tolist()
-    generate(decoder, prompts, 8, eos_id=None)  # warm-up (allocator, kernels)
-
     print(
-        f"decoder: {c.n_layer} layers x {c.n_embd} wide, context {c.block_size}, "
-        f"batch {args.batch_size}, prompt {args.prompt_tokens} tokens, {args.device}, "
-        f"{torch.get_num_threads()} threads"
+        f"decoder: {c.n_layer} layers x {c.n_embd} wide, context {c.block_size}, greedy, "
+        f"prompts of {args.prompt_tokens} tokens, {args.device}, {torch.get_num_threads()} threads"
     )
-    print("| new tokens | cached (tok/s) | recomputed (tok/s) | speedup |")
-    print("| --- | --- | --- | --- |")
-    for n in args.new_tokens:
-        cached_rate, cached = timed(decoder, prompts, n, use_cache=True)
-        full_rate, full = timed(decoder, prompts, n, use_cache=False)
-        same = "" if cached == full else " (outputs differ!)"
-        print(f"| {n:,} | {cached_rate:,.1f} | {full_rate:,.1f} | {cached_rate / full_rate:.1f}x{same} |")
+    print("| batch | new tokens | cached (tok/s) | recomputed (tok/s) | speedup |")
+    print("| --- | --- | --- | --- | --- |")
+    for batch in args.batch_size:
+        shape = (batch, args.prompt_tokens)
+        prompts = torch.randint(4, c.vocab_size, shape, generator=torch.Generator().manual_seed(0)).tolist()
+        generate(decoder, prompts, 8, eos_id=None)  # warm-up (allocator, kernels)
+        for n in args.new_tokens:
+            cached_rate, cached = timed(decoder, prompts, n, use_cache=True)
+            full_rate, full = timed(decoder, prompts, n, use_cache=False)
+            same = "" if cached == full else " (outputs differ!)"
+            speedup = f"{cached_rate / full_rate:.1f}x{same}"
+            print(f"| {batch} | {n:,} | {cached_rate:,.1f} | {full_rate:,.1f} | {speedup} |")
 
 
 if __name__ == "__main__":

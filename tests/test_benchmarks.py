@@ -19,9 +19,10 @@ def run_script(name: str, *args: str) -> str:
 
 def test_decode_speed_prints_cached_against_recomputed() -> None:
     tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
-    out = run_script("decode_speed.py", *tiny, "--new_tokens", "8", "40", "--batch_size", "2")
+    out = run_script("decode_speed.py", *tiny, "--new_tokens", "8", "40", "--batch_size", "1", "2")
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [row.split("|")[1].strip() for row in rows] == ["8", "40"]  # 40 slides past the context
+    cells = [[c.strip() for c in row.split("|")[1:3]] for row in rows]
+    assert cells == [["1", "8"], ["1", "40"], ["2", "8"], ["2", "40"]]  # 40 slides past the context
     assert "differ" not in out and all(row.rstrip(" |").endswith("x") for row in rows)
 
 

@@ -126,7 +126,10 @@ def generate(
             next_token, strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty,
         )  # fmt: skip
-        return _generate(decoder.eval(), prompts, max_new_tokens, keep, eos_id, seed, use_cache, choose)
+        track_seen = repetition_penalty != 1.0
+        return _generate(
+            decoder.eval(), prompts, max_new_tokens, keep, eos_id, seed, use_cache, choose, track_seen
+        )
     finally:
         decoder.train(was_training)
 
@@ -140,6 +143,7 @@ def _generate(  # the loop of generate(), for a decoder already in eval mode
     seed: int | None,
     use_cache: bool,
     choose: Callable[..., Tensor],
+    track_seen: bool,
 ) -> list[list[int]]:
     block = decoder.config.block_size
     param = next(decoder.parameters())
@@ -150,8 +154,10 @@ def _generate(  # the loop of generate(), for a decoder already in eval mode
     for i, prompt in enumerate(prompts):  # left padding: every prompt ends at column P
         tokens[i, P - len(prompt) : P] = torch.as_tensor(prompt, dtype=torch.long, device=device)
         real[i, P - len(prompt) : P] = True
-    seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)  # for the repetition penalty
-    seen.scatter_(1, tokens[:, :P], True)
+    seen = None  # tokens each row has seen so far, for the repetition penalty
+    if track_seen:
+        seen = torch.zeros(B, vocab, dtype=torch.bool, device=device).scatter_(1, tokens[:, :P], True)
+    rows = torch.arange(B, device=device)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -172,9 +178,11 @@ def _generate(  # the loop of generate(), for a decoder already in eval mode
             )
         logits = decoder.lm_head(hidden[:, -1]).float()  # (B, V)
         new = choose(logits, seen=seen, generator=generator)
-        new = new.masked_fill(done, PAD_ID)  # finished rows idle on padding (ignored below)
+        if eos_id is not None:
+            new = new.masked_fill(done, PAD_ID)  # finished rows idle on padding (ignored below)
         tokens[:, end], real[:, end] = new, True
-        seen[torch.arange(B, device=device), new] = True
+        if seen is not None:
+            seen[rows, new] = True
         end += 1
         if eos_id is not None:
             done |= new == eos_id

@@ -87,18 +87,19 @@ class KVCache:
 
 
 def rope_angles(config: DecoderConfig, length: int) -> tuple[Tensor, Tensor]:
-    """cos and sin tables (length, head_size) for rotary position embeddings."""
+    """cos and signed sin tables (length, head_size) for rotary position embeddings: channel i
+    and channel i + head_size/2 form a pair, rotated by angle position * base^(-2i/head_size)."""
     hs = config.head_size
     inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hs/2)
-    angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    return torch.cat((angles, angles), dim=-1).cos(), torch.cat((-sin, sin), dim=-1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs of channels of ``x`` (B, nh, T, hs) by position-dependent angles."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    """Rotate each channel pair (x1, x2) of ``x`` (..., T, hs) to (x1 cos - x2 sin, x2 cos + x1 sin);
+    the sign lives in the ``sin`` table, so the swap of halves is a single ``roll``."""
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -129,11 +130,9 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         B, T, C = x.shape
         nh, hs = self.config.n_head, self.config.head_size
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nh, hs).transpose(1, 2)
-        v = v.view(B, T, nh, hs).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        qk = apply_rope(qkv[:2], cos, sin)  # queries and keys rotated in one pass
+        q, k, v = qk[0], qk[1], qkv[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
         # No mask means plain causal attention over T == S positions (or one new token, which

@@ -62,7 +62,7 @@ class LSTMLM(LanguageModel):
         n_layer: int = 2,
         n_embd: int = 512,
         dropout: float = 0.0,
-        learning_rate: float = 2e-3,
+        learning_rate: float = 5e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 200,
