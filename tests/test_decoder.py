@@ -108,3 +108,30 @@ def test_residual_projections_get_scaled_init() -> None:
 def test_bad_config_is_refused() -> None:
     with pytest.raises(ValueError, match="divisible"):
         DecoderConfig(n_embd=30, n_head=4)
+
+
+def test_attention_maps_are_causal_distributions_and_change_nothing(model: CausalDecoder) -> None:
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        before = model(idx)
+    maps = model.attention_maps(idx)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 12, 12)
+    for weights in maps:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 12))  # each row a distribution
+        assert (weights.triu(diagonal=1) == 0).all()  # nothing attends to the future
+        assert (weights[..., torch.ones(12, 12, dtype=torch.bool).tril()] > 0).all()  # the past is seen
+    # the explicit weights reproduce the fused kernel's output of the first layer
+    attn, x = model.blocks[0].attn, model.blocks[0].ln_1(model.wte(idx))
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).view(2, 12, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        cos, sin = model.rope_cos[:12], model.rope_sin[:12]
+        from imdb_transformer.models.decoder import apply_rope
+
+        y = maps[0] @ v
+        fused = torch.nn.functional.scaled_dot_product_attention(
+            apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, is_causal=True
+        )
+    torch.testing.assert_close(y, fused, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), before)  # recording is off again, outputs unchanged
+    assert all(block.attn.weights is None and not block.attn.keep_weights for block in model.blocks)

@@ -118,6 +118,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.proj.is_residual_projection = True  # scaled init, see CausalDecoder._init_weights
         self.dropout = config.dropout
+        self.keep_weights = False  # set by CausalDecoder.attention_maps; the training path never is
+        self.weights: Tensor | None = None
 
     def forward(
         self,
@@ -138,6 +140,14 @@ class CausalSelfAttention(nn.Module):
         # No mask means plain causal attention over T == S positions (or one new token, which
         # may see everything before it): let the kernel apply causality itself.
         is_causal = attn_mask is None and q.size(2) == k.size(2) and T > 1
+        if self.keep_weights:  # for looking at, not for training: the explicit (B, nh, T, S) matrix
+            allowed = attn_mask
+            if is_causal:
+                allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            self.weights = scores.softmax(dim=-1).detach()
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -263,6 +273,23 @@ class CausalDecoder(nn.Module):
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
+        """Attention weights (B, n_head, T, T) of every layer for ``idx``: row t is how much
+        position t attends to each earlier position (zero above the diagonal: the causal mask).
+
+        Computed explicitly for this call only; ordinary forwards keep the fused kernel.
+        """
+        layers = [block.attn for block in self.blocks]
+        try:
+            for attn in layers:
+                attn.keep_weights = True
+            self.hidden_states(idx, attention_mask)
+            return [attn.weights for attn in layers]
+        finally:
+            for attn in layers:
+                attn.keep_weights, attn.weights = False, None
 
     def forward(
         self, idx: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None
