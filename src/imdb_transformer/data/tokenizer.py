@@ -66,6 +66,10 @@ class Tokenizer:
         """Token ids of one text, or of each text in a list (encoded in parallel threads)."""
         return self.sp.encode(text, num_threads=num_threads)
 
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """The piece each id stands for (``▁`` marks a leading space), for showing tokens."""
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of a sequence of ids; special ids (pad, bos, eos) decode to nothing."""
         return self.sp.decode([int(i) for i in ids])
