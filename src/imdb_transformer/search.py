@@ -70,12 +70,13 @@ class SemanticIndex:
         labels: list[int] | None = None,
         batch_size: int = 64,
         backbone: str | None = None,
+        progress: bool = True,
     ) -> SemanticIndex:
         """Embed ``texts`` (with their review ids and labels, if known) into a new index; ``backbone``
         records where the embedder's weights came from, so the saved index can load them again."""
         if not texts:
             raise ValueError("cannot build an index of no reviews")
-        vectors = embedder.embed(texts, batch_size=batch_size)
+        vectors = embedder.embed(texts, batch_size=batch_size, progress=progress)
         reviews = pa.table(
             {
                 "id": pa.array(ids if ids is not None else range(len(texts)), pa.int64()),
