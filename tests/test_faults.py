@@ -137,7 +137,7 @@ def test_bad_reviews_are_skipped_and_counted_before_any_worker_runs(tmp_path: Pa
         dm.prepare_data()
     dm.setup("fit")
     train, val = dm.reviews()
-    assert "a NUL  inside a fine review".replace("  ", " ") in train + val
+    assert "a NUL inside a fine review" in train + val  # the NUL dropped, the spaces around it merged
     assert any(len(t) > 1_000_000 for t in train + val)
     assert len(dm.train_set) > 0
 
