@@ -54,8 +54,9 @@ class NotebookDecoder(nn.Module):
         return self.head(x)
 
 
-def peak_matmul_flops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 10) -> float:
+def peak_matmul_flops(dtype: torch.dtype, device: str, reps: int = 10) -> float:
     """FLOP/s of a large square matmul in ``dtype``: the ceiling MFU is measured against."""
+    n = 8192 if device.startswith("cuda") else 2048  # large enough to reach each device's peak
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):

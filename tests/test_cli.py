@@ -164,6 +164,8 @@ def test_embed_then_search_prints_a_table(pretrained_run: Path, imdb_dir: Path, 
         str(imdb_dir),
         "--out",
         str(tmp_path / "i"),
+        "--device",
+        "cpu",
     )
     out = run_cli("search", "--index", str(tmp_path / "i"), "a wonderful superb movie", "-k", "3").stdout
     lines = out.strip().splitlines()

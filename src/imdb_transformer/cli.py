@@ -196,6 +196,9 @@ def embed_main(argv: list[str]) -> None:
     parser.add_argument("--pooling", default="mean", choices=["mean", "max", "last", "concat"])
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_reviews", type=int, default=None, help="embed only the first N reviews")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available"
+    )
     args = parser.parse_args(argv)
     ds = load_split(args.source, args.split)
     texts, rows = review_texts(ds, f"{args.source}:{args.split}")
@@ -203,7 +206,7 @@ def embed_main(argv: list[str]) -> None:
     ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
     labels = ds["label"]
     kept_texts, kept_ids, kept_labels = texts[: len(rows)], [ids[i] for i in rows], [labels[i] for i in rows]
-    embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling)
+    embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling).to(args.device)
     start = time.perf_counter()
     index = SemanticIndex.build(
         embedder, kept_texts, kept_ids, kept_labels, args.batch_size, backbone=args.backbone
