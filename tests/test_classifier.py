@@ -88,3 +88,34 @@ def test_a_classifier_onto_a_backbone_of_another_size_is_a_clear_error(
         BackboneError, match=r"trained on another backbone \(2 layers .*\) than the one given \(3 layers"
     ):
         SentimentClassifier(backbone=str(bigger)).on_load_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("freeze", "backbone_dropout", "backbone_trains"),
+    [(True, False, False), (True, True, False), (False, False, False), (False, True, True)],
+)
+def test_the_backbone_mode_while_training(
+    pretrained_run: Path,
+    imdb_dir: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    freeze: bool,
+    backbone_dropout: bool,
+    backbone_trains: bool,
+) -> None:
+    model = SentimentClassifier(
+        backbone=str(pretrained_run / "backbone"), freeze=freeze, backbone_dropout=backbone_dropout
+    )
+    seen: list[tuple[bool, bool]] = []
+
+    class Watch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append((pl_module.backbone.training, pl_module.head.training))
+
+    dm = ReviewsDataModule(source=str(imdb_dir), cache_dir=str(cache_dir), batch_size=64)
+    trainer = L.Trainer(
+        max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[Watch()],
+    )  # fmt: skip
+    trainer.fit(model, dm)  # validation runs between the epochs and must not change the modes
+    assert len(seen) == 6 and set(seen) == {(backbone_trains, True)}

@@ -34,7 +34,10 @@ class SentimentClassifier(L.LightningModule):
         dropout: Dropout before the head's linear layer.
         learning_rate: Peak learning rate of the head.
         backbone_lr: Peak learning rate of the top block when fine-tuning (``freeze false``).
-        layer_lr_decay: Each block below the top gets this factor of the one above (ULMFiT: 1/2.6).
+        layer_lr_decay: Each block below the top gets this factor of the one above (ULMFiT: 1/2.6 for
+            its 3 layers; for 12 blocks 0.8 keeps the lower ones learning).
+        backbone_dropout: When fine-tuning, keep the backbone's own dropout on. Off by default: the
+            backbone then trains deterministically, as in the README's fine-tuning figure.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warmup steps before cosine decay.
     """
@@ -48,6 +51,7 @@ class SentimentClassifier(L.LightningModule):
         learning_rate: float = 2e-3,
         backbone_lr: float = 1e-4,
         layer_lr_decay: float = 1 / 2.6,
+        backbone_dropout: bool = False,
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
     ) -> None:
@@ -72,11 +76,14 @@ class SentimentClassifier(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.loss_guard = FiniteLossGuard()
+        self.train()  # Lightning keeps each module's mode at the start of fit: set them here
 
     def train(self, mode: bool = True) -> SentimentClassifier:
         super().train(mode)
-        if self.freeze:
-            self.backbone.eval()  # a frozen feature extractor: no dropout, same features every epoch
+        if self.freeze or not self.hparams.backbone_dropout:
+            # frozen: a fixed feature extractor, the same features every epoch;
+            # fine-tuned: no dropout inside the backbone unless backbone_dropout
+            self.backbone.eval()
         return self
 
     def features(self, ids: Tensor, mask: Tensor) -> Tensor:
