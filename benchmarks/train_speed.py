@@ -4,8 +4,9 @@
     python benchmarks/train_speed.py --compile off on  # also with torch.compile
 
 Both models get the same width, depth, heads, context, batch and vocabulary, and the same
-training step (forward, cross-entropy, backward, AdamW step) on the same random batch, timed one
-after the other in this process. The original design: ``nn.TransformerDecoderLayer`` (post-norm)
+training step (forward, fp32 cross-entropy, backward, AdamW step) on the same random batch, timed
+one after the other in this process; with compile, the model and the loss are compiled, as
+``CausalLM(compile=True)`` trains. The original design: ``nn.TransformerDecoderLayer`` (post-norm)
 fed its own input embeddings as cross-attention memory, a learned position table, and an explicit
 ``(B*heads, T, T)`` mask built on the CPU every step (which also keeps the fused attention kernels
 from running). FLOPs are counted with ``torch.utils.flop_counter`` on one step of each model;
@@ -17,14 +18,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
+from imdb_transformer.models.lm import token_cross_entropy
+
+KINDS = ("original", "ours")
 
 
 class NotebookDecoder(nn.Module):
@@ -54,19 +59,26 @@ class NotebookDecoder(nn.Module):
         return self.head(x)
 
 
-def peak_matmul_flops(dtype: torch.dtype, device: str, reps: int = 10) -> float:
-    """FLOP/s of a large square matmul in ``dtype``: the ceiling MFU is measured against."""
+def peak_matmul_flops(dtype: torch.dtype, device: str, reps: int = 10, rounds: int = 3) -> float:
+    """FLOP/s of a large square matmul in ``dtype``, best of ``rounds``: the ceiling MFU is measured
+    against."""
     n = 8192 if device.startswith("cuda") else 2048  # large enough to reach each device's peak
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
+    seconds = min(timed(lambda: a @ b, reps, device) for _ in range(rounds))
+    return 2 * n**3 / seconds
+
+
+def timed(step: Callable[[], object], n: int, device: str) -> float:
+    """Seconds per call of ``step``, over ``n`` calls."""
     sync(device)
     start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
+    for _ in range(n):
+        step()
     sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+    return (time.perf_counter() - start) / n
 
 
 def sync(device: str) -> None:
@@ -74,7 +86,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, precision: str, device: str):
+def step_fn(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Tensor,
+    precision: str,
+    device: str,
+    loss_fn=token_cross_entropy,
+):
     autocast = (
         torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
         if precision == "bf16"
@@ -84,7 +103,7 @@ def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, p
     def step() -> None:
         with autocast:
             logits = model(batch[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        loss = loss_fn(logits, batch[:, 1:])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -92,9 +111,10 @@ def step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Tensor, p
     return step
 
 
-def measure(
+def prepare(
     kind: str, config: DecoderConfig, args: argparse.Namespace, precision: str, compiled: bool
-) -> dict:
+) -> tuple[Callable[[], None], int]:
+    """One model's training step, warmed up (and compiled), and its FLOPs per step."""
     torch.manual_seed(0)
     model = (CausalDecoder if kind == "ours" else NotebookDecoder)(config).to(args.device).train()
     batch = torch.randint(4, config.vocab_size, (args.batch_size, config.block_size + 1), device=args.device)
@@ -102,17 +122,34 @@ def measure(
     with FlopCounterMode(display=False) as counter:
         step_fn(model, optimizer, batch, precision, args.device)()  # eager: the model's own FLOPs
     flops = counter.get_total_flops()
-    runner = torch.compile(model) if compiled else model
-    step = step_fn(runner, optimizer, batch, precision, args.device)
+    # compiled as CausalLM(compile=True) trains: the model, and the loss on its logits
+    runner, loss_fn = (
+        (torch.compile(model), torch.compile(token_cross_entropy))
+        if compiled
+        else (model, token_cross_entropy)
+    )
+    step = step_fn(runner, optimizer, batch, precision, args.device, loss_fn)
     for _ in range(args.warmup):  # includes compilation
         step()
-    sync(args.device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(args.device)
-    seconds = (time.perf_counter() - start) / args.steps
-    return {"tokens_per_s": args.batch_size * config.block_size / seconds, "flops_per_s": flops / seconds}
+    return step, flops
+
+
+def measure(config: DecoderConfig, args: argparse.Namespace, precision: str, compiled: bool) -> dict:
+    """Tokens/s and FLOP/s of both models. Their timings alternate, round by round, and each takes
+    its median round, so a machine that speeds up or slows down during the run favours neither."""
+    prepared = {kind: prepare(kind, config, args, precision, compiled) for kind in KINDS}
+    rounds: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for _ in range(args.rounds):
+        for kind, (step, _) in prepared.items():
+            rounds[kind].append(timed(step, args.steps, args.device))
+    results = {}
+    for kind, (_, flops) in prepared.items():
+        seconds = statistics.median(rounds[kind])
+        results[kind] = {
+            "tokens_per_s": args.batch_size * config.block_size / seconds,
+            "flops_per_s": flops / seconds,
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block_size", type=int, default=512, help="context (tokens per sequence)")
     parser.add_argument("--vocab_size", type=int, default=8192)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating the models (median)")
     parser.add_argument(
         "--warmup", type=int, default=2, help="untimed steps first (compilation happens here)"
     )
@@ -156,10 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for precision in args.precision:
         for compiled in args.compile:
-            results = {
-                kind: measure(kind, config, args, precision, compiled == "on")
-                for kind in ("original", "ours")
-            }
+            results = measure(config, args, precision, compiled == "on")
             for kind, r in results.items():
                 speedup = r["tokens_per_s"] / results["original"]["tokens_per_s"]
                 print(

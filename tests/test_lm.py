@@ -84,3 +84,20 @@ def test_the_lstm_baseline_learns_with_the_same_loop() -> None:
     assert_learns(lm, steps=100, lr=1e-2)
     lstm_matrices = sum(p.numel() for n, p in lm.backbone.lstm.named_parameters() if "weight" in n)
     assert lm.flops_per_token(16) == 6 * (lstm_matrices + 32 * 50)
+
+
+@pytest.mark.slow
+def test_compiling_gives_the_same_losses_and_gradients() -> None:
+    torch.manual_seed(0)
+    eager, compiled = tiny_lm(), tiny_lm(compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.configure_model()  # compiles the backbone and the loss, as the Trainer does
+    assert compiled.cross_entropy is not eager.cross_entropy
+    batch = torch.randint(0, 50, (4, 17))
+    for reduction in ("mean", "sum"):
+        (a, _), (b, _) = eager._loss(batch, reduction), compiled._loss(batch, reduction)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    eager._loss(batch)[0].backward()
+    compiled._loss(batch)[0].backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -25,6 +25,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def token_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Next-token cross-entropy of ``logits`` (B, T, V) against ``targets`` (B, T), computed in fp32
+    whatever the logits' dtype. Compiled along with the model (``compile``), the cast, softmax and
+    their backward fuse into a few passes over the logits instead of one per operation."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction=reduction
+    )
+
+
 class FiniteLossGuard:
     """Stops training on a NaN or infinite loss: every update after one trains on garbage.
 
@@ -74,10 +83,12 @@ class LanguageModel(L.LightningModule):
         self.register_buffer("token_bytes", torch.ones(vocab_size, dtype=torch.long), persistent=False)
         self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU
         self.loss_guard = FiniteLossGuard()
+        self.cross_entropy = token_cross_entropy
 
     def configure_model(self) -> None:
         if self.hparams.get("compile"):
             self.backbone.compile()  # in place: the state_dict keys stay the same
+            self.cross_entropy = torch.compile(token_cross_entropy)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -106,11 +117,7 @@ class LanguageModel(L.LightningModule):
 
     def _loss(self, batch: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor]:
         x, y = batch[:, :-1], batch[:, 1:]  # predict token t+1 from tokens <= t
-        logits = self.backbone(x)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction=reduction
-        )
-        return loss, y
+        return self.cross_entropy(self.backbone(x), y, reduction), y
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss, y = self._loss(batch)
