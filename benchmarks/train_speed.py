@@ -3,15 +3,15 @@
     python benchmarks/train_speed.py                   # pretrain.yaml's shape, fp32 and bf16, eager
     python benchmarks/train_speed.py --compile off on  # also with torch.compile
 
-Both models get the same width, depth, heads, context, batch and vocabulary, and the same
-training step (forward, fp32 cross-entropy, backward, AdamW step) on the same random batch, timed
-one after the other in this process; with compile, the model and the loss are compiled, as
-``CausalLM(compile=True)`` trains. The original design: ``nn.TransformerDecoderLayer`` (post-norm)
-fed its own input embeddings as cross-attention memory, a learned position table, and an explicit
-``(B*heads, T, T)`` mask built on the CPU every step (which also keeps the fused attention kernels
-from running). FLOPs are counted with ``torch.utils.flop_counter`` on one step of each model;
-MFU is achieved FLOP/s over the peak matmul FLOP/s measured here, in the same precision, in this
-run. Prints one table.
+Both models get the same width, depth, heads, context, batch and vocabulary, and the same training
+step (forward, fp32 cross-entropy, backward, AdamW step) on the same random batch, timed in this
+process in alternating rounds (each model's median round counts); with compile, the model and the
+loss are compiled, as ``CausalLM(compile=True)`` trains. The original design:
+``nn.TransformerDecoderLayer`` (post-norm) fed its own input embeddings as cross-attention memory,
+a learned position table, and an explicit ``(B*heads, T, T)`` mask built on the CPU every step
+(which also keeps the fused attention kernels from running). FLOPs are counted with
+``torch.utils.flop_counter`` on one step of each model; MFU is achieved FLOP/s over the peak
+matmul FLOP/s measured here, in the same precision, in this run. Prints one table.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def step_fn(
     batch: Tensor,
     precision: str,
     device: str,
-    loss_fn=token_cross_entropy,
-):
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = token_cross_entropy,
+) -> Callable[[], None]:
+    """One training step of ``model`` on ``batch``, as a function of no arguments."""
     autocast = (
         torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
         if precision == "bf16"

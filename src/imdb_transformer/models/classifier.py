@@ -36,8 +36,8 @@ class SentimentClassifier(L.LightningModule):
         backbone_lr: Peak learning rate of the top block when fine-tuning (``freeze false``).
         layer_lr_decay: Each block below the top gets this factor of the one above (ULMFiT: 1/2.6 for
             its 3 layers; for 12 blocks 0.8 keeps the lower ones learning).
-        backbone_dropout: When fine-tuning, keep the backbone's own dropout on. Off by default: the
-            backbone then trains deterministically, as in the README's fine-tuning figure.
+        backbone_dropout: When fine-tuning, keep the backbone's own dropout on. Off by default, as
+            the README's fine-tuning figure was measured.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warmup steps before cosine decay.
     """
