@@ -98,8 +98,8 @@ class SentimentClassifier(L.LightningModule):
             return torch.stack([cache[i] for i in idx]).to(self.device)
         with torch.no_grad():
             feats = self.features(batch["ids"], batch["mask"]).float()
-        for i, f in zip(idx, feats, strict=True):
-            cache[i] = f.cpu()
+        for i, f in zip(idx, feats.cpu(), strict=True):  # one copy to the host per batch, not per review
+            cache[i] = f
         return feats
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:

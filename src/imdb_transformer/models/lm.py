@@ -172,7 +172,8 @@ class CausalLM(LanguageModel):
         betas: AdamW betas.
         warmup_steps: Steps of linear warmup before cosine decay.
         min_lr_ratio: The cosine ends at ``learning_rate * min_lr_ratio`` on the last step.
-        compile: ``torch.compile`` the backbone (faster steps after a one-off compile).
+        compile: ``torch.compile`` the backbone and the loss on its logits (faster steps after a
+            one-off compile).
     """
 
     def __init__(

@@ -52,7 +52,7 @@ class LSTMLM(LanguageModel):
         betas: AdamW betas.
         warmup_steps: Steps of linear warmup before cosine decay.
         min_lr_ratio: The cosine ends at ``learning_rate * min_lr_ratio`` on the last step.
-        compile: ``torch.compile`` the network.
+        compile: ``torch.compile`` the network and the loss on its logits.
     """
 
     def __init__(
