@@ -59,10 +59,9 @@ class NotebookDecoder(nn.Module):
         return self.head(x)
 
 
-def peak_matmul_flops(dtype: torch.dtype, device: str, reps: int = 10, rounds: int = 3) -> float:
-    """FLOP/s of a large square matmul in ``dtype``, best of ``rounds``: the ceiling MFU is measured
+def peak_matmul_flops(dtype: torch.dtype, device: str, n: int, reps: int = 10, rounds: int = 3) -> float:
+    """FLOP/s of an (n x n) @ (n x n) matmul in ``dtype``, best of ``rounds``: the ceiling MFU is measured
     against."""
-    n = 8192 if device.startswith("cuda") else 2048  # large enough to reach each device's peak
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -169,7 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--peak_size",
+        type=int,
+        default=None,
+        help="matrix size of the peak-FLOP/s matmul (8192 on GPU, 2048 on CPU)",
+    )
     args = parser.parse_args(argv)
+    peak_size = args.peak_size or (8192 if args.device.startswith("cuda") else 2048)
     config = DecoderConfig(
         vocab_size=args.vocab_size,
         block_size=args.block_size,
@@ -178,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         n_embd=args.n_embd,
     )
     peaks = {
-        p: peak_matmul_flops(torch.float32 if p == "fp32" else torch.bfloat16, args.device)
+        p: peak_matmul_flops(torch.float32 if p == "fp32" else torch.bfloat16, args.device, peak_size)
         for p in args.precision
     }
     device_name = (

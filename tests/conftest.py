@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import REPO, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 _POS = ["wonderful", "brilliant", "moving", "superb", "delightful", "great", "loved", "masterpiece"]
 _NEG = ["awful", "boring", "dreadful", "terrible", "waste", "dull", "hated", "mess"]
 _FILLER = (
@@ -20,9 +20,10 @@ _FILLER = (
 
 
 def make_review(rng: random.Random, label: int, n_words: int) -> str:
-    """A review of filler words sprinkled with words of its sentiment, and an HTML line break."""
+    """A review of filler words, two in five of them words of its sentiment (enough for a tiny model's
+    frozen features to carry the label), and an HTML line break."""
     cue = _POS if label == 1 else _NEG
-    words = [rng.choice(cue) if rng.random() < 0.2 else rng.choice(_FILLER) for _ in range(n_words)]
+    words = [rng.choice(cue) if rng.random() < 0.4 else rng.choice(_FILLER) for _ in range(n_words)]
     words.insert(n_words // 2, "<br /><br />")
     return " ".join(words).capitalize() + ("!" if label else ".")
 
@@ -61,39 +62,32 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture
-def tiny_fit_args(imdb_dir: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
-    """CLI arguments for a seconds-long pretraining run on the synthetic data, logging to tmp_path."""
+def tiny_pretrain_args(imdb_dir: Path, cache_dir: Path, root: Path) -> list[str]:
+    """``fit`` arguments for a seconds-long pretraining run on the synthetic data, logging under ``root``."""
     return [
         "--config", str(REPO / "configs/pretrain.yaml"),
         "--config", str(REPO / "configs/tiny.yaml"),
         "--data.source", str(imdb_dir),
         "--data.cache_dir", str(cache_dir),
         "--data.vocab_size", "400",
-        "--data.block_size", "32",
         "--data.max_reviews", "null",
-        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.default_root_dir", str(root),
         "--trainer.max_steps", "30",
-        "--trainer.val_check_interval", "10",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
 
 
+@pytest.fixture
+def tiny_fit_args(imdb_dir: Path, cache_dir: Path, tmp_path: Path) -> list[str]:
+    """Pretraining arguments with a 32-token context and validation every 10 steps, logging to tmp_path."""
+    args = tiny_pretrain_args(imdb_dir, cache_dir, tmp_path)
+    return [*args, "--data.block_size", "32", "--trainer.val_check_interval", "10"]
+
+
 @pytest.fixture(scope="session")
 def pretrained_run(imdb_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run folder of a tiny pretraining through the real console script (made once per session)."""
-    import shutil
-    import subprocess
-    import sys
-
+    """The run folder of a tiny pretraining (64-token context) through the real console script, made
+    once per session."""
     root = tmp_path_factory.mktemp("pretrained")
-    script = shutil.which("imdb-transformer") or str(Path(sys.executable).parent / "imdb-transformer")
-    args = [
-        "--config", str(REPO / "configs/pretrain.yaml"), "--config", str(REPO / "configs/tiny.yaml"),
-        "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.vocab_size", "400",
-        "--data.max_reviews", "null", "--trainer.default_root_dir", str(root), "--trainer.max_steps", "30",
-        "--trainer.val_check_interval", "15", "--trainer.enable_progress_bar", "false",
-    ]  # fmt: skip
-    result = subprocess.run([script, "fit", *args], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-5000:]
+    run_cli("fit", *tiny_pretrain_args(imdb_dir, cache_dir, root), "--trainer.val_check_interval", "15")
     return root / "lightning_logs" / "version_0"

@@ -1,7 +1,13 @@
-"""Test helpers that subprocesses import (the tests folder is put on PYTHONPATH for them)."""
+"""Shared test helpers: running the real console script, reading a run's metrics, and callbacks that
+the script's subprocesses import (the tests folder is put on PYTHONPATH for them, see ``HELPERS``)."""
 
 from __future__ import annotations
 
+import csv
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +16,42 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from imdb_transformer.data import LMDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = shutil.which("imdb-transformer") or str(Path(sys.executable).parent / "imdb-transformer")
+HELPERS = {"PYTHONPATH": str(Path(__file__).parent)}  # lets a subprocess's config name these callbacks
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``imdb-transformer ARGS`` and return what it did, whatever its exit status."""
+    return subprocess.run(
+        [SCRIPT, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600
+    )
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``imdb-transformer ARGS`` and require it to succeed."""
+    result = cli(*args, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def fails(*args: str, env: dict | None = None) -> str:
+    """Run ``imdb-transformer ARGS``, require it to fail, and return its stderr."""
+    result = cli(*args, env=env)
+    assert result.returncode != 0, result.stdout[-3000:]
+    return result.stderr
+
+
+def read_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """A run's ``metrics.csv`` as ``{name: [(step, value), ...]}``."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(run_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if value and key not in ("step", "epoch"):
+                    series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return series
 
 
 class RecordBatches(Callback):
@@ -62,3 +104,19 @@ class PoisonWeights(Callback):
         if trainer.global_step == self.at_step:
             with torch.no_grad():
                 pl_module.backbone.wte.weight.fill_(float("nan"))
+
+
+class RecordLogitsDtype(Callback):
+    """Writes the dtype of the backbone's output in each training step to ``record``, one per line:
+    ``torch.bfloat16`` where the step ran under bf16 autocast."""
+
+    def __init__(self, record: str) -> None:
+        self.record = Path(record)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        def hook(module, inputs, output) -> None:
+            if module.training:
+                with self.record.open("a") as f:
+                    f.write(f"{output.dtype}\n")
+
+        pl_module.backbone.register_forward_hook(hook)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from imdb_transformer.models.backbone import BackboneError, export_backbone, load_backbone
+from imdb_transformer.models.backbone import (
+    CHECKPOINT_KEY,
+    FORMAT,
+    BackboneError,
+    export_backbone,
+    load_backbone,
+    load_checkpoint,
+    load_spec,
+)
 
 
 def logits_of(path: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -59,15 +67,17 @@ def test_a_checkpoint_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
 
 
 class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (Path.touch, (Path("/tmp/imdb_transformer_pwned"),))
+        return (Path.touch, (self.marker,))
 
 
 def test_a_pickle_payload_is_refused_not_executed(tmp_path: Path) -> None:
-    marker = Path("/tmp/imdb_transformer_pwned")
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    path.write_bytes(pickle.dumps({"state_dict": _Payload()}))
+    path.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
     with pytest.raises(BackboneError, match="without unpickling code"):
         load_backbone(path)
     assert not marker.exists()
@@ -87,3 +97,29 @@ def test_a_tokenizer_that_does_not_match_the_weights_is_refused(pretrained_run: 
     (export / "config.json").write_text(json.dumps(meta))
     with pytest.raises(BackboneError, match="embedding rows"):
         load_backbone(export)
+
+
+def test_checkpoints_of_every_kind_carry_one_backbone_record(pretrained_run: Path) -> None:
+    checkpoint = load_checkpoint(pretrained_run / "checkpoints" / "last.ckpt")
+    saved = checkpoint[CHECKPOINT_KEY]
+    assert saved["format"] == FORMAT and saved["config"]["n_layer"] == 2
+    assert "LMDataModule" not in checkpoint  # the tokenizer lives in the record only
+    spec = load_spec(pretrained_run / "checkpoints" / "last.ckpt")
+    assert spec.fingerprint == load_spec(pretrained_run / "backbone").fingerprint
+
+
+def test_checkpoints_from_before_the_record_still_load(pretrained_run: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(pretrained_run / "checkpoints" / "last.ckpt")
+    saved = checkpoint.pop(CHECKPOINT_KEY)
+    ids = torch.randint(4, 300, (1, 9))
+    expected = logits_of(pretrained_run / "checkpoints" / "last.ckpt", ids)
+    pretraining = {**checkpoint, "LMDataModule": {"tokenizer_model": saved["tokenizer_model"]}}
+    classifier = {
+        **checkpoint,
+        "backbone_config": saved["config"],
+        "tokenizer_model": saved["tokenizer_model"],
+    }
+    classifier.pop("hyper_parameters")
+    for name, old in [("pretraining", pretraining), ("classifier", classifier)]:
+        torch.save(old, tmp_path / f"{name}.ckpt")
+        torch.testing.assert_close(logits_of(tmp_path / f"{name}.ckpt", ids), expected)

@@ -29,8 +29,9 @@ def test_decode_speed_prints_cached_against_recomputed() -> None:
 def test_train_speed_compares_both_decoders() -> None:
     tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
     out = run_script(
-        "train_speed.py", *tiny, "--batch_size", "2", "--steps", "1", "--rounds", "1", "--warmup", "1"
-    )
+        "train_speed.py", *tiny, "--batch_size", "2", "--steps", "1", "--rounds", "1", "--warmup", "1",
+        "--peak_size", "128",
+    )  # fmt: skip
     rows = [
         [c.strip() for c in line.split("|")[1:4]] for line in out.splitlines() if line[:3] in ("| f", "| b")
     ]

@@ -16,7 +16,7 @@ from imdb_transformer.models.classifier import SentimentClassifier
 def fit(
     model: SentimentClassifier, imdb_dir: Path, cache_dir: Path, tmp_path: Path, epochs: int = 2
 ) -> L.Trainer:
-    dm = ReviewsDataModule(source=str(imdb_dir), cache_dir=str(cache_dir), batch_size=16)
+    dm = ReviewsDataModule(str(imdb_dir), str(cache_dir), backbone=model.hparams.backbone, batch_size=16)
     trainer = L.Trainer(
         max_epochs=epochs, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
         enable_checkpointing=False, enable_model_summary=False,
@@ -85,7 +85,7 @@ def test_a_classifier_onto_a_backbone_of_another_size_is_a_clear_error(
     config = DecoderConfig(**{**vars(model.backbone.config), "n_layer": model.backbone.config.n_layer + 1})
     bigger = export_backbone(CausalDecoder(config), tokenizer, tmp_path / "bigger")
     with pytest.raises(
-        BackboneError, match=r"trained on another backbone \(2 layers .*\) than the one given \(3 layers"
+        BackboneError, match=r"trained on another backbone \(2x64-ctx64-tok\w+\) than the one given \(3x64"
     ):
         SentimentClassifier(backbone=str(bigger)).on_load_checkpoint(checkpoint)
 
@@ -112,7 +112,7 @@ def test_the_backbone_mode_while_training(
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             seen.append((pl_module.backbone.training, pl_module.head.training))
 
-    dm = ReviewsDataModule(source=str(imdb_dir), cache_dir=str(cache_dir), batch_size=64)
+    dm = ReviewsDataModule(str(imdb_dir), str(cache_dir), backbone=model.hparams.backbone, batch_size=64)
     trainer = L.Trainer(
         max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
         enable_checkpointing=False, enable_model_summary=False, callbacks=[Watch()],

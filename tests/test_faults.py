@@ -16,13 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import write_imdb
-from test_cli import SCRIPT, read_metrics, run_cli
+from helpers import HELPERS, SCRIPT, read_metrics, run_cli
 
 from imdb_transformer.data.lm import LMDataModule
 from imdb_transformer.models.backbone import BackboneError, load_backbone
 from imdb_transformer.search import SearchIndexError, SemanticIndex
-
-HELPERS = {"PYTHONPATH": str(Path(__file__).parent)}
 
 
 def popen_fit(args: list[str], *extra: str) -> subprocess.Popen:

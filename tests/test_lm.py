@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from imdb_transformer.models.lm import CausalLM, LanguageModel, warmup_cosine
+from imdb_transformer.models.lm import CausalLM, LanguageModel
 from imdb_transformer.models.lstm import LSTMLM
+from imdb_transformer.models.optim import warmup_cosine
 
 
 def test_schedule_warms_up_then_anneals_fully_by_the_last_step() -> None:

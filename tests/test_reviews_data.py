@@ -51,11 +51,24 @@ def test_labels_outside_0_1_are_refused(tmp_path: Path, cache_dir: Path, pretrai
     pq.write_table(
         table.set_column(1, "label", pa.array([0, 1, 2] + [0] * 17, pa.int64())), folder / "train.parquet"
     )
-    dm = ReviewsDataModule(str(folder), str(cache_dir), tokenizer=str(pretrained_run / "tokenizer.model"))
+    dm = ReviewsDataModule(str(folder), str(cache_dir), backbone=str(pretrained_run / "backbone"))
     with pytest.raises(IMDBSourceError, match=r"labels \[2\] outside \{0, 1\}"):
         dm.prepare_data()
 
 
-def test_a_tokenizer_is_required() -> None:
-    with pytest.raises(ValueError, match="needs a tokenizer"):
+def test_the_backbone_or_a_tokenizer_and_length_are_required(pretrained_run: Path) -> None:
+    with pytest.raises(ValueError, match="needs the backbone it prepares reviews for"):
         ReviewsDataModule().prepare_data()
+    with pytest.raises(ValueError, match="or both data.tokenizer and data.max_length"):
+        ReviewsDataModule(tokenizer=str(pretrained_run / "tokenizer.model")).prepare_data()
+
+
+def test_built_alone_from_a_backbone_it_reads_with_its_tokenizer_and_context(
+    imdb_dir: Path, cache_dir: Path, pretrained_run: Path
+) -> None:
+    dm = ReviewsDataModule(str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"))
+    dm.prepare_data()
+    dm.setup("test")  # no model and no trainer
+    assert dm.context == 64  # tiny.yaml's block_size
+    assert dm.tokenizer.to_bytes() == (pretrained_run / "tokenizer.model").read_bytes()
+    assert max(len(b["ids"][0]) for b in dm.test_dataloader()) <= 64

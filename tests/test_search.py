@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,22 @@ def test_bad_queries_are_clear_errors(embedder: DocumentEmbedder) -> None:
     for k in (0, 6):
         with pytest.raises(ValueError, match="out of range"):
             index.query("good", k)
+
+
+def test_a_moved_index_finds_its_backbone_or_says_how_to_re_point_it(
+    embedder: DocumentEmbedder, tmp_path: Path, pretrained_run: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run / "backbone", run / "backbone")
+    SemanticIndex.build(embedder, TEXTS, backbone=str(run / "backbone")).save(run / "index")
+    expected = SemanticIndex.load(run / "index").query(TEXTS[0], 2)
+    (run).rename(tmp_path / "moved")  # the run folder moves, index and backbone together
+    assert SemanticIndex.load(tmp_path / "moved" / "index").query(TEXTS[0], 2) == expected
+    (tmp_path / "moved" / "index").rename(tmp_path / "index")  # the index alone moves
+    with pytest.raises(SearchIndexError, match="pass its new place with --backbone"):
+        SemanticIndex.load(tmp_path / "index")
+    loaded = SemanticIndex.load(tmp_path / "index", backbone=tmp_path / "moved" / "backbone")
+    assert loaded.query(TEXTS[0], 2) == expected
 
 
 def test_missing_or_foreign_indexes_are_clear_errors(embedder: DocumentEmbedder, tmp_path: Path) -> None:

@@ -1,10 +1,15 @@
-"""Callbacks that the configs name."""
+"""Callbacks: the ones the configs name, and the ones the CLI puts on every run."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.callbacks import ThroughputMonitor
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ThroughputMonitor
+from torch import Tensor
+
+from imdb_transformer.errors import TrainingDiverged
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -22,3 +27,62 @@ class TokenThroughput(ThroughputMonitor):
             window_size=window_size,
             **kwargs,
         )
+
+
+class FiniteLossGuard(Callback):
+    """Stops training on a NaN or infinite loss: every update after one trains on garbage.
+
+    The check of each step's loss stays on the device (no host sync per step); the flag is read
+    every ``log_every_n_steps`` and before any checkpoint is written, so broken weights are never
+    saved and the error still names the first bad step.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: Tensor | None = None  # step of the first non-finite loss, or -1
+        self._step = 0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int
+    ) -> None:
+        self._step = trainer.global_step  # the step this batch trains (counted before its update)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor):
+            return
+        if self.first_bad is None or self.first_bad.device != loss.device:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad & (self.first_bad < 0), self._step, self.first_bad)
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self.check()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`TrainingDiverged` if any loss so far was not finite."""
+        if self.first_bad is not None and (step := int(self.first_bad)) >= 0:
+            raise TrainingDiverged(
+                f"the training loss became NaN or infinite at step {step}; stopped before saving broken "
+                "weights. Try a lower --model.learning_rate, gradient clipping (--trainer.gradient_clip_val "
+                "1.0) or full precision (--trainer.precision 32-true), then resume from an earlier checkpoint"
+            )
+
+
+class ShareTokenizer(Callback):
+    """Hands the tokenizer from the data to the model once the data is set up: the one place where
+    pretraining's model learns the tokenizer that the data fit (``use_tokenizer``), for bits per byte
+    and for the backbone record its checkpoints carry.
+
+    Lightning sets up the datamodule, then callbacks, then the module, so the model has it in
+    ``setup``. Models that bring their own tokenizer (adapters over a backbone) are left alone.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        use = getattr(pl_module, "use_tokenizer", None)
+        if tokenizer is not None and use is not None:
+            use(tokenizer)

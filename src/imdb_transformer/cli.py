@@ -1,44 +1,55 @@
-"""The ``imdb-transformer`` console script: Lightning's CLI (fit / validate / test / predict).
+"""The ``imdb-transformer`` console script.
 
-Every argument comes from a type-hinted signature and its docstring, so
-``imdb-transformer fit --help`` (and ``--model.help CausalLM``) is the reference.
+Training and evaluation (``fit / validate / test / predict``) are Lightning's CLI over the
+LightningModules and DataModules; the other verbs (``embed / search / generate``) are the functions of
+:mod:`imdb_transformer.verbs`. Both are built by jsonargparse from type-hinted signatures and their
+docstrings, so ``--help`` is the reference and every verb takes ``--config`` and ``--print_config``.
 """
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import os
 import sys
-import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from imdb_transformer.atomic import read_artifact
-from imdb_transformer.data.imdb import IMDBSourceError
-from imdb_transformer.models.backbone import BackboneError, load_checkpoint
+from imdb_transformer import verbs
+from imdb_transformer.artifacts import read_artifact
+from imdb_transformer.callbacks import FiniteLossGuard, ShareTokenizer
+from imdb_transformer.errors import ImdbError, InputError
+from imdb_transformer.models.backbone import load_checkpoint
 
 
 class SaveRunFiles(SaveConfigCallback):
-    """Writes the resolved ``config.yaml`` and the ``tokenizer.model`` the run used into its log dir,
-    so every checkpoint there can be reloaded without guessing."""
+    """Writes the resolved ``config.yaml`` and the ``tokenizer.model`` the model reads with into the run's
+    log dir, so every checkpoint there can be reloaded without guessing."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         log_dir = trainer.log_dir  # a collective call under DDP: every rank must make it
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        tokenizer = getattr(pl_module, "tokenizer", None)
         if trainer.is_global_zero and tokenizer is not None and log_dir is not None:
             tokenizer.save(Path(log_dir) / "tokenizer.model")
 
 
 class ImdbCLI(LightningCLI):
-    """LightningCLI with a best-and-last checkpoint always on and the data's sizes linked to the model."""
+    """LightningCLI with what every run here needs: a best-and-last checkpoint, a stop on a non-finite
+    loss, and the explicit links between model and data.
+
+    The links: in pretraining the data decides the vocabulary and block length and the model follows
+    (at parse time) and gets the tokenizer the data fit (:class:`ShareTokenizer`, at setup); an adapter
+    brings its backbone, and its data reads reviews with that backbone's tokenizer and context
+    (``model.backbone`` -> ``data.backbone``).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -54,6 +65,7 @@ class ImdbCLI(LightningCLI):
         # The tokenizer's vocabulary and the block length are data settings; the model follows them.
         for name in ("vocab_size", "block_size"):
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}", apply_on="parse")
+        parser.link_arguments("model.init_args.backbone", "data.init_args.backbone", apply_on="parse")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """After parsing, check ``--ckpt_path`` before Lightning reads it.
@@ -89,11 +101,27 @@ class ImdbCLI(LightningCLI):
             # An adapter's checkpoint holds its backbone (weights, shape, tokenizer): build from it,
             # so evaluating needs nothing but the checkpoint.
             init_args.backbone = config.ckpt_path
+            if "backbone" in config.data.get("init_args", {}):
+                config.data.init_args.backbone = config.ckpt_path
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; an error raised by the project's own code while doing so (a
+        refused backbone, a bad option) surfaces as itself, not as a dump of the whole namespace."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            cause = err
+            while cause is not None and not isinstance(cause, ImdbError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with its default logger given a run folder claimed atomically (``mkdir``), so
         two runs started at once under the same root never share a ``version_N``."""
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard()]  # before the run-files callback
         logger = trainer.logger
         config = self.config.get(self.subcommand, self.config)
         is_default = config.trainer.logger in (None, True) and isinstance(
@@ -111,7 +139,7 @@ class ImdbCLI(LightningCLI):
         return trainer
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint path that does not exist or cannot be read as a checkpoint."""
 
 
@@ -168,133 +196,58 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
         run=run,
         parser_kwargs={
             "description": "Pretrain a causal transformer on IMDB and reuse it. Training and evaluation: "
-            "fit, validate, test, predict. Also: `imdb-transformer embed --help` (build a search index) and "
-            "`imdb-transformer search --help` (query it), "
-            "`imdb-transformer generate --help` (continue a prompt)."
+            "fit, validate, test, predict. Also: "
+            + ", ".join(f"`imdb-transformer {name} --help` ({what})" for name, what in VERB_SUMMARY.items())
+            + "."
         },
     )
 
 
-def embed_main(argv: list[str]) -> None:
-    """``imdb-transformer embed``: embed a split's reviews and save them as a search index."""
-    from imdb_transformer.data.imdb import DEFAULT_SOURCE, load_split, review_texts
-    from imdb_transformer.models.backbone import load_backbone
-    from imdb_transformer.models.embedder import DocumentEmbedder
-    from imdb_transformer.search import SemanticIndex
-
-    parser = argparse.ArgumentParser(
-        prog="imdb-transformer embed",
-        description="Embed the reviews of an IMDB split with a pretrained backbone and save them as a search "
-        "index folder (vectors.safetensors, reviews.parquet, index.json).",
-    )
-    parser.add_argument(
-        "--backbone", required=True, help="a pretraining run's backbone/ folder or checkpoint"
-    )
-    parser.add_argument("--out", required=True, help="the index folder to write")
-    parser.add_argument("--source", default=DEFAULT_SOURCE, help="dataset id or local parquet folder")
-    parser.add_argument("--split", default="test", choices=["train", "test", "unsupervised"])
-    parser.add_argument("--pooling", default="mean", choices=["mean", "max", "last", "concat"])
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--max_reviews", type=int, default=None, help="embed only the first N reviews")
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available"
-    )
-    args = parser.parse_args(argv)
-    ds = load_split(args.source, args.split)
-    texts, rows = review_texts(ds, f"{args.source}:{args.split}")
-    rows = rows[: args.max_reviews]
-    ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
-    labels = ds["label"]
-    kept_texts, kept_ids, kept_labels = texts[: len(rows)], [ids[i] for i in rows], [labels[i] for i in rows]
-    embedder = DocumentEmbedder(load_backbone(args.backbone), pooling=args.pooling).to(args.device)
-    start = time.perf_counter()
-    index = SemanticIndex.build(
-        embedder, kept_texts, kept_ids, kept_labels, args.batch_size, backbone=args.backbone
-    )
-    rate = len(index) / (time.perf_counter() - start)
-    print(f"Saved {len(index):,} review embeddings ({rate:.1f} reviews/s) to {index.save(args.out)}")
+VERBS: dict[str, Callable[..., None]] = {
+    "embed": verbs.embed,
+    "search": verbs.search,
+    "generate": verbs.generate,
+}
+VERB_SUMMARY = {"embed": "build a search index", "search": "query it", "generate": "continue a prompt"}
+# spellings the verbs have always accepted: a short -k, and --prompt repeated to give several prompts
+_SPELLINGS = {"-k": "--k", "--prompt": "--prompt+"}
 
 
-def search_main(argv: list[str]) -> None:
-    """``imdb-transformer search``: the reviews most similar to a query, as a table."""
-    from imdb_transformer.search import SemanticIndex, format_hits
-
-    parser = argparse.ArgumentParser(
-        prog="imdb-transformer search", description="Print the k reviews of an index most similar to a query."
-    )
-    parser.add_argument("--index", required=True, help="an index folder written by `imdb-transformer embed`")
-    parser.add_argument("query", help="the text to search for")
-    parser.add_argument("-k", type=int, default=5, help="how many results (default 5)")
-    args = parser.parse_args(argv)
-    print(format_hits(SemanticIndex.load(args.index).query(args.query, args.k)))
+def verb_parser(name: str) -> ArgumentParser:
+    """The parser of ``imdb-transformer NAME``, built from the signature and docstring of its function."""
+    function = VERBS[name]
+    about = inspect.getdoc(function).split("Args:")[0].strip()  # the docstring before its arguments
+    parser = ArgumentParser(prog=f"imdb-transformer {name}", description=about)
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
+    parser.add_function_arguments(function, as_positional=True)
+    return parser
 
 
-def generate_main(argv: list[str]) -> None:
-    """``imdb-transformer generate``: continue one or more prompts with a pretrained model."""
-    from imdb_transformer.generation import STRATEGIES, generate_text
-    from imdb_transformer.models.backbone import load_backbone
-
-    parser = argparse.ArgumentParser(
-        prog="imdb-transformer generate",
-        description="Continue review openings with a pretrained decoder (KV-cached decoding). "
-        "Each --prompt gives one continuation.",
-    )
-    parser.add_argument(
-        "--checkpoint", required=True, help="a pretraining run's backbone/ folder or one of its .ckpt files"
-    )
-    parser.add_argument(
-        "--prompt", action="append", required=True, help="the opening of a review; repeat for several"
-    )
-    parser.add_argument(
-        "--strategy", default="top_k", choices=STRATEGIES, help="how to pick each token (default top_k)"
-    )
-    parser.add_argument("--max_new_tokens", type=int, default=60, help="tokens to add at most (default 60)")
-    parser.add_argument(
-        "--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default 1.0)"
-    )
-    parser.add_argument("--top_k", type=int, default=50, help="top_k: sample among the k likeliest (50)")
-    parser.add_argument(
-        "--top_p", type=float, default=0.9, help="top_p: sample within this probability mass (default 0.9)"
-    )
-    parser.add_argument(
-        "--repetition_penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0: off)"
-    )
-    parser.add_argument("--seed", type=int, default=None, help="fix the sampling for repeatable output")
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available"
-    )
-    args = parser.parse_args(argv)
-    backbone = load_backbone(args.checkpoint)
-    backbone.decoder.to(args.device)
-    continuations = generate_text(
-        backbone,
-        args.prompt,
-        args.max_new_tokens,
-        strategy=args.strategy,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
-    for i, (prompt, text) in enumerate(zip(args.prompt, continuations, strict=True), start=1):
-        print(f"[{i}] {prompt}{text}\n" if len(args.prompt) > 1 else f"{prompt}{text}")
+def run_verb(name: str, argv: list[str]) -> None:
+    """Parse ``argv`` for the verb ``name`` and call its function."""
+    argv = [_SPELLINGS.get(a, a) for a in argv]
+    argv = [f"--prompt+={a[9:]}" if a.startswith("--prompt=") else a for a in argv]
+    options = verb_parser(name).parse_args(argv).as_dict()
+    options.pop("config", None)
+    function = VERBS[name]
+    positional = [
+        options.pop(p.name)
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY
+    ]
+    function(*positional, **options)
 
 
-VERBS = {"embed": embed_main, "search": search_main, "generate": generate_main}
-
-
-def main() -> None:
-    """Entry point of the ``imdb-transformer`` console script."""
-    if len(sys.argv) > 1 and sys.argv[1] in VERBS:
-        try:
-            VERBS[sys.argv[1]](sys.argv[2:])
-        except ValueError as err:  # bad input: one clear line, no traceback
-            sys.exit(f"error: {err}")
-        return
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``imdb-transformer`` console script. The project's own errors (bad input, a
+    damaged file, a diverged run) print as one ``error:`` line; anything else keeps its traceback."""
+    words = sys.argv[1:] if argv is None else argv
     try:
-        build_cli()
-    except (IMDBSourceError, BackboneError, CheckpointError, FloatingPointError) as err:
+        if words and words[0] in VERBS:
+            run_verb(words[0], words[1:])
+        else:
+            build_cli(argv)  # None: LightningCLI reads sys.argv itself
+    except ImdbError as err:
         sys.exit(f"error: {err}")
 
 

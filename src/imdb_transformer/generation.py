@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID
+from imdb_transformer.errors import InputError
 from imdb_transformer.models.backbone import Backbone
 from imdb_transformer.models.decoder import CausalDecoder, KVCache
 
@@ -38,19 +39,19 @@ def check_options(
 ) -> None:
     """Raise ``ValueError`` naming the bad option and its valid range."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if not temperature > 0:
-        raise ValueError(
+        raise InputError(
             f"temperature must be > 0 (got {temperature}); for deterministic output use the greedy strategy"
         )
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (got {top_k}); 1 is greedy, larger values sample more widely")
+        raise InputError(f"top_k must be >= 1 (got {top_k}); 1 is greedy, larger values sample more widely")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (got {top_p}); 0.9 keeps the likeliest 90% of the mass")
+        raise InputError(f"top_p must be in (0, 1] (got {top_p}); 0.9 keeps the likeliest 90% of the mass")
     if not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0 (got {repetition_penalty}); 1.0 turns it off")
+        raise InputError(f"repetition_penalty must be > 0 (got {repetition_penalty}); 1.0 turns it off")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
+        raise InputError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
 
 
 def next_token(
@@ -114,11 +115,11 @@ def generate(
     """
     check_options(strategy, temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise InputError("every prompt needs at least one token")
     block = decoder.config.block_size
     slide = slide or max(1, block // 4)
     if not 1 <= slide < block:
-        raise ValueError(f"slide must be in [1, {block - 1}] for a context of {block} (got {slide})")
+        raise InputError(f"slide must be in [1, {block - 1}] for a context of {block} (got {slide})")
     keep = block - slide
     was_training = decoder.training
     try:
@@ -203,7 +204,7 @@ def generate_text(backbone: Backbone, prompts: Sequence[str], max_new_tokens: in
     """
     for i, prompt in enumerate(prompts):
         if not prompt.strip():
-            raise ValueError(f"prompt {i + 1} is empty; give the opening words of a review to continue")
+            raise InputError(f"prompt {i + 1} is empty; give the opening words of a review to continue")
     tok = backbone.tokenizer
     ids = [[EOS_ID, *tok.encode(prompt)] for prompt in prompts]
     new = generate(backbone.decoder, ids, max_new_tokens, eos_id=EOS_ID, **options)

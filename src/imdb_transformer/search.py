@@ -17,14 +17,15 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from imdb_transformer.atomic import atomic_path, read_artifact
+from imdb_transformer.artifacts import atomic_path, read_artifact
+from imdb_transformer.errors import InputError
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.embedder import DocumentEmbedder
 
 INDEX_FORMAT = "imdb_transformer.index/1"
 
 
-class SearchIndexError(ValueError):
+class SearchIndexError(InputError):
     """An index folder that is missing, incomplete, or built by a different embedder."""
 
 
@@ -54,7 +55,7 @@ class SemanticIndex:
         backbone: str | None = None,
     ) -> None:
         if len(vectors) != reviews.num_rows:
-            raise ValueError(f"{len(vectors)} vectors for {reviews.num_rows} reviews")
+            raise InputError(f"{len(vectors)} vectors for {reviews.num_rows} reviews")
         self.embedder, self.vectors, self.reviews = embedder, vectors, reviews
         self.backbone = backbone  # where the embedder's weights came from, saved so queries can find them
 
@@ -75,7 +76,7 @@ class SemanticIndex:
         """Embed ``texts`` (with their review ids and labels, if known) into a new index; ``backbone``
         records where the embedder's weights came from, so the saved index can load them again."""
         if not texts:
-            raise ValueError("cannot build an index of no reviews")
+            raise InputError("cannot build an index of no reviews")
         vectors = embedder.embed(texts, batch_size=batch_size, progress=progress)
         reviews = pa.table(
             {
@@ -89,9 +90,9 @@ class SemanticIndex:
     def query(self, text: str, k: int = 5) -> list[Hit]:
         """The ``k`` reviews most similar to ``text``, best first."""
         if not text or not text.strip():
-            raise ValueError("empty query: give some words to search for")
+            raise InputError("empty query: give some words to search for")
         if not 1 <= k <= len(self):
-            raise ValueError(
+            raise InputError(
                 f"k={k} is out of range: the index holds {len(self)} reviews, so 1 <= k <= {len(self)}"
             )
         return self.nearest(self.embedder.embed([text], progress=False)[0], k)
@@ -111,7 +112,10 @@ class SemanticIndex:
             "format": INDEX_FORMAT,
             "count": len(self),
             "embedder": self.embedder.fingerprint,
-            "backbone": str(Path(self.backbone).resolve()) if self.backbone else None,
+            # relative to the index, so an index moved together with its run keeps finding it
+            "backbone": os.path.relpath(Path(self.backbone).resolve(), Path(folder).resolve())
+            if self.backbone
+            else None,
             "pooling": self.embedder.pooling,
             "max_length": self.embedder.max_length,
         }
@@ -122,9 +126,15 @@ class SemanticIndex:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, embedder: DocumentEmbedder | None = None) -> SemanticIndex:
+    def load(
+        cls,
+        folder: str | os.PathLike,
+        embedder: DocumentEmbedder | None = None,
+        backbone: str | os.PathLike | None = None,
+    ) -> SemanticIndex:
         """Load an index saved by :meth:`save`. Queries are embedded by ``embedder``, by default one
-        built from the backbone recorded in the index; it must be the one that built the index."""
+        built from ``backbone``, by default the backbone the index records (a path relative to the
+        index folder); it must be the one that built the index (its fingerprint is checked)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise SearchIndexError(
@@ -142,11 +152,19 @@ class SemanticIndex:
             raise SearchIndexError(
                 f"{folder}/index.json has format {meta.get('format')!r}, expected {INDEX_FORMAT!r}"
             )
+        if backbone is None and meta.get("backbone"):
+            backbone = folder / meta["backbone"]
         if embedder is None:
-            if not meta.get("backbone"):
+            if backbone is None:
                 raise SearchIndexError(f"{folder} does not record its backbone: pass the one that built it")
-            backbone = load_backbone(meta["backbone"])
-            embedder = DocumentEmbedder(backbone, pooling=meta["pooling"], max_length=meta["max_length"])
+            if not Path(backbone).exists():
+                raise SearchIndexError(
+                    f"the backbone of {folder} is not at {backbone} (recorded relative to the index) any "
+                    "more; pass its new place with --backbone (SemanticIndex.load(..., backbone=PATH))"
+                )
+            embedder = DocumentEmbedder(
+                load_backbone(backbone), pooling=meta["pooling"], max_length=meta["max_length"]
+            )
         if meta["embedder"] != embedder.fingerprint:
             raise SearchIndexError(
                 f"{folder} was built by another backbone or pooling ({meta['embedder']}) than the one given "
@@ -161,7 +179,7 @@ class SemanticIndex:
                 f"{folder} holds {len(vectors)} vectors and {reviews.num_rows} reviews, but index.json says "
                 f"{meta.get('count')}; {remedy}"
             )
-        return cls(embedder, vectors, reviews, meta.get("backbone"))
+        return cls(embedder, vectors, reviews, str(backbone) if backbone is not None else None)
 
 
 def format_hits(hits: list[Hit]) -> str:

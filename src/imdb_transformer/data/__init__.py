@@ -1,5 +1,6 @@
 """IMDB loading, the SentencePiece tokenizer and the LightningDataModules."""
 
+from imdb_transformer.data.crops import ContrastiveDataModule
 from imdb_transformer.data.imdb import IMDBSourceError, clean_text, load_split
 from imdb_transformer.data.lm import LMDataModule
 from imdb_transformer.data.reviews import ReviewsDataModule
@@ -10,6 +11,7 @@ __all__ = [
     "EOS_ID",
     "PAD_ID",
     "UNK_ID",
+    "ContrastiveDataModule",
     "IMDBSourceError",
     "LMDataModule",
     "ReviewsDataModule",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
+
+from imdb_transformer.errors import InputError
 
 SPLITS = ("train", "test", "unsupervised")
 DEFAULT_SOURCE = "stanfordnlp/imdb"
@@ -18,7 +22,7 @@ _BREAKS = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
 _SPACES = re.compile(r"[ \t]{2,}")
 
 
-class IMDBSourceError(ValueError):
+class IMDBSourceError(InputError):
     """The IMDB source is missing, incomplete or has the wrong columns."""
 
 
@@ -66,6 +70,42 @@ def review_texts(ds: datasets.Dataset, where: str) -> tuple[list[str], list[int]
     return texts, rows
 
 
+@dataclass
+class Reviews:
+    """The usable reviews of a split: cleaned texts with their review ids and labels (-1: unlabelled)."""
+
+    texts: list[str]
+    ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def load_reviews(source: str, split: str, max_reviews: int | None = None, seed: int = 1234) -> Reviews:
+    """Load a split's reviews as :class:`Reviews`, skipping unusable texts (see :func:`review_texts`).
+
+    Labels of ``train`` and ``test`` must be 0 or 1. ``max_reviews`` keeps a sample of that many,
+    drawn by ``seed``, in the split's order. Ids are the dataset's ``id`` column, else row numbers.
+    """
+    ds = load_split(source, split)
+    where = f"{source}:{split}"
+    all_labels = ds["label"]
+    if split != "unsupervised":
+        bad = sorted({lab for lab in all_labels if lab not in (0, 1)})
+        if bad:
+            raise IMDBSourceError(f"{where} has labels {bad} outside {{0, 1}}; fix or drop those rows")
+    texts, rows = review_texts(ds, where)
+    all_ids = ds["id"] if "id" in ds.column_names else range(len(ds))
+    keep = list(range(len(texts)))
+    if max_reviews is not None:
+        random.Random(seed).shuffle(keep)
+        keep = sorted(keep[:max_reviews])
+    return Reviews(
+        [texts[i] for i in keep], [int(all_ids[rows[i]]) for i in keep], [all_labels[rows[i]] for i in keep]
+    )
+
+
 def is_local(source: str) -> bool:
     """Whether ``source`` names a local folder (existing or not) rather than a hub dataset id."""
     return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
@@ -78,7 +118,7 @@ def load_split(source: str, split: str) -> datasets.Dataset:
     a local folder of ``{split}.parquet`` files.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     if is_local(source):
         folder = Path(source).expanduser()
         if not folder.is_dir():

@@ -15,17 +15,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from imdb_transformer.atomic import atomic_path
+from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
 from imdb_transformer.data.imdb import DEFAULT_SOURCE, load_split, review_texts
 from imdb_transformer.data.tokenizer import (
     EOS_ID,
     ModelType,
     Tokenizer,
-    cache_key,
-    corpus_fingerprint,
     fit_or_load,
     tokenize,
 )
+from imdb_transformer.errors import InputError
 
 _CACHE_VERSION = "1"  # bump when tokenising or packing changes
 
@@ -107,9 +106,9 @@ class LMDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if block_size < 1 or batch_size < 1:
-            raise ValueError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+            raise InputError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
         self.save_hyperparameters()
         self.source = source
         self.cache_dir = Path(cache_dir).expanduser()
@@ -140,7 +139,7 @@ class LMDataModule(L.LightningDataModule):
                 kept = kept[: self.max_reviews]
             n_val = max(1, round(len(kept) * self.val_fraction))
             if len(kept) - n_val < 1:
-                raise ValueError(f"only {len(kept)} non-empty reviews: too few to hold out a validation set")
+                raise InputError(f"only {len(kept)} non-empty reviews: too few to hold out a validation set")
             self._reviews = (kept[n_val:], kept[:n_val])
         return self._reviews
 
@@ -172,7 +171,7 @@ class LMDataModule(L.LightningDataModule):
             ids = tokenize(datasets.Dataset.from_dict({"text": texts}), tokenizer, self.num_proc, name)
             blocks = pack(ids.data.column("ids"), self.block_size)
             if len(blocks) == 0:
-                raise ValueError(
+                raise InputError(
                     f"the {name} split has fewer than block_size + 1 = {self.block_size + 1} tokens; "
                     "use more reviews or a smaller block_size"
                 )
@@ -219,9 +218,3 @@ class LMDataModule(L.LightningDataModule):
         return DataLoader(
             self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
         )
-
-    def state_dict(self) -> dict:
-        """The tokenizer travels inside every checkpoint, so a checkpoint is never without it."""
-        if self.tokenizer is None:
-            return {}
-        return {"tokenizer_model": torch.frombuffer(bytearray(self.tokenizer.to_bytes()), dtype=torch.uint8)}

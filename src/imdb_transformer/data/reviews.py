@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -15,9 +15,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from imdb_transformer.atomic import atomic_path
-from imdb_transformer.data.imdb import DEFAULT_SOURCE, IMDBSourceError, load_split, review_texts
-from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID, Tokenizer, cache_key, corpus_fingerprint, tokenize
+from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
+from imdb_transformer.data.imdb import DEFAULT_SOURCE, load_reviews
+from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID, Tokenizer, tokenize
+from imdb_transformer.errors import InputError
+from imdb_transformer.models.backbone import load_spec
 
 _CACHE_VERSION = "1"
 
@@ -37,15 +39,20 @@ def fit_to_context(ids: list[int], max_length: int, head_fraction: float = 0.25)
     return [EOS_ID, *ids, EOS_ID]
 
 
-def collate_reviews(items: list[dict], max_length: int) -> dict[str, torch.Tensor]:
-    """Pad a list of ``{"ids", "label", "idx"}`` to the longest in the batch; ``mask`` marks real tokens."""
-    seqs = [fit_to_context(list(item["ids"]), max_length) for item in items]
+def pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists to the longest: ids (B, T) and the mask of real tokens (B, T)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = True
+    return ids, mask
+
+
+def collate_reviews(items: list[dict], max_length: int) -> dict[str, torch.Tensor]:
+    """Pad a list of ``{"ids", "label", "idx"}`` to the longest in the batch; ``mask`` marks real tokens."""
+    ids, mask = pad([fit_to_context(list(item["ids"]), max_length) for item in items])
     batch = {"ids": ids, "mask": mask}
     for key in ("label", "idx"):
         if key in items[0]:
@@ -76,14 +83,18 @@ class ReviewsDataModule(L.LightningDataModule):
     """IMDB ``train`` (split into train and validation) and ``test`` reviews with their labels.
 
     Tokenised once in ``prepare_data`` with the backbone's tokenizer and cached; ``setup`` only loads.
+    What it needs from the model is explicit: the backbone (for its tokenizer and context), which the
+    CLI fills in from ``--model.backbone``, or a tokenizer and a length given directly.
     A review longer than the context keeps its head and tail (see :func:`fit_to_context`). Batches
     are padded to their longest review; evaluation batches are sorted by length so little is padding.
 
     Args:
         source: A dataset id for ``datasets.load_dataset`` or a local folder of ``{split}.parquet``.
         cache_dir: Where the tokenised reviews are cached.
-        tokenizer: A SentencePiece ``.model``; default: the model's (its backbone's) tokenizer.
-        max_length: Tokens per review, EOS marks included; default: the model's context length.
+        backbone: The backbone the model reads the reviews with (an export folder or checkpoint): its
+            tokenizer and context are the defaults of the next two. Filled in from ``model.backbone``.
+        tokenizer: A SentencePiece ``.model`` (overrides the backbone's).
+        max_length: Tokens per review, EOS marks included (default: the backbone's context).
         val_fraction: Share of ``train`` held out for validation (model selection never sees ``test``).
         max_reviews: Use only this many (shuffled) reviews of each split: for smoke runs.
         batch_size: Reviews per batch on each device.
@@ -96,6 +107,7 @@ class ReviewsDataModule(L.LightningDataModule):
         self,
         source: str = DEFAULT_SOURCE,
         cache_dir: str = "~/.cache/imdb_transformer",
+        backbone: str | None = None,
         tokenizer: str | None = None,
         max_length: int | None = None,
         val_fraction: float = 0.1,
@@ -107,10 +119,11 @@ class ReviewsDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.source = source
         self.cache_dir = Path(cache_dir).expanduser()
+        self.backbone = backbone
         self.tokenizer_path = tokenizer
         self.max_length = max_length
         self.val_fraction = val_fraction
@@ -122,46 +135,31 @@ class ReviewsDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.splits: dict[str, _Reviews] = {}
 
-    def _tokenizer(self) -> Tokenizer:
-        if self.tokenizer_path is not None:
-            return Tokenizer(self.tokenizer_path)
-        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
-            raise ValueError(
-                "ReviewsDataModule needs a tokenizer: pass data.tokenizer or use a model with a backbone"
+    def _reader(self) -> tuple[Tokenizer, int]:
+        """The tokenizer and tokens per review, from the arguments (no model or trainer involved)."""
+        if self.backbone is None and (self.tokenizer_path is None or self.max_length is None):
+            raise InputError(
+                "ReviewsDataModule needs the backbone it prepares reviews for (data.backbone, which the CLI "
+                "fills in from --model.backbone), or both data.tokenizer and data.max_length"
             )
-        return tokenizer
-
-    def _context(self) -> int:
-        if self.max_length is not None:
-            return self.max_length
-        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        return model.backbone.config.block_size if model is not None else 512
+        spec = load_spec(self.backbone) if self.backbone is not None else None
+        tokenizer = Tokenizer(self.tokenizer_path) if self.tokenizer_path else spec.tokenizer
+        return tokenizer, self.max_length or spec.config.block_size
 
     def _load(self, split: str) -> tuple[list[str], list[int]]:
-        ds = load_split(self.source, split)
-        where = f"{self.source}:{split}"
-        all_labels = ds["label"]
-        bad = sorted({lab for lab in all_labels if lab not in (0, 1)})
-        if bad:
-            raise IMDBSourceError(f"{where} has labels {bad} outside {{0, 1}}; fix or drop those rows")
-        texts, rows = review_texts(ds, where)
-        labels = [all_labels[i] for i in rows]
-        keep = list(range(len(texts)))
-        if self.max_reviews is not None:
-            random.Random(self.seed).shuffle(keep)
-            keep = sorted(keep[: self.max_reviews])
-        return [texts[i] for i in keep], [labels[i] for i in keep]
+        reviews = load_reviews(self.source, split, self.max_reviews, self.seed)
+        return reviews.texts, reviews.labels
 
     def _cache_path(self, split: str, texts: list[str], tokenizer: Tokenizer) -> Path:
         key = cache_key(_CACHE_VERSION, corpus_fingerprint(texts), tokenizer.to_bytes())
         return self.cache_dir / f"reviews-{split}-{key}"
 
+    source_splits: tuple[str, ...] = ("train", "test")  # the dataset splits this module reads
+
     def prepare_data(self) -> None:
-        """Tokenise ``train`` and ``test`` once (batched, in parallel) into the cache."""
-        tokenizer = self._tokenizer()
-        for split in ("train", "test"):
+        """Tokenise the splits it reads once (batched, in parallel) into the cache."""
+        tokenizer, _ = self._reader()
+        for split in self.source_splits:
             texts, labels = self._load(split)
             path = self._cache_path(split, texts, tokenizer)
             if path.exists():
@@ -173,19 +171,22 @@ class ReviewsDataModule(L.LightningDataModule):
             rank_zero_info(f"Cached {len(ds):,} tokenised {split} reviews: {path}")
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the cached splits; carve validation out of ``train`` by ``seed``."""
-        self.tokenizer = self._tokenizer()
-        self.context = self._context()
+        """Load the cached splits and arrange them into train, validation (and test)."""
+        self.tokenizer, self.context = self._reader()
         tables = {}
-        for split in ("train", "test"):
+        for split in self.source_splits:
             texts, _ = self._load(split)
             path = self._cache_path(split, texts, self.tokenizer)
             if not path.exists():
                 raise RuntimeError(f"tokenised reviews not found at {path}: call prepare_data() first")
             tables[split] = datasets.load_from_disk(str(path))
+        self.splits = self._arrange(tables)
+
+    def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
+        """Validation carved out of ``train`` by ``seed``; ``test`` whole. Evaluation sorted by length."""
         order = np.random.default_rng(self.seed).permutation(len(tables["train"]))
         n_val = max(1, round(len(order) * self.val_fraction))
-        self.splits = {
+        return {
             "train": _Reviews(tables["train"], order[n_val:]),
             "val": _Reviews(tables["train"], _by_length(tables["train"], order[:n_val])),
             "test": _Reviews(tables["test"], _by_length(tables["test"], np.arange(len(tables["test"])))),
@@ -197,9 +198,12 @@ class ReviewsDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=partial(collate_reviews, max_length=self.context),
+            collate_fn=self._collate(split),
             persistent_workers=self.num_workers > 0,
         )
+
+    def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        return partial(collate_reviews, max_length=self.context)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

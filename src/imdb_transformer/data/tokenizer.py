@@ -7,7 +7,6 @@ the (whitespace-normalised) text back.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -19,7 +18,7 @@ import sentencepiece as spm
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from imdb_transformer.atomic import atomic_path
+from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ModelType = Literal["unigram", "bpe"]
@@ -116,24 +115,6 @@ class Tokenizer:
         with atomic_path(path) as tmp:
             tmp.write_bytes(model.getvalue())
         return cls(path)
-
-
-def cache_key(*parts: object) -> str:
-    """A short stable hash of the inputs and settings that determine a cached artifact."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in parts:
-        h.update(repr(part).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def corpus_fingerprint(texts: Iterable[str]) -> str:
-    """A hash of the exact texts a tokenizer or dataset is built from."""
-    h = hashlib.blake2b(digest_size=16)
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def fit_or_load(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -11,9 +9,15 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from imdb_transformer.data.tokenizer import Tokenizer
-from imdb_transformer.models.backbone import BackboneError, load_backbone, tokenizer_fingerprint
-from imdb_transformer.models.lm import FiniteLossGuard, warmup_cosine
+from imdb_transformer.errors import InputError
+from imdb_transformer.models.backbone import (
+    BackboneError,
+    BackboneSpec,
+    add_to_checkpoint,
+    load_backbone,
+    spec_from_checkpoint,
+)
+from imdb_transformer.models.optim import adamw_warmup_cosine
 from imdb_transformer.models.pooling import Pooling, pool, pooled_size
 
 
@@ -36,8 +40,8 @@ class SentimentClassifier(L.LightningModule):
         backbone_lr: Peak learning rate of the top block when fine-tuning (``freeze false``).
         layer_lr_decay: Each block below the top gets this factor of the one above (ULMFiT: 1/2.6 for
             its 3 layers; for 12 blocks 0.8 keeps the lower ones learning).
-        backbone_dropout: When fine-tuning, keep the backbone's own dropout on. Off by default, as
-            the README's fine-tuning figure was measured.
+        backbone_dropout: When fine-tuning, keep the backbone's own dropout on (off by default: the
+            pretrained weights are adjusted gently, without noise in their activations).
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warmup steps before cosine decay.
     """
@@ -58,13 +62,12 @@ class SentimentClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if backbone is None:
-            raise ValueError(
+            raise InputError(
                 "SentimentClassifier needs a pretrained backbone: pass --model.backbone, a pretraining run's "
                 "backbone/ folder (lightning_logs/version_N/backbone) or one of its checkpoints"
             )
         loaded = load_backbone(backbone)
         self.backbone, self.tokenizer = loaded.decoder, loaded.tokenizer
-        self.freeze = freeze
         self.pooling = pooling
         features = pooled_size(self.backbone.config.n_embd, pooling)
         self.head = nn.Sequential(nn.LayerNorm(features), nn.Dropout(dropout), nn.Linear(features, 1))
@@ -75,12 +78,11 @@ class SentimentClassifier(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.loss_guard = FiniteLossGuard()
         self.train()  # Lightning keeps each module's mode at the start of fit: set them here
 
     def train(self, mode: bool = True) -> SentimentClassifier:
         super().train(mode)
-        if self.freeze or not self.hparams.backbone_dropout:
+        if self.hparams.freeze or not self.hparams.backbone_dropout:
             # frozen: a fixed feature extractor, the same features every epoch;
             # fine-tuned: no dropout inside the backbone unless backbone_dropout
             self.backbone.eval()
@@ -107,7 +109,7 @@ class SentimentClassifier(L.LightningModule):
         return self.head(self.features(ids, mask)).squeeze(-1)
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        if self.freeze:
+        if self.hparams.freeze:
             logits = self.head(self._cached_features(batch, stage)).squeeze(-1)
         else:
             logits = self(batch["ids"], batch["mask"])
@@ -128,12 +130,7 @@ class SentimentClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
-        self.loss_guard.watch(loss, self.global_step)
-        return loss
-
-    def on_train_batch_end(self, outputs: Tensor, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.loss_guard.on_train_batch_end(self.trainer)
+        return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -146,33 +143,24 @@ class SentimentClassifier(L.LightningModule):
         return torch.sigmoid(self(batch["ids"], batch["mask"]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.loss_guard.check()
-        # Self-contained: the backbone's shape and tokenizer travel with its weights.
-        checkpoint["backbone_config"] = asdict(self.backbone.config)
-        checkpoint["tokenizer_model"] = torch.frombuffer(
-            bytearray(self.tokenizer.to_bytes()), dtype=torch.uint8
-        )
+        add_to_checkpoint(checkpoint, self.backbone.config, self.tokenizer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse weights trained on top of another backbone (shape or tokenizer) with a clear message,
         before ``load_state_dict`` fails on a tensor's size or, worse, silently fits."""
-        mine = {"config": asdict(self.backbone.config), "tokenizer": tokenizer_fingerprint(self.tokenizer)}
-        saved = {"config": checkpoint.get("backbone_config", mine["config"]), "tokenizer": mine["tokenizer"]}
-        if isinstance(checkpoint.get("tokenizer_model"), Tensor):
-            saved["tokenizer"] = tokenizer_fingerprint(
-                Tokenizer.from_bytes(checkpoint["tokenizer_model"].numpy().tobytes())
-            )
+        saved = spec_from_checkpoint(checkpoint, "the checkpoint").fingerprint
+        mine = BackboneSpec(self.backbone.config, self.tokenizer).fingerprint
         if saved != mine:
             raise BackboneError(
-                f"this classifier was trained on another backbone ({_describe(**saved)}) than the one given "
-                f"({_describe(**mine)}); pass the classifier checkpoint itself as --model.backbone (as "
+                f"this classifier was trained on another backbone ({saved}) than the one given ({mine}); "
+                "pass the classifier checkpoint itself as --model.backbone (as "
                 "`imdb-transformer test --ckpt_path` does), or the backbone it was trained on"
             )
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         groups = [{"params": list(self.head.parameters()), "lr": hp.learning_rate}]
-        if not self.freeze:
+        if not hp.freeze:
             b = self.backbone
             layers = [
                 [b.wte.weight],
@@ -183,14 +171,4 @@ class SentimentClassifier(L.LightningModule):
                 groups.append(
                     {"params": params, "lr": hp.backbone_lr * hp.layer_lr_decay ** max(0, depth - 1)}
                 )
-        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(hp.warmup_steps, max(1, total // 10))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_cosine(s, warmup, total, 0.0)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _describe(config: dict, tokenizer: str) -> str:
-    return f"{config['n_layer']} layers x {config['n_embd']} wide, tokenizer {tokenizer}"
+        return adamw_warmup_cosine(self.trainer, groups, hp.warmup_steps, 0.0, weight_decay=hp.weight_decay)

@@ -13,11 +13,14 @@ left-padded prompt gives its real tokens exactly the same scores as the unpadded
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from imdb_transformer.errors import InputError
 
 
 @dataclass
@@ -43,9 +46,9 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+            raise InputError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if (self.n_embd // self.n_head) % 2:
-            raise ValueError("the head size n_embd // n_head must be even for rotary embeddings")
+            raise InputError("the head size n_embd // n_head must be even for rotary embeddings")
 
     @property
     def head_size(self) -> int:
@@ -70,7 +73,7 @@ class KVCache:
     ) -> None:
         self.max_len = max_len or config.block_size
         if self.max_len > config.block_size:
-            raise ValueError(f"max_len={self.max_len} exceeds the model's block_size={config.block_size}")
+            raise InputError(f"max_len={self.max_len} exceeds the model's block_size={config.block_size}")
         shape = (config.n_layer, batch_size, config.n_head, self.max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -252,10 +255,24 @@ class CausalDecoder(nn.Module):
         ``attention_mask`` (B, T), True for real tokens, hides padding from attention. With a
         ``cache``, ``idx`` holds only the new tokens; they are placed after the cached ones.
         """
+        *_, last = self._residual_stream(idx, attention_mask, cache)
+        return self.ln_f(last)
+
+    def layer_states(self, idx: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
+        """The residual stream (B, T, n_embd) after the embedding and after each block, the last one
+        through the final LayerNorm (so it equals :meth:`hidden_states`): ``n_layer + 1`` tensors.
+        Lower layers keep more of each token's identity, upper ones more of its context."""
+        states = list(self._residual_stream(idx, attention_mask, None))
+        states[-1] = self.ln_f(states[-1])
+        return states
+
+    def _residual_stream(
+        self, idx: Tensor, attention_mask: Tensor | None, cache: KVCache | None
+    ) -> Iterator[Tensor]:
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
-            raise ValueError(
+            raise InputError(
                 f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}; "
                 "crop the input (or slide the window) to block_size tokens"
             )
@@ -268,11 +285,12 @@ class CausalDecoder(nn.Module):
         attn_mask = self._attention_mask(T, start, pad_mask)
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.drop(self.wte(idx))  # (B, T, C)
+        yield x
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, attn_mask, cache, i)
+            yield x
         if cache is not None:
             cache.length += T
-        return self.ln_f(x)
 
     @torch.no_grad()
     def attention_maps(self, idx: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:

@@ -1,4 +1,5 @@
-"""DocumentEmbedder: one L2-normalised vector per review from the frozen pretrained backbone."""
+"""DocumentEmbedder: one L2-normalised vector per review from the frozen pretrained backbone, pooled
+directly or through a trained :class:`~imdb_transformer.models.adapter.EmbeddingHead`."""
 
 from __future__ import annotations
 
@@ -10,49 +11,74 @@ from tqdm.auto import tqdm
 
 from imdb_transformer.data.imdb import clean_text
 from imdb_transformer.data.reviews import collate_reviews
+from imdb_transformer.errors import InputError
+from imdb_transformer.models.adapter import EmbeddingHead
 from imdb_transformer.models.backbone import Backbone, tokenizer_fingerprint
 from imdb_transformer.models.pooling import Pooling, pool, pooled_size
 
 
 class DocumentEmbedder(nn.Module):
-    """Frozen backbone + pooling over real tokens + L2 normalisation, so a dot product is a cosine.
+    """Frozen backbone + pooling over real tokens (or a trained adapter head) + L2 normalisation, so a
+    dot product is a cosine.
 
     A review longer than the context keeps its head and tail (as the classifier reads it): one
     forward pass per review, and the opening and the verdict at the end both count.
 
     Args:
         backbone: The pretrained decoder and its tokenizer (see :func:`load_backbone`).
-        pooling: ``mean`` over real tokens (default), ``max``, ``last`` or ``concat``.
+        pooling: Without a head: ``mean`` over real tokens (default), ``max``, ``last`` or ``concat``.
         max_length: Tokens per review, EOS marks included; default: the backbone's context.
+        head: A trained adapter head (see :func:`~imdb_transformer.models.adapter.load_adapter`): it
+            reads every layer's states and replaces ``pooling``.
     """
 
-    def __init__(self, backbone: Backbone, pooling: Pooling = "mean", max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        pooling: Pooling = "mean",
+        max_length: int | None = None,
+        head: EmbeddingHead | None = None,
+    ) -> None:
         super().__init__()
         self.decoder = backbone.decoder.eval().requires_grad_(False)
         self.tokenizer = backbone.tokenizer
-        self.pooling = pooling
+        self.head = head.eval().requires_grad_(False) if head is not None else None
+        self.pooling = pooling if head is None else "adapter"
         self.max_length = min(max_length or self.decoder.config.block_size, self.decoder.config.block_size)
 
     @property
     def fingerprint(self) -> str:
         """Identifies the weights, tokenizer and pooling: vectors from different embedders don't mix."""
-        weights = hashlib.sha256(self.decoder.wte.weight.detach().cpu().numpy().tobytes()).hexdigest()[:16]
-        return f"{weights}-{tokenizer_fingerprint(self.tokenizer)}-{self.pooling}-{self.max_length}"
+        weights = hashlib.sha256(self.decoder.wte.weight.detach().cpu().numpy().tobytes())
+        if self.head is not None:
+            for tensor in self.head.state_dict().values():
+                weights.update(tensor.detach().cpu().numpy().tobytes())
+        token = tokenizer_fingerprint(self.tokenizer)
+        return f"{weights.hexdigest()[:16]}-{token}-{self.pooling}-{self.max_length}"
 
     @torch.no_grad()
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Unit vectors (B, C) for padded token ids (B, T) with their mask."""
+        if self.head is not None:
+            return self.head(self.decoder.layer_states(ids, mask), mask)
         features = pool(self.decoder.hidden_states(ids, attention_mask=mask), mask, self.pooling)
         return nn.functional.normalize(features.float(), dim=-1)
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors."""
+        if self.head is not None:
+            return self.head.config.dim
+        return pooled_size(self.decoder.config.n_embd, self.pooling)
 
     def embed(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
         """Unit vectors (N, C) for raw review texts, computed in batches of similar length."""
         if any(not t.strip() for t in texts):
-            raise ValueError("cannot embed an empty text: give at least one word")
+            raise InputError("cannot embed an empty text: give at least one word")
         ids = self.tokenizer.encode([clean_text(t) for t in texts])
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
         device = self.decoder.wte.weight.device
-        out = torch.empty(len(ids), pooled_size(self.decoder.config.n_embd, self.pooling))
+        out = torch.empty(len(ids), self.dim)
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="Embedding", unit="batch", disable=not progress or len(starts) < 2):
             chunk = order[start : start + batch_size]

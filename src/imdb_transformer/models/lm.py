@@ -12,17 +12,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
-from imdb_transformer.models.backbone import export_backbone, load_backbone
+from imdb_transformer.data.tokenizer import Tokenizer
+from imdb_transformer.errors import InputError
+from imdb_transformer.models.backbone import add_to_checkpoint, export_backbone, load_backbone
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warmup from 0 to 1, then cosine decay to ``min_ratio``
-    exactly at ``total_steps`` (the schedule anneals fully by the end of the run)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
 
 
 def token_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
@@ -32,36 +26,6 @@ def token_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean"
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction=reduction
     )
-
-
-class FiniteLossGuard:
-    """Stops training on a NaN or infinite loss: every update after one trains on garbage.
-
-    ``watch`` runs every step but stays on the device (no host sync); ``check`` reads the result
-    and is called every ``log_every_n_steps`` and before any checkpoint is written, so a broken
-    model is never saved and the error still names the first bad step.
-    """
-
-    def __init__(self) -> None:
-        self.first_bad: Tensor | None = None  # step of the first non-finite loss, or -1
-
-    def watch(self, loss: Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss.detach())
-        if self.first_bad is None or self.first_bad.device != loss.device:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-
-    def check(self) -> None:
-        if self.first_bad is not None and (step := int(self.first_bad)) >= 0:
-            raise FloatingPointError(
-                f"the training loss became NaN or infinite at step {step}; stopped before saving broken "
-                "weights. Try a lower --model.learning_rate, gradient clipping (--trainer.gradient_clip_val "
-                "1.0) or full precision (--trainer.precision 32-true), then resume from an earlier checkpoint"
-            )
-
-    def on_train_batch_end(self, trainer: L.Trainer) -> None:
-        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
-            self.check()
 
 
 class LanguageModel(L.LightningModule):
@@ -82,31 +46,27 @@ class LanguageModel(L.LightningModule):
         self.val_bytes = SumMetric()
         self.register_buffer("token_bytes", torch.ones(vocab_size, dtype=torch.long), persistent=False)
         self.flops_per_batch = 0  # read by Lightning's ThroughputMonitor for MFU
-        self.loss_guard = FiniteLossGuard()
         self.cross_entropy = token_cross_entropy
+        self.tokenizer: Tokenizer | None = None
+
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Give the model the tokenizer its data was encoded with: it counts the bytes behind each
+        token for ``val/bpb`` and travels with the backbone in checkpoints and the export. The CLI
+        calls this from the data (:class:`~imdb_transformer.callbacks.ShareTokenizer`); without it,
+        bits per byte count every token as one byte."""
+        if tokenizer.vocab_size > self.hparams.vocab_size:
+            raise InputError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                f"{self.hparams.vocab_size} embedding rows; set model.vocab_size >= data.vocab_size"
+            )
+        self.tokenizer = tokenizer
+        sizes = tokenizer.token_bytes()
+        self.token_bytes.zero_()[: len(sizes)] = sizes.to(self.token_bytes.device)
 
     def configure_model(self) -> None:
         if self.hparams.get("compile"):
             self.backbone.compile()  # in place: the state_dict keys stay the same
             self.cross_entropy = torch.compile(token_cross_entropy)
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None:
-            if tokenizer.vocab_size > self.hparams.vocab_size:
-                raise ValueError(
-                    f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                    f"{self.hparams.vocab_size} embedding rows; set model.vocab_size >= data.vocab_size"
-                )
-            sizes = tokenizer.token_bytes()
-            self.token_bytes.zero_()[: len(sizes)] = sizes.to(self.token_bytes.device)
-
-    def on_train_batch_end(self, outputs: Tensor, batch: Tensor, batch_idx: int) -> None:
-        self.loss_guard.on_train_batch_end(self.trainer)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.loss_guard.check()
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per predicted token (forward + backward) at context ``seq_len``."""
@@ -121,7 +81,6 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss, y = self._loss(batch)
-        self.loss_guard.watch(loss, self.global_step)
         self.flops_per_batch = self.flops_per_token(y.size(1)) * y.numel()
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -143,18 +102,14 @@ class LanguageModel(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(hp.warmup_steps, max(1, total // 10))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
+        return adamw_warmup_cosine(
+            self.trainer,
+            decay_groups(self.parameters(), hp.weight_decay),
+            hp.warmup_steps,
+            hp.min_lr_ratio,
+            lr=hp.learning_rate,
+            betas=tuple(hp.betas),
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class CausalLM(LanguageModel):
@@ -205,16 +160,19 @@ class CausalLM(LanguageModel):
         # weights that multiply every token: all but the embedding lookup, plus the (tied) LM head
         self._matmul_params = self.backbone.num_parameters(include_embeddings=False) + n_embd * vocab_size
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.tokenizer is not None:
+            add_to_checkpoint(checkpoint, self.config, self.tokenizer)
+
     def on_fit_end(self) -> None:
         """Export the best weights (by ``val/loss``) to ``backbone/`` in the run folder: safetensors,
         config JSON and tokenizer, which the adapters load without pickle."""
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-        if not self.trainer.is_global_zero or log_dir is None or tokenizer is None:
+        if not self.trainer.is_global_zero or log_dir is None or self.tokenizer is None:
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         decoder = load_backbone(best).decoder if best else self.backbone
-        folder = export_backbone(decoder, tokenizer, Path(log_dir) / "backbone")
+        folder = export_backbone(decoder, self.tokenizer, Path(log_dir) / "backbone")
         rank_zero_info(f"Exported the backbone ({'best' if best else 'last'} weights) to {folder}")
 
     def flops_per_token(self, seq_len: int) -> int:

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from imdb_transformer.errors import InputError
+
 Pooling = Literal["mean", "max", "last", "concat"]
 
 
@@ -27,7 +29,7 @@ def pool(hidden: Tensor, mask: Tensor, how: Pooling = "mean") -> Tensor:
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
     if how == "concat":
         return torch.cat([pool(hidden, mask, p) for p in ("mean", "max", "last")], dim=-1)
-    raise ValueError(f"unknown pooling {how!r}; expected mean, max, last or concat")
+    raise InputError(f"unknown pooling {how!r}; expected mean, max, last or concat")
 
 
 def pooled_size(n_embd: int, how: Pooling) -> int:

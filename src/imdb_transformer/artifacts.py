@@ -1,5 +1,6 @@
-"""Artifact files: written under a temporary name and moved into place when complete, and read
-back with an error that names the file when they are damaged.
+"""Artifact files (caches, exports, indexes): named by a key of what built them, written under a
+temporary name and moved into place when complete, and read back with an error that names the file
+when they are damaged.
 
 A run that is killed mid-write, or a second run writing the same cache at the same time,
 never leaves a path that a later run would load as if it were whole.
@@ -7,10 +8,11 @@ never leaves a path that a later run would load as if it were whole.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -53,3 +55,21 @@ def read_artifact(path: Path, read: Callable[[Path], T], error: type[Exception],
     except Exception as err:
         detail = str(err).splitlines()[0] if str(err) else ""
         raise error(f"{path} cannot be read ({type(err).__name__}: {detail}); {remedy}") from err
+
+
+def cache_key(*parts: object) -> str:
+    """A short stable hash of the inputs and settings that determine a cached artifact."""
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def corpus_fingerprint(texts: Iterable[str]) -> str:
+    """A hash of the exact texts a tokenizer or dataset is built from."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()

@@ -1,0 +1,118 @@
+"""ContrastiveDataModule: pairs of random crops of the same review, for training an embedding adapter.
+
+Two independent random spans of one review are a positive pair (Contriever's independent cropping);
+every other review in the batch is a negative. No labels and no outside text: the ``train`` and
+``unsupervised`` reviews only. The ``test`` split is never read, so retrieval benchmarks on it stay
+honest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from functools import partial
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from imdb_transformer.data.imdb import DEFAULT_SOURCE
+from imdb_transformer.data.reviews import ReviewsDataModule, _Reviews, pad
+from imdb_transformer.data.tokenizer import EOS_ID
+from imdb_transformer.errors import InputError
+
+
+def random_crop(ids: list[int], rng: random.Random, crop_min: int, crop_max: int) -> list[int]:
+    """A span of ``crop_min`` to ``crop_max`` tokens (a whole review if it is shorter), after an EOS as
+    every review began in pretraining."""
+    length = min(len(ids), rng.randint(crop_min, crop_max))
+    start = rng.randint(0, len(ids) - length)
+    return [EOS_ID, *ids[start : start + length]]
+
+
+def collate_crops(items: list[dict], crop_min: int, crop_max: int, fixed: bool) -> dict[str, torch.Tensor]:
+    """Two independent crops ``a`` and ``b`` of each review. With ``fixed`` each review's crops are
+    drawn from a generator seeded by its index, so validation sees the same pairs every time."""
+    shared = random.Random()
+    a, b = [], []
+    for item in items:
+        rng = random.Random(int(item["idx"])) if fixed else shared
+        ids = list(item["ids"])
+        a.append(random_crop(ids, rng, crop_min, crop_max))
+        b.append(random_crop(ids, rng, crop_min, crop_max))
+    (a_ids, a_mask), (b_ids, b_mask) = pad(a), pad(b)
+    return {"a_ids": a_ids, "a_mask": a_mask, "b_ids": b_ids, "b_mask": b_mask}
+
+
+class ContrastiveDataModule(ReviewsDataModule):
+    """IMDB ``train`` + ``unsupervised`` reviews (75,000) as pairs of random crops of the same review.
+
+    Tokenised once with the backbone's tokenizer and cached, as :class:`ReviewsDataModule` does. A
+    share of whole reviews is held out for validation, with crops fixed per review.
+
+    Args:
+        source: A dataset id for ``datasets.load_dataset`` or a local folder of ``{split}.parquet``.
+        cache_dir: Where the tokenised reviews are cached.
+        backbone: The backbone the adapter runs on (its tokenizer and context); filled in from
+            ``model.backbone`` by the CLI.
+        tokenizer: A SentencePiece ``.model`` (overrides the backbone's).
+        max_length: Longest crop, EOS included (default: the backbone's context).
+        crop_min: Shortest crop, in tokens.
+        crop_max: Longest crop, in tokens (a query is short, a review long: crops span both).
+        val_fraction: Share of whole reviews held out for validation.
+        max_reviews: Use only this many reviews of each split: for smoke runs.
+        batch_size: Reviews per batch: each brings two crops, and every other review is a negative.
+        num_workers: DataLoader worker processes.
+        num_proc: Processes for tokenising in ``prepare_data`` (default: all CPU cores).
+        seed: Seeds the validation split and the ``max_reviews`` sample.
+    """
+
+    source_splits = ("train", "unsupervised")
+
+    def __init__(
+        self,
+        source: str = DEFAULT_SOURCE,
+        cache_dir: str = "~/.cache/imdb_transformer",
+        backbone: str | None = None,
+        tokenizer: str | None = None,
+        max_length: int | None = None,
+        crop_min: int = 16,
+        crop_max: int = 128,
+        val_fraction: float = 0.02,
+        max_reviews: int | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        seed: int = 1234,
+    ) -> None:
+        if not 1 <= crop_min <= crop_max:
+            raise InputError(f"need 1 <= crop_min <= crop_max, got {crop_min} and {crop_max}")
+        super().__init__(
+            source, cache_dir, backbone, tokenizer, max_length, val_fraction, max_reviews, batch_size,
+            num_workers, num_proc, seed,
+        )  # fmt: skip
+        self.crop_min, self.crop_max = crop_min, crop_max
+
+    def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
+        if self.crop_max + 1 > self.context:
+            raise InputError(
+                f"crop_max={self.crop_max} does not fit the context of {self.context} tokens with its EOS; "
+                f"set data.crop_max <= {self.context - 1}"
+            )
+        table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
+        table = table.remove_columns("idx").add_column("idx", list(range(len(table))))
+        order = np.random.default_rng(self.seed).permutation(len(table))
+        n_val = max(1, round(len(order) * self.val_fraction))
+        return {"train": _Reviews(table, order[n_val:]), "val": _Reviews(table, order[:n_val])}
+
+    def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        return partial(collate_crops, crop_min=self.crop_min, crop_max=self.crop_max, fixed=split != "train")
+
+    def test_dataloader(self) -> DataLoader:
+        raise InputError(
+            "the embedding adapter has no test split here (it never reads test reviews); measure it with "
+            "`python benchmarks/retrieval.py`"
+        )
+
+    predict_dataloader = test_dataloader

@@ -1,0 +1,255 @@
+"""EmbeddingAdapter: a small head over the frozen backbone, trained so that a vector says what a review
+is about.
+
+Mean-pooled states of a causal LM encode a review's length and tone more than its subject. The head
+reads every layer's states (lower layers keep more of each token's identity), mixes them with learned
+weights (ELMo's scalar mix), maps each token through a small MLP and pools with learned attention (a
+token's weight is learned, so names and rare words can count more than "the movie"). It is trained
+with InfoNCE on in-batch negatives: two random crops of the same review are a positive pair
+(Contriever), every other review in the batch a negative; dropout on the head's input is the noise
+that unsupervised SimCSE relies on. Only the head trains; the backbone's weights never change.
+
+An adapter is saved as a folder: ``adapter.safetensors`` and ``adapter.json`` (its settings and the
+fingerprint of the backbone it was trained on); no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from imdb_transformer.artifacts import atomic_path, read_artifact
+from imdb_transformer.errors import InputError
+from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, load_backbone
+from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
+
+AdapterPooling = Literal["attention", "weighted_mean", "mean"]
+ADAPTER_FORMAT = "imdb_transformer.adapter/1"
+WEIGHTS, CONFIG = "adapter.safetensors", "adapter.json"
+
+
+class AdapterError(InputError):
+    """An adapter folder that is missing, damaged, or trained on another backbone."""
+
+
+@dataclass
+class HeadConfig:
+    """The shape of an :class:`EmbeddingHead`.
+
+    Args:
+        n_states: Layer states it reads (the backbone's ``n_layer + 1``).
+        n_embd: Width of the backbone.
+        dim: Width of the output vectors.
+        pooling: ``attention`` (learned weight per token), ``weighted_mean`` (weights growing with
+            position, as SGPT pools a causal model: later tokens have read more), or ``mean``.
+        dropout: Dropout on the mixed states while training (SimCSE's noise).
+    """
+
+    n_states: int
+    n_embd: int
+    dim: int = 256
+    pooling: AdapterPooling = "attention"
+    dropout: float = 0.1
+
+
+class EmbeddingHead(nn.Module):
+    """Layer mix -> per-token MLP -> pooling over real tokens -> unit vector (the math, no Lightning)."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        if config.pooling not in ("attention", "weighted_mean", "mean"):
+            raise InputError(f"unknown pooling {config.pooling!r}; expected attention, weighted_mean or mean")
+        self.config = config
+        self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
+        self.norm = nn.LayerNorm(config.n_embd, elementwise_affine=False)  # layers differ in scale
+        self.drop = nn.Dropout(config.dropout)
+        self.token = nn.Sequential(
+            nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.dim)
+        )
+        self.score = nn.Linear(config.n_embd, 1) if config.pooling == "attention" else None
+
+    def forward(self, states: list[Tensor], mask: Tensor) -> Tensor:
+        """Unit vectors (B, dim) from the backbone's layer states (each (B, T, C)) and the mask (B, T)."""
+        weights = self.mix.softmax(0)
+        x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))  # (B, T, C)
+        x = self.drop(x)
+        if self.score is not None:
+            logits = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+            attn = logits.softmax(-1)  # (B, T)
+        else:
+            attn = mask.float()
+            if self.config.pooling == "weighted_mean":
+                attn = attn * torch.arange(1, mask.size(1) + 1, device=mask.device)
+            attn = attn / attn.sum(-1, keepdim=True).clamp(min=1e-9)
+        pooled = torch.einsum("bt,btd->bd", attn, self.token(x))
+        return F.normalize(pooled, dim=-1)
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Symmetric InfoNCE over a batch of positive pairs (row i of ``a`` and of ``b``), every other row a
+    negative; returns the loss and the share of rows whose positive scores highest (in-batch top-1)."""
+    logits = a @ b.T / temperature  # (B, B)
+    target = torch.arange(len(a), device=a.device)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    accuracy = (logits.argmax(-1) == target).float().mean()
+    return loss, accuracy
+
+
+class EmbeddingAdapter(L.LightningModule):
+    """Trains an :class:`EmbeddingHead` over a frozen pretrained backbone with contrastive crops.
+
+    The backbone runs without gradients in chunks of ``backbone_chunk`` crops, so the batch of in-batch
+    negatives can be as large as memory for the head's inputs allows, not as large as a backward pass
+    through the backbone would: on a CPU, batches of 256 reviews (512 crops); on a GPU, raise
+    ``data.batch_size`` to 1,024 or more.
+
+    Args:
+        backbone: A pretraining run's ``backbone/`` export or one of its checkpoints (required).
+        dim: Width of the output vectors.
+        pooling: ``attention``, ``weighted_mean`` or ``mean`` (see :class:`HeadConfig`).
+        dropout: Dropout on the head's input while training.
+        temperature: Softmax temperature of InfoNCE.
+        learning_rate: Peak AdamW learning rate of the head.
+        weight_decay: AdamW weight decay (matrices only).
+        warmup_steps: Linear warmup steps before cosine decay.
+        backbone_chunk: Crops per forward pass of the frozen backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: str | None = None,
+        dim: int = 256,
+        pooling: AdapterPooling = "attention",
+        dropout: float = 0.1,
+        temperature: float = 0.05,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        backbone_chunk: int = 64,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if backbone is None:
+            raise InputError(
+                "EmbeddingAdapter needs a pretrained backbone: pass --model.backbone, a pretraining run's "
+                "backbone/ folder (lightning_logs/version_N/backbone) or one of its checkpoints"
+            )
+        loaded = load_backbone(backbone)
+        self.backbone, self.tokenizer = loaded.decoder.requires_grad_(False), loaded.tokenizer
+        self.backbone_fingerprint = loaded.fingerprint
+        c = self.backbone.config
+        self.head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, dim, pooling, dropout))
+        self.train()
+
+    def train(self, mode: bool = True) -> EmbeddingAdapter:
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout inside it, the same states every time
+        return self
+
+    @torch.no_grad()
+    def layer_states(self, ids: Tensor, mask: Tensor) -> list[Tensor]:
+        """The frozen backbone's layer states, computed in chunks without gradients."""
+        n = self.hparams.backbone_chunk
+        chunks = [self.backbone.layer_states(ids[i : i + n], mask[i : i + n]) for i in range(0, len(ids), n)]
+        return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Unit vectors (B, dim) of padded token ids."""
+        return self.head(self.layer_states(ids, mask), mask)
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        a = self(batch["a_ids"], batch["a_mask"])
+        b = self(batch["b_ids"], batch["b_mask"])
+        loss, accuracy = info_nce(a, b, self.hparams.temperature)
+        size = len(a)
+        self.log(
+            f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=size
+        )
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val", on_epoch=True, batch_size=size)
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        groups = decay_groups(self.head.parameters(), hp.weight_decay)
+        return adamw_warmup_cosine(self.trainer, groups, hp.warmup_steps, 0.0, lr=hp.learning_rate)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        add_to_checkpoint(checkpoint, self.backbone.config, self.tokenizer)
+
+    def on_fit_end(self) -> None:
+        """Export the best head (by ``val/loss``) to ``adapter/`` in the run folder."""
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
+        if not self.trainer.is_global_zero or log_dir is None:
+            return
+        head = self.head
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            head = EmbeddingHead(self.head.config)
+            head.load_state_dict(
+                {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+            )
+        folder = save_adapter(
+            head, self.backbone_fingerprint, self.hparams.backbone, Path(log_dir) / "adapter"
+        )
+        rank_zero_info(f"Exported the adapter ({'best' if best else 'last'} weights) to {folder}")
+
+
+def save_adapter(
+    head: EmbeddingHead, backbone_fingerprint: str, backbone: str | None, folder: str | os.PathLike
+) -> Path:
+    """Write ``head`` to ``folder`` (replaced atomically), with the fingerprint of its backbone and the
+    backbone's path relative to the folder."""
+    where = os.path.relpath(Path(backbone).resolve(), Path(folder).resolve()) if backbone else None
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "head": asdict(head.config),
+        "backbone_fingerprint": backbone_fingerprint,
+        "backbone": where,
+    }
+    with atomic_path(folder, is_dir=True, overwrite=True) as tmp:
+        save_model(head, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
+    return Path(folder)
+
+
+def load_adapter(folder: str | os.PathLike, backbone: Backbone) -> EmbeddingHead:
+    """Load the head saved in ``folder`` for ``backbone``; refused, naming both fingerprints, if it was
+    trained on another backbone."""
+    folder = Path(folder).expanduser()
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise AdapterError(
+            f"{folder} is not an adapter folder ({CONFIG} and {WEIGHTS}): pass the adapter/ folder of an "
+            "`imdb-transformer fit --config configs/embed.yaml` run"
+        )
+    remedy = "the adapter is damaged: export it again from its run's checkpoint"
+    meta = read_artifact(folder / CONFIG, lambda p: json.loads(p.read_text()), AdapterError, remedy)
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise AdapterError(
+            f"{folder / CONFIG} has format {meta.get('format')!r}, expected {ADAPTER_FORMAT!r}"
+        )
+    if meta["backbone_fingerprint"] != backbone.fingerprint:
+        raise AdapterError(
+            f"the adapter {folder} was trained on backbone {meta['backbone_fingerprint']}, not on the one "
+            f"given ({backbone.fingerprint}); use the backbone it was trained on, or train an adapter "
+            "for this one"
+        )
+    head = EmbeddingHead(HeadConfig(**meta["head"]))
+    read_artifact(folder / WEIGHTS, lambda p: load_model(head, str(p)), AdapterError, remedy)
+    return head.eval()

@@ -1,0 +1,44 @@
+"""The optimiser and learning-rate schedule that every LightningModule here trains with: AdamW,
+linear warmup, then a cosine that anneals fully on the run's last step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup from 0 to 1, then cosine decay to ``min_ratio``
+    exactly at ``total_steps`` (the schedule anneals fully by the end of the run)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def decay_groups(params: Iterable[nn.Parameter], weight_decay: float, **group: Any) -> list[dict]:
+    """Parameter groups where weight matrices decay and norms and biases (1-D) do not."""
+    params = [p for p in params if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, **group},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **group},
+    ]
+
+
+def adamw_warmup_cosine(
+    trainer: L.Trainer, groups: list[dict], warmup_steps: int, min_lr_ratio: float, **adamw: Any
+) -> dict:
+    """``configure_optimizers``' answer: AdamW over ``groups`` and a per-step warmup + cosine schedule
+    over the whole run (``trainer.estimated_stepping_batches``). Warmup takes at most a tenth of it."""
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **adamw)
+    total = int(trainer.estimated_stepping_batches)
+    warmup = min(warmup_steps, max(1, total // 10))
+    schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total, min_ratio=min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

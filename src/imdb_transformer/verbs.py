@@ -1,0 +1,131 @@
+"""The console script's verbs beyond training (``embed``, ``search``, ``generate``): plain functions.
+
+``imdb-transformer VERB`` builds each one's options from its signature and docstring (see
+:mod:`imdb_transformer.cli`), so ``--help`` is this documentation and every verb takes ``--config``
+and ``--print_config``. They can be called from Python just the same.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+
+from imdb_transformer.data.imdb import DEFAULT_SOURCE
+from imdb_transformer.generation import Strategy
+from imdb_transformer.models.pooling import Pooling
+
+Split = Literal["train", "test", "unsupervised"]
+
+
+def _device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def embed(
+    *,
+    backbone: str,
+    out: str,
+    source: str = DEFAULT_SOURCE,
+    split: Split = "test",
+    pooling: Pooling = "mean",
+    batch_size: int = 64,
+    max_reviews: int | None = None,
+    device: str | None = None,
+) -> None:
+    """Embed the reviews of an IMDB split and save them as a search index.
+
+    The index is a folder (vectors.safetensors, reviews.parquet, index.json) that `imdb-transformer
+    search` queries; it records the backbone relative to itself.
+
+    Args:
+        backbone: A pretraining run's backbone/ folder or one of its checkpoints.
+        out: The index folder to write (replaced atomically if it exists).
+        source: A dataset id for datasets.load_dataset, or a local folder of {split}.parquet files.
+        split: Which split's reviews to index.
+        pooling: How token states become one vector: mean, max, last or concat.
+        batch_size: Reviews per forward pass.
+        max_reviews: Index only a sample of this many reviews (drawn with a fixed seed).
+        device: cpu or cuda (default: cuda when available).
+    """
+    from imdb_transformer.data.imdb import load_reviews
+    from imdb_transformer.models.backbone import load_backbone
+    from imdb_transformer.models.embedder import DocumentEmbedder
+    from imdb_transformer.search import SemanticIndex
+
+    reviews = load_reviews(source, split, max_reviews)
+    embedder = DocumentEmbedder(load_backbone(backbone), pooling=pooling).to(_device(device))
+    start = time.perf_counter()
+    index = SemanticIndex.build(
+        embedder, reviews.texts, reviews.ids, reviews.labels, batch_size, backbone=backbone
+    )
+    rate = len(index) / (time.perf_counter() - start)
+    print(f"Saved {len(index):,} review embeddings ({rate:.1f} reviews/s) to {index.save(out)}")
+
+
+def search(query: str, /, *, index: str, k: int = 5, backbone: str | None = None) -> None:
+    """Print the k reviews of an index most similar to a query, as a table.
+
+    Example: imdb-transformer search --index index/test "classic horror movie" -k 5
+
+    Args:
+        query: The text to search for.
+        index: An index folder written by `imdb-transformer embed`.
+        k: How many results.
+        backbone: The backbone that built the index, if it has moved since (default: the one the
+            index records, relative to the index folder).
+    """
+    from imdb_transformer.search import SemanticIndex, format_hits
+
+    print(format_hits(SemanticIndex.load(index, backbone=backbone).query(query, k)))
+
+
+def generate(
+    *,
+    checkpoint: str,
+    prompt: list[str],
+    strategy: Strategy = "top_k",
+    max_new_tokens: int = 60,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    device: str | None = None,
+) -> None:
+    """Continue review openings with a pretrained decoder.
+
+    Each --prompt gives one continuation; several are decoded together as one batch, each new token
+    fed alone through the model over its KV cache.
+
+    Args:
+        checkpoint: A pretraining run's backbone/ folder or one of its .ckpt files.
+        prompt: The opening of a review; repeat --prompt for several.
+        strategy: How each token is picked: greedy, sample (temperature only), top_k or top_p.
+        max_new_tokens: Tokens to add at most (a continuation stops early where the review ends).
+        temperature: Above 0; lower is more conservative.
+        top_k: For top_k: sample among the k likeliest tokens.
+        top_p: For top_p: sample within this probability mass.
+        repetition_penalty: Above 1 discourages repeats (CTRL-style); 1.0 is off.
+        seed: Fix the sampling, for repeatable output.
+        device: cpu or cuda (default: cuda when available).
+    """
+    from imdb_transformer.generation import generate_text
+    from imdb_transformer.models.backbone import load_backbone
+
+    loaded = load_backbone(checkpoint)
+    loaded.decoder.to(_device(device))
+    continuations = generate_text(
+        loaded,
+        prompt,
+        max_new_tokens,
+        strategy=strategy,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    for i, (opening, text) in enumerate(zip(prompt, continuations, strict=True), start=1):
+        print(f"[{i}] {opening}{text}\n" if len(prompt) > 1 else f"{opening}{text}")
