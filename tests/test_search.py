@@ -105,7 +105,7 @@ def test_missing_or_foreign_indexes_are_clear_errors(embedder: DocumentEmbedder,
         SemanticIndex.load(tmp_path / "nope", embedder)
     SemanticIndex.build(embedder, TEXTS).save(tmp_path / "idx")
     other = DocumentEmbedder(embedder_backbone(embedder), pooling="max")
-    with pytest.raises(SearchIndexError, match="another backbone or pooling"):
+    with pytest.raises(SearchIndexError, match="another backbone, adapter or pooling"):
         SemanticIndex.load(tmp_path / "idx", other)
     (tmp_path / "idx" / "vectors.safetensors").unlink()
     with pytest.raises(SearchIndexError, match="vectors.safetensors missing"):

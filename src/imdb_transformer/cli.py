@@ -227,6 +227,9 @@ def run_verb(name: str, argv: list[str]) -> None:
     """Parse ``argv`` for the verb ``name`` and call its function."""
     argv = [_SPELLINGS.get(a, a) for a in argv]
     argv = [f"--prompt+={a[9:]}" if a.startswith("--prompt=") else a for a in argv]
+    if name == "search" and any(a.split("=")[0] == "--like" for a in argv) and not _positionals(argv):
+        argv.append("")  # `search --like ID` needs no query
+
     options = verb_parser(name).parse_args(argv).as_dict()
     options.pop("config", None)
     function = VERBS[name]
@@ -236,6 +239,19 @@ def run_verb(name: str, argv: list[str]) -> None:
         if p.kind is inspect.Parameter.POSITIONAL_ONLY
     ]
     function(*positional, **options)
+
+
+def _positionals(argv: list[str]) -> list[str]:
+    """The words of ``argv`` that are not options or their values (every verb option takes a value)."""
+    words, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a.startswith("-"):
+            skip = "=" not in a
+        else:
+            words.append(a)
+    return words
 
 
 def main(argv: list[str] | None = None) -> None:

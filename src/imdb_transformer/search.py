@@ -1,8 +1,17 @@
-"""SemanticIndex: exact cosine search over review embeddings, saved as plain files.
+"""SemanticIndex: dense vectors and a BM25 index of the same reviews, ranked alone or fused.
 
 The index is a folder: ``vectors.safetensors`` (N, C) unit vectors, ``reviews.parquet`` (id, label,
-text) and ``index.json`` (what built it). Search is one matrix product over all N vectors: exact,
-and a few milliseconds at IMDB's size, with no server and nothing to tune.
+text), ``lexical/`` (a BM25 index written by ``bm25s``: numpy arrays and JSON, no pickle) and
+``index.json`` (what built it: backbone, adapter, fingerprint, the hybrid weight).
+
+- ``dense``: cosine of the query's vector against every review's (one matrix product: exact), or, for
+  indexes that outgrow that, an approximate FAISS HNSW graph (``ann="hnsw"``, the ``faiss`` extra).
+- ``lexical``: BM25 over lower-cased words without stop words (``bm25s``): names and rare words.
+- ``hybrid``: both, fused. Each ranker proposes its top candidates; both score every candidate; each
+  score is min-max normalised over the candidates and the two are mixed convexly,
+  ``alpha * dense + (1 - alpha) * lexical`` (Bruch et al. 2023, "An Analysis of Fusion Functions for
+  Hybrid Retrieval"). ``alpha`` is chosen on held-out training reviews by ``benchmarks/retrieval.py``
+  and stored in the index.
 """
 
 from __future__ import annotations
@@ -11,7 +20,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -19,10 +30,15 @@ from safetensors.torch import load_file, save_file
 
 from imdb_transformer.artifacts import atomic_path, read_artifact
 from imdb_transformer.errors import InputError
+from imdb_transformer.models.adapter import load_adapter
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.embedder import DocumentEmbedder
 
-INDEX_FORMAT = "imdb_transformer.index/1"
+INDEX_FORMAT = "imdb_transformer.index/2"
+Mode = Literal["hybrid", "dense", "lexical"]
+Ann = Literal["exact", "hnsw"]
+CANDIDATES = 100  # each ranker's proposals for hybrid fusion
+DEFAULT_ALPHA = 0.5
 
 
 class SearchIndexError(InputError):
@@ -44,20 +60,80 @@ def snippet(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + "…"
 
 
+class Lexical:
+    """BM25 over the reviews' words (``bm25s``: sparse matrices in numpy, fast and small).
+
+    Words are lower-cased runs of two or more letters or digits; English stop words are dropped.
+    """
+
+    def __init__(self, retriever) -> None:  # a bm25s.BM25
+        self.retriever = retriever
+
+    @staticmethod
+    def words(texts: list[str]) -> list[list[str]]:
+        import bm25s
+
+        return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+
+    @classmethod
+    def build(cls, texts: list[str]) -> Lexical:
+        import bm25s
+
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        return cls(retriever)
+
+    def scores(self, text: str) -> np.ndarray:
+        """BM25 score of every review for ``text`` (N,); zero where no word matches."""
+        words = [w for w in self.words([text])[0] if w in self.retriever.vocab_dict]
+        if not words:
+            return np.zeros(self.retriever.scores["num_docs"], dtype=np.float32)
+        return self.retriever.get_scores(words)
+
+    def save(self, folder: Path) -> None:
+        self.retriever.save(str(folder), show_progress=False)
+
+    @classmethod
+    def load(cls, folder: Path) -> Lexical:
+        import bm25s
+
+        return cls(bm25s.BM25.load(str(folder), mmap=False, show_progress=False))
+
+
 class SemanticIndex:
-    """Reviews and their embeddings; ``query(text, k)`` returns the k most similar by cosine."""
+    """Reviews, their embeddings and a BM25 index; ``query(text, k, mode)`` returns the k best.
+
+    Args:
+        embedder: What embeds queries (the one that embedded the reviews).
+        vectors: Unit vectors (N, C) of the reviews.
+        reviews: Table of ``id``, ``label``, ``text``.
+        backbone: Where the embedder's backbone came from, saved so queries can find it.
+        adapter: Where its adapter came from, if it has one.
+        lexical: The BM25 index of the same reviews (None: dense only).
+        alpha: Weight of the dense score in hybrid ranking.
+        ann: ``exact`` (default) or ``hnsw`` (approximate, FAISS) for dense candidates.
+    """
 
     def __init__(
         self,
         embedder: DocumentEmbedder,
         vectors: torch.Tensor,
         reviews: pa.Table,
-        backbone: str | None = None,
+        backbone: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None,
+        lexical: Lexical | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        ann: Ann = "exact",
     ) -> None:
         if len(vectors) != reviews.num_rows:
             raise InputError(f"{len(vectors)} vectors for {reviews.num_rows} reviews")
         self.embedder, self.vectors, self.reviews = embedder, vectors, reviews
-        self.backbone = backbone  # where the embedder's weights came from, saved so queries can find them
+        self.backbone = str(backbone) if backbone is not None else None
+        self.adapter = str(adapter) if adapter is not None else None
+        self.lexical, self.alpha = lexical, alpha
+        self._ids = reviews.column("id").to_numpy()
+        self.ann = ann
+        self._faiss = build_hnsw(vectors) if ann == "hnsw" else None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -70,11 +146,15 @@ class SemanticIndex:
         ids: list[int] | None = None,
         labels: list[int] | None = None,
         batch_size: int = 64,
-        backbone: str | None = None,
+        backbone: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None,
         progress: bool = True,
+        lexical: bool = True,
+        alpha: float = DEFAULT_ALPHA,
     ) -> SemanticIndex:
-        """Embed ``texts`` (with their review ids and labels, if known) into a new index; ``backbone``
-        records where the embedder's weights came from, so the saved index can load them again."""
+        """Embed ``texts`` (with their review ids and labels, if known) into a new index, and index their
+        words with BM25 (``lexical``); ``backbone`` and ``adapter`` record where the embedder came from,
+        so the saved index can load it again."""
         if not texts:
             raise InputError("cannot build an index of no reviews")
         vectors = embedder.embed(texts, batch_size=batch_size, progress=progress)
@@ -85,26 +165,90 @@ class SemanticIndex:
                 "text": pa.array(texts, pa.string()),
             }
         )
-        return cls(embedder, vectors, reviews, backbone)
+        words = Lexical.build(texts) if lexical else None
+        return cls(embedder, vectors, reviews, backbone, adapter, words, alpha)
 
-    def query(self, text: str, k: int = 5) -> list[Hit]:
-        """The ``k`` reviews most similar to ``text``, best first."""
+    def query(self, text: str, k: int = 5, mode: Mode | None = None) -> list[Hit]:
+        """The ``k`` reviews that best match ``text``, best first. ``mode``: ``hybrid`` (the default
+        when the index has a lexical part), ``dense`` or ``lexical``."""
         if not text or not text.strip():
             raise InputError("empty query: give some words to search for")
+        self._check_k(k)
+        mode = self._mode(mode)
+        vector = self.embedder.embed([text], progress=False)[0] if mode != "lexical" else None
+        return self._rank(vector, text, k, mode)
+
+    def like(self, review_id: int, k: int = 5, mode: Mode | None = None) -> list[Hit]:
+        """ "More like this": the ``k`` reviews closest to the index's own review ``review_id`` (itself
+        left out), by its stored vector and, for ``lexical``/``hybrid``, its words."""
+        self._check_k(k + 1)
+        rows = np.flatnonzero(self._ids == review_id)
+        if len(rows) == 0:
+            raise InputError(f"review id {review_id} is not in this index; ids are in its reviews.parquet")
+        row = int(rows[0])
+        text = self.reviews.column("text")[row].as_py()
+        hits = self._rank(self.vectors[row], text, k + 1, self._mode(mode), exclude=row)
+        return [Hit(i + 1, h.score, h.id, h.label, h.snippet) for i, h in enumerate(hits[:k])]
+
+    def nearest(self, vector: torch.Tensor, k: int) -> list[Hit]:
+        """The ``k`` reviews whose embeddings have the highest cosine with unit ``vector``, best first."""
+        rows, scores = self._dense_top(vector, k)
+        return self._hits(rows, scores)
+
+    def scores(
+        self, vector: torch.Tensor | None, text: str, mode: Mode, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores of the top ``k`` under ``mode`` (the ranking behind :meth:`query`)."""
+        if mode == "dense":
+            return self._dense_top(vector, k)
+        lexical = self.lexical.scores(text)
+        if mode == "lexical":
+            rows = np.argsort(-lexical, kind="stable")[:k]
+            return rows, lexical[rows]
+        dense_rows, _ = self._dense_top(vector, CANDIDATES)
+        lexical_rows = np.argpartition(-lexical, min(CANDIDATES, len(lexical) - 1))[:CANDIDATES]
+        rows = np.union1d(dense_rows, lexical_rows)
+        dense = (self.vectors[torch.from_numpy(rows)] @ vector).numpy()
+        fused = self.alpha * minmax(dense) + (1 - self.alpha) * minmax(lexical[rows])
+        order = np.argsort(-fused, kind="stable")[:k]
+        return rows[order], fused[order]
+
+    def _rank(
+        self, vector: torch.Tensor | None, text: str, k: int, mode: Mode, exclude: int | None = None
+    ) -> list[Hit]:
+        rows, scores = self.scores(vector, text, mode, k + (exclude is not None))
+        keep = rows != exclude
+        return self._hits(rows[keep][:k], scores[keep][:k])
+
+    def _dense_top(self, vector: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self))
+        if self._faiss is not None:
+            scores, rows = self._faiss.search(vector.reshape(1, -1).float().numpy(), k)
+            return rows[0], scores[0]
+        scores, rows = torch.topk(self.vectors @ vector, k)
+        return rows.numpy(), scores.numpy()
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        found = self.reviews.take(pa.array(rows.tolist(), pa.int64()))  # only the k rows, never the table
+        return [
+            Hit(rank + 1, float(score), review["id"], review["label"], snippet(review["text"]))
+            for rank, (score, review) in enumerate(zip(scores.tolist(), found.to_pylist(), strict=True))
+        ]
+
+    def _mode(self, mode: Mode | None) -> Mode:
+        if mode is None:
+            return "hybrid" if self.lexical is not None else "dense"
+        if mode not in ("hybrid", "dense", "lexical"):
+            raise InputError(f"unknown mode {mode!r}; expected hybrid, dense or lexical")
+        if mode != "dense" and self.lexical is None:
+            raise InputError(f"this index has no lexical part, so mode {mode!r} cannot run; use dense")
+        return mode
+
+    def _check_k(self, k: int) -> None:
         if not 1 <= k <= len(self):
             raise InputError(
                 f"k={k} is out of range: the index holds {len(self)} reviews, so 1 <= k <= {len(self)}"
             )
-        return self.nearest(self.embedder.embed([text], progress=False)[0], k)
-
-    def nearest(self, vector: torch.Tensor, k: int) -> list[Hit]:
-        """The ``k`` reviews whose embeddings have the highest cosine with unit ``vector``, best first."""
-        scores, rows = torch.topk(self.vectors @ vector, k)
-        found = self.reviews.take(pa.array(rows.tolist()))  # only the k rows, never the whole table
-        return [
-            Hit(rank + 1, score, review["id"], review["label"], snippet(review["text"]))
-            for rank, (score, review) in enumerate(zip(scores.tolist(), found.to_pylist(), strict=True))
-        ]
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the index to ``folder`` (replaced atomically if it exists)."""
@@ -112,16 +256,19 @@ class SemanticIndex:
             "format": INDEX_FORMAT,
             "count": len(self),
             "embedder": self.embedder.fingerprint,
-            # relative to the index, so an index moved together with its run keeps finding it
-            "backbone": os.path.relpath(Path(self.backbone).resolve(), Path(folder).resolve())
-            if self.backbone
-            else None,
+            # relative to the index, so an index moved together with its run keeps finding them
+            "backbone": _relative(self.backbone, folder),
+            "adapter": _relative(self.adapter, folder),
             "pooling": self.embedder.pooling,
             "max_length": self.embedder.max_length,
+            "lexical": self.lexical is not None,
+            "alpha": self.alpha,
         }
         with atomic_path(folder, is_dir=True, overwrite=True) as tmp:
             save_file({"vectors": self.vectors.contiguous()}, str(tmp / "vectors.safetensors"))
             pq.write_table(self.reviews, tmp / "reviews.parquet")
+            if self.lexical is not None:
+                self.lexical.save(tmp / "lexical")
             (tmp / "index.json").write_text(json.dumps(meta, indent=2))
         return Path(folder)
 
@@ -131,10 +278,12 @@ class SemanticIndex:
         folder: str | os.PathLike,
         embedder: DocumentEmbedder | None = None,
         backbone: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None,
+        ann: Ann = "exact",
     ) -> SemanticIndex:
         """Load an index saved by :meth:`save`. Queries are embedded by ``embedder``, by default one
-        built from ``backbone``, by default the backbone the index records (a path relative to the
-        index folder); it must be the one that built the index (its fingerprint is checked)."""
+        built from ``backbone`` (and ``adapter``), by default those the index records (paths relative
+        to the index folder); it must be the one that built the index (its fingerprint is checked)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise SearchIndexError(
@@ -148,27 +297,19 @@ class SemanticIndex:
         meta = read_artifact(
             folder / "index.json", lambda p: json.loads(p.read_text()), SearchIndexError, remedy
         )
-        if meta.get("format") != INDEX_FORMAT:
+        if meta.get("format") not in (INDEX_FORMAT, "imdb_transformer.index/1"):  # /1: dense only
             raise SearchIndexError(
                 f"{folder}/index.json has format {meta.get('format')!r}, expected {INDEX_FORMAT!r}"
             )
-        if backbone is None and meta.get("backbone"):
-            backbone = folder / meta["backbone"]
+        backbone = backbone if backbone is not None else _recorded(meta.get("backbone"), folder)
+        adapter = adapter if adapter is not None else _recorded(meta.get("adapter"), folder)
         if embedder is None:
-            if backbone is None:
-                raise SearchIndexError(f"{folder} does not record its backbone: pass the one that built it")
-            if not Path(backbone).exists():
-                raise SearchIndexError(
-                    f"the backbone of {folder} is not at {backbone} (recorded relative to the index) any "
-                    "more; pass its new place with --backbone (SemanticIndex.load(..., backbone=PATH))"
-                )
-            embedder = DocumentEmbedder(
-                load_backbone(backbone), pooling=meta["pooling"], max_length=meta["max_length"]
-            )
+            embedder = _embedder(folder, meta, backbone, adapter)
         if meta["embedder"] != embedder.fingerprint:
             raise SearchIndexError(
-                f"{folder} was built by another backbone or pooling ({meta['embedder']}) than the one given "
-                f"({embedder.fingerprint}); query it with the backbone that built it, or rebuild the index"
+                f"{folder} was built by another backbone, adapter or pooling ({meta['embedder']}) than the "
+                f"one given ({embedder.fingerprint}); query it with the embedder that built it, or rebuild "
+                "the index"
             )
         vectors = read_artifact(
             folder / "vectors.safetensors", lambda p: load_file(str(p))["vectors"], SearchIndexError, remedy
@@ -179,7 +320,55 @@ class SemanticIndex:
                 f"{folder} holds {len(vectors)} vectors and {reviews.num_rows} reviews, but index.json says "
                 f"{meta.get('count')}; {remedy}"
             )
-        return cls(embedder, vectors, reviews, str(backbone) if backbone is not None else None)
+        lexical = None
+        if meta.get("lexical"):
+            lexical = read_artifact(folder / "lexical", Lexical.load, SearchIndexError, remedy)
+        alpha = meta.get("alpha", DEFAULT_ALPHA)
+        return cls(embedder, vectors, reviews, backbone, adapter, lexical, alpha, ann)
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """``x`` scaled to [0, 1] (all zeros when it is constant)."""
+    low, span = x.min(), x.max() - x.min()
+    return (x - low) / span if span > 0 else np.zeros_like(x)
+
+
+def build_hnsw(vectors: torch.Tensor, neighbours: int = 32, ef_search: int = 128):
+    """A FAISS HNSW graph over unit ``vectors`` (inner product = cosine). Needs the ``faiss`` extra."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise InputError(
+            "approximate search needs FAISS: pip install -e '.[faiss]' (faiss-cpu), or use exact search"
+        ) from err
+    graph = faiss.IndexHNSWFlat(vectors.size(1), neighbours, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction = 80
+    graph.add(vectors.float().numpy())
+    graph.hnsw.efSearch = ef_search
+    return graph
+
+
+def _relative(path: str | None, folder: str | os.PathLike) -> str | None:
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve()) if path else None
+
+
+def _recorded(path: str | None, folder: Path) -> Path | None:
+    return folder / path if path else None  # an absolute path stays itself
+
+
+def _embedder(folder: Path, meta: dict, backbone: Path | None, adapter: Path | None) -> DocumentEmbedder:
+    if backbone is None:
+        raise SearchIndexError(f"{folder} does not record its backbone: pass the one that built it")
+    for what, path in (("backbone", backbone), ("adapter", adapter)):
+        if path is not None and not Path(path).exists():
+            raise SearchIndexError(
+                f"the {what} of {folder} is not at {path} (recorded relative to the index) any more; pass "
+                f"its new place with --{what} (SemanticIndex.load(..., {what}=PATH))"
+            )
+    loaded = load_backbone(backbone)
+    head = load_adapter(adapter, loaded) if adapter is not None else None
+    pooling = meta["pooling"] if head is None else "mean"
+    return DocumentEmbedder(loaded, pooling=pooling, max_length=meta["max_length"], head=head)
 
 
 def format_hits(hits: list[Hit]) -> str:

@@ -13,8 +13,10 @@ from typing import Literal
 import torch
 
 from imdb_transformer.data.imdb import DEFAULT_SOURCE
+from imdb_transformer.errors import InputError
 from imdb_transformer.generation import Strategy
 from imdb_transformer.models.pooling import Pooling
+from imdb_transformer.search import Mode
 
 Split = Literal["train", "test", "unsupervised"]
 
@@ -27,11 +29,14 @@ def embed(
     *,
     backbone: str,
     out: str,
+    adapter: str | None = None,
     source: str = DEFAULT_SOURCE,
     split: Split = "test",
     pooling: Pooling = "mean",
     batch_size: int = 64,
     max_reviews: int | None = None,
+    lexical: bool = True,
+    alpha: float = 0.5,
     device: str | None = None,
 ) -> None:
     """Embed the reviews of an IMDB split and save them as a search index.
@@ -42,43 +47,73 @@ def embed(
     Args:
         backbone: A pretraining run's backbone/ folder or one of its checkpoints.
         out: The index folder to write (replaced atomically if it exists).
+        adapter: A trained embedding adapter (the adapter/ folder of a `fit --config configs/embed.yaml`
+            run): vectors that say what a review is about. Without it, pooled backbone states.
         source: A dataset id for datasets.load_dataset, or a local folder of {split}.parquet files.
         split: Which split's reviews to index.
-        pooling: How token states become one vector: mean, max, last or concat.
+        pooling: Without an adapter, how token states become one vector: mean, weighted_mean, max,
+            last or concat.
         batch_size: Reviews per forward pass.
         max_reviews: Index only a sample of this many reviews (drawn with a fixed seed).
+        lexical: Also index the words with BM25, for lexical and hybrid search.
+        alpha: Weight of the dense score in hybrid search (the rest is BM25's), as chosen on held-out
+            training reviews by benchmarks/retrieval.py.
         device: cpu or cuda (default: cuda when available).
     """
     from imdb_transformer.data.imdb import load_reviews
+    from imdb_transformer.models.adapter import load_adapter
     from imdb_transformer.models.backbone import load_backbone
     from imdb_transformer.models.embedder import DocumentEmbedder
     from imdb_transformer.search import SemanticIndex
 
+    loaded = load_backbone(backbone)  # the artifacts first: a wrong one fails before any data loads
+    head = load_adapter(adapter, loaded) if adapter is not None else None
     reviews = load_reviews(source, split, max_reviews)
-    embedder = DocumentEmbedder(load_backbone(backbone), pooling=pooling).to(_device(device))
+    embedder = DocumentEmbedder(loaded, pooling=pooling, head=head).to(_device(device))
     start = time.perf_counter()
     index = SemanticIndex.build(
-        embedder, reviews.texts, reviews.ids, reviews.labels, batch_size, backbone=backbone
-    )
+        embedder, reviews.texts, reviews.ids, reviews.labels, batch_size, backbone, adapter,
+        lexical=lexical, alpha=alpha,
+    )  # fmt: skip
+    index.embedder.cpu()
     rate = len(index) / (time.perf_counter() - start)
     print(f"Saved {len(index):,} review embeddings ({rate:.1f} reviews/s) to {index.save(out)}")
 
 
-def search(query: str, /, *, index: str, k: int = 5, backbone: str | None = None) -> None:
-    """Print the k reviews of an index most similar to a query, as a table.
+def search(
+    query: str,
+    /,
+    *,
+    index: str,
+    k: int = 5,
+    mode: Mode | None = None,
+    like: int | None = None,
+    backbone: str | None = None,
+    adapter: str | None = None,
+) -> None:
+    """Print the k reviews of an index that best match a query, as a table.
 
-    Example: imdb-transformer search --index index/test "classic horror movie" -k 5
+    Examples: imdb-transformer search --index index/test "classic horror movie" -k 5;
+    imdb-transformer search --index index/test --like 2221 (more like review 2221).
 
     Args:
-        query: The text to search for.
+        query: The text to search for (leave it out with --like).
         index: An index folder written by `imdb-transformer embed`.
         k: How many results.
+        mode: hybrid (BM25 and dense vectors fused; the default when the index has both), dense
+            (vectors only) or lexical (BM25 only: exact words, names).
+        like: Rank the index against one of its own reviews, by review id, instead of a query.
         backbone: The backbone that built the index, if it has moved since (default: the one the
             index records, relative to the index folder).
+        adapter: Likewise for the index's adapter.
     """
     from imdb_transformer.search import SemanticIndex, format_hits
 
-    print(format_hits(SemanticIndex.load(index, backbone=backbone).query(query, k)))
+    if bool(query) == (like is not None):
+        raise InputError("give either a query or --like REVIEW_ID (not both)")
+    loaded = SemanticIndex.load(index, backbone=backbone, adapter=adapter)
+    hits = loaded.like(like, k, mode) if like is not None else loaded.query(query, k, mode)
+    print(format_hits(hits))
 
 
 def generate(

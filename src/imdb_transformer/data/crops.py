@@ -59,7 +59,8 @@ class ContrastiveDataModule(ReviewsDataModule):
         tokenizer: A SentencePiece ``.model`` (overrides the backbone's).
         max_length: Longest crop, EOS included (default: the backbone's context).
         crop_min: Shortest crop, in tokens.
-        crop_max: Longest crop, in tokens (a query is short, a review long: crops span both).
+        crop_max: Longest crop, in tokens, capped at the context (a query is short, a review long:
+            crops span both).
         val_fraction: Share of whole reviews held out for validation.
         max_reviews: Use only this many reviews of each split: for smoke runs.
         batch_size: Reviews per batch: each brings two crops, and every other review is a negative.
@@ -95,11 +96,8 @@ class ContrastiveDataModule(ReviewsDataModule):
         self.crop_min, self.crop_max = crop_min, crop_max
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
-        if self.crop_max + 1 > self.context:
-            raise InputError(
-                f"crop_max={self.crop_max} does not fit the context of {self.context} tokens with its EOS; "
-                f"set data.crop_max <= {self.context - 1}"
-            )
+        self.crop_max = min(self.crop_max, self.context - 1)  # room for the EOS before it
+        self.crop_min = min(self.crop_min, self.crop_max)
         table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
         table = table.remove_columns("idx").add_column("idx", list(range(len(table))))
         order = np.random.default_rng(self.seed).permutation(len(table))

@@ -9,19 +9,23 @@ from torch import Tensor
 
 from imdb_transformer.errors import InputError
 
-Pooling = Literal["mean", "max", "last", "concat"]
+Pooling = Literal["mean", "weighted_mean", "max", "last", "concat"]
 
 
 def pool(hidden: Tensor, mask: Tensor, how: Pooling = "mean") -> Tensor:
     """Pool ``hidden`` (B, T, C) over the real tokens marked by ``mask`` (B, T) -> (B, C).
 
-    ``mean`` averages every real token; ``max`` takes each channel's largest value; ``last`` is the
-    final real token, the only one that has attended to the whole review in a causal model;
-    ``concat`` joins all three (B, 3C), ULMFiT's concat pooling.
+    ``mean`` averages every real token; ``weighted_mean`` weighs token t by t (SGPT's pooling for
+    causal models: a later token has read more of the review); ``max`` takes each channel's largest
+    value; ``last`` is the final real token, the only one that has attended to the whole review in a
+    causal model; ``concat`` joins mean, max and last (B, 3C), ULMFiT's concat pooling.
     """
     m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
     if how == "mean":
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "weighted_mean":
+        w = m * mask.long().cumsum(1).unsqueeze(-1).to(hidden.dtype)  # 1, 2, 3, ... over real tokens
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
     if how == "max":
         return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
     if how == "last":
@@ -29,7 +33,7 @@ def pool(hidden: Tensor, mask: Tensor, how: Pooling = "mean") -> Tensor:
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
     if how == "concat":
         return torch.cat([pool(hidden, mask, p) for p in ("mean", "max", "last")], dim=-1)
-    raise InputError(f"unknown pooling {how!r}; expected mean, max, last or concat")
+    raise InputError(f"unknown pooling {how!r}; expected mean, weighted_mean, max, last or concat")
 
 
 def pooled_size(n_embd: int, how: Pooling) -> int:

@@ -1,0 +1,174 @@
+"""EmbeddingAdapter and hybrid search: frozen backbone, contrastive learning, saving, fusion, FAISS."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO, fails, read_metrics, run_cli
+
+from imdb_transformer.data.crops import ContrastiveDataModule, random_crop
+from imdb_transformer.data.imdb import load_reviews
+from imdb_transformer.models.adapter import AdapterError, EmbeddingAdapter, info_nce, load_adapter
+from imdb_transformer.models.backbone import export_backbone, load_backbone
+from imdb_transformer.models.decoder import CausalDecoder
+from imdb_transformer.models.embedder import DocumentEmbedder
+from imdb_transformer.search import SemanticIndex
+
+
+@pytest.fixture(scope="module")
+def adapter_run(pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path_factory) -> Path:
+    """A tiny adapter trained through the real console script (made once per module)."""
+    root = tmp_path_factory.mktemp("adapter")
+    run_cli(
+        "fit", "--config", str(REPO / "configs/embed.yaml"),
+        "--config", str(REPO / "configs/embed_tiny.yaml"),
+        "--model.backbone", str(pretrained_run / "backbone"), "--data.source", str(imdb_dir),
+        "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null", "--data.val_fraction", "0.1",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    return root / "lightning_logs" / "version_0"
+
+
+def test_info_nce_is_low_when_pairs_match_and_chance_when_they_do_not() -> None:
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    loss, accuracy = info_nce(a, a, temperature=0.05)
+    assert accuracy == 1.0 and loss < 0.1
+    loss, _ = info_nce(a, torch.roll(a, 1, 0), temperature=1e6)  # every pair looks alike: uniform
+    assert loss.item() == pytest.approx(math.log(8), rel=1e-3)
+
+
+def test_crops_are_spans_of_the_review_after_an_eos() -> None:
+    ids = list(range(10, 110))
+    rng = random.Random(0)
+    for _ in range(50):
+        crop = random_crop(ids, rng, 5, 20)
+        assert crop[0] == 3 and 5 <= len(crop) - 1 <= 20
+        start = ids.index(crop[1])
+        assert crop[1:] == ids[start : start + len(crop) - 1]
+    assert random_crop([7, 8], rng, 5, 20) == [3, 7, 8]  # shorter than crop_min: the whole review
+
+
+def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:
+    dm = ContrastiveDataModule(str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 160 + 160  # train + unsupervised
+    with pytest.raises(ValueError, match="never reads test reviews"):
+        dm.test_dataloader()
+    val = [next(iter(dm.val_dataloader()))["a_ids"] for _ in range(2)]
+    assert torch.equal(*val)  # validation crops are the same every time
+
+
+def test_a_tiny_adapter_trains_through_the_cli_and_its_loss_falls(adapter_run: Path) -> None:
+    metrics = read_metrics(adapter_run)
+    train = [v for _, v in metrics["train/loss_step"]]
+    assert train[-1] < train[0]
+    assert sorted(p.name for p in (adapter_run / "adapter").iterdir()) == [
+        "adapter.json",
+        "adapter.safetensors",
+    ]
+
+
+def test_training_leaves_the_backbone_unchanged_and_crops_find_their_review(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    import lightning as L
+
+    torch.manual_seed(0)
+    model = EmbeddingAdapter(backbone=str(pretrained_run / "backbone"), dim=32, learning_rate=3e-3)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    dm = ContrastiveDataModule(
+        str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"), crop_max=24, batch_size=32,
+        val_fraction=0.1,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))  # 32 held-out reviews, two crops each
+
+    def held_out() -> tuple[float, float]:
+        """InfoNCE loss and in-batch top-1 of the held-out pairs."""
+        model.eval()
+        with torch.no_grad():
+            a = model(batch["a_ids"], batch["a_mask"])
+            b = model(batch["b_ids"], batch["b_mask"])
+        loss, accuracy = info_nce(a, b, 0.05)
+        return loss.item(), accuracy.item()
+
+    untrained = held_out()
+    trainer = L.Trainer(
+        max_steps=40, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    loss, accuracy = held_out()
+    assert loss < untrained[0]  # crops of one review score higher against each other than against others
+    assert accuracy > 0.25  # chance: 1 in 32
+
+
+def test_an_index_with_an_adapter_survives_save_and_load(
+    adapter_run: Path, pretrained_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "index"
+    backbone = pretrained_run / "backbone"
+    run_cli("embed", "--backbone", str(backbone), "--adapter", str(adapter_run / "adapter"),
+            "--source", str(imdb_dir), "--out", str(out))  # fmt: skip
+    loaded = SemanticIndex.load(out)
+    assert loaded.embedder.head is not None and loaded.vectors.shape == (80, 64)
+    reviews = load_reviews(str(imdb_dir), "test")
+    for mode in ("dense", "hybrid", "lexical"):
+        assert loaded.query(reviews.texts[7], 1, mode)[0].id == reviews.ids[7]  # a review finds itself
+    like = loaded.like(reviews.ids[7], 3)
+    assert len(like) == 3 and reviews.ids[7] not in [h.id for h in like]
+    out_text = run_cli("search", "--index", str(out), "--like", str(reviews.ids[7]), "-k", "2").stdout
+    assert len(out_text.strip().splitlines()) == 2 + 2
+
+
+def test_hybrid_finds_the_review_that_holds_a_rare_word(pretrained_run: Path) -> None:
+    embedder = DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+    texts = [f"a film with the actor number {i} and a plot that was really quite dull" for i in range(40)]
+    texts[23] = "a film with Zanzibarovsky in the lead and a plot that was really quite dull"
+    index = SemanticIndex.build(embedder, texts, progress=False)
+    assert index.query("Zanzibarovsky", 1)[0].id == 23  # hybrid, the default
+    assert index.query("Zanzibarovsky", 1, "lexical")[0].id == 23
+
+
+def test_an_adapter_on_another_backbone_is_refused_naming_both(
+    adapter_run: Path, pretrained_run: Path, tmp_path: Path
+) -> None:
+    real = load_backbone(pretrained_run / "backbone")
+    load_adapter(adapter_run / "adapter", real)  # its own backbone: accepted
+    torch.manual_seed(1)
+    other = export_backbone(CausalDecoder(real.decoder.config), real.tokenizer, tmp_path / "other")
+    with pytest.raises(
+        AdapterError,
+        match=rf"trained on backbone {real.fingerprint}, .* \({load_backbone(other).fingerprint}\)",
+    ):
+        load_adapter(adapter_run / "adapter", load_backbone(other))
+    err = fails(
+        "embed",
+        "--backbone",
+        str(other),
+        "--adapter",
+        str(adapter_run / "adapter"),
+        "--out",
+        str(tmp_path / "i"),
+    )
+    assert real.fingerprint in err and "error:" in err
+
+
+def test_faiss_hnsw_agrees_with_exact_search_on_the_top_hit(pretrained_run: Path) -> None:
+    pytest.importorskip("faiss", reason="faiss-cpu is an optional extra: pip install -e '.[faiss]'")
+    embedder = DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+    rng = random.Random(0)
+    words = "horror comedy war musical cartoon western drama romance thriller sequel actor".split()
+    texts = [" ".join(rng.choices(words, k=12)) for _ in range(200)]
+    exact = SemanticIndex.build(embedder, texts, lexical=False, progress=False)
+    approx = SemanticIndex(embedder, exact.vectors, exact.reviews, ann="hnsw")
+    for text in texts[:20]:
+        assert approx.query(text, 1)[0].id == exact.query(text, 1)[0].id
