@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -39,31 +40,25 @@ def test_train_speed_compares_both_decoders() -> None:
     assert rows == expected
 
 
-def test_search_speed_times_each_index_size(pretrained_run: Path, imdb_dir: Path, tmp_path: Path) -> None:
+def test_search_speed_times_each_index_size_and_mode(pretrained_run: Path, tmp_path: Path) -> None:
     from imdb_transformer.models.backbone import load_backbone
     from imdb_transformer.models.embedder import DocumentEmbedder
     from imdb_transformer.search import SemanticIndex
 
     backbone = str(pretrained_run / "backbone")
-    texts = [f"review number {i}" for i in range(30)]
-    SemanticIndex.build(DocumentEmbedder(load_backbone(backbone)), texts, backbone=backbone).save(
-        tmp_path / "index"
+    texts = [f"review number {i} of a film" for i in range(30)]
+    index = SemanticIndex.build(
+        DocumentEmbedder(load_backbone(backbone)), texts, backbone=backbone, progress=False
     )
-    args = [
-        "--index",
-        str(tmp_path / "index"),
-        "--source",
-        str(imdb_dir),
-        "--reviews",
-        "10",
-        "--queries",
-        "3",
-    ]
-    out = run_script("search_speed.py", *args, "--sizes", "20", "90")
-    rows = [
-        line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()
-    ]
-    assert rows == ["20", "90"]
+    index.save(tmp_path / "index")
+    args = ["--index", str(tmp_path / "index"), "--queries", "3", "--sizes", "20", "90"]
+    ann = ["--ann_sizes", "300", "--ann", "ivf"] if importlib.util.find_spec("faiss") else ["--ann_sizes"]
+    out = run_script("search_speed.py", *args, *ann)
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    sizes_modes = [(size.strip(), mode.strip()) for size, mode in rows if not size.strip().startswith("300")]
+    assert sizes_modes == [(n, m) for n in ("20", "90") for m in ("dense", "lexical", "hybrid")]
+    if importlib.util.find_spec("faiss"):
+        assert [mode.strip() for size, mode in rows if size.strip() == "300"] == ["exact", "FAISS ivf"]
 
 
 def test_data_prep_times_cold_and_cached(imdb_dir: Path) -> None:

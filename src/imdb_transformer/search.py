@@ -36,7 +36,7 @@ from imdb_transformer.models.embedder import DocumentEmbedder
 
 INDEX_FORMAT = "imdb_transformer.index/2"
 Mode = Literal["hybrid", "dense", "lexical"]
-Ann = Literal["exact", "hnsw"]
+Ann = Literal["exact", "hnsw", "ivf"]
 CANDIDATES = 100  # each ranker's proposals for hybrid fusion
 DEFAULT_ALPHA = 0.5
 
@@ -111,7 +111,8 @@ class SemanticIndex:
         adapter: Where its adapter came from, if it has one.
         lexical: The BM25 index of the same reviews (None: dense only).
         alpha: Weight of the dense score in hybrid ranking.
-        ann: ``exact`` (default) or ``hnsw`` (approximate, FAISS) for dense candidates.
+        ann: ``exact`` (default), or approximate with FAISS for indexes that outgrow it: ``hnsw`` (a
+            graph; best recall, slow to build) or ``ivf`` (clusters; quick to build at a million).
     """
 
     def __init__(
@@ -133,7 +134,7 @@ class SemanticIndex:
         self.lexical, self.alpha = lexical, alpha
         self._ids = reviews.column("id").to_numpy()
         self.ann = ann
-        self._faiss = build_hnsw(vectors) if ann == "hnsw" else None
+        self._faiss = build_faiss(vectors, ann) if ann != "exact" else None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -192,7 +193,7 @@ class SemanticIndex:
 
     def nearest(self, vector: torch.Tensor, k: int) -> list[Hit]:
         """The ``k`` reviews whose embeddings have the highest cosine with unit ``vector``, best first."""
-        rows, scores = self._dense_top(vector, k)
+        rows, scores = self.dense_top(vector, k)
         return self._hits(rows, scores)
 
     def scores(
@@ -200,12 +201,12 @@ class SemanticIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores of the top ``k`` under ``mode`` (the ranking behind :meth:`query`)."""
         if mode == "dense":
-            return self._dense_top(vector, k)
+            return self.dense_top(vector, k)
         lexical = self.lexical.scores(text)
         if mode == "lexical":
             rows = np.argsort(-lexical, kind="stable")[:k]
             return rows, lexical[rows]
-        dense_rows, _ = self._dense_top(vector, CANDIDATES)
+        dense_rows, _ = self.dense_top(vector, CANDIDATES)
         lexical_rows = np.argpartition(-lexical, min(CANDIDATES, len(lexical) - 1))[:CANDIDATES]
         rows = np.union1d(dense_rows, lexical_rows)
         dense = (self.vectors[torch.from_numpy(rows)] @ vector).numpy()
@@ -220,7 +221,8 @@ class SemanticIndex:
         keep = rows != exclude
         return self._hits(rows[keep][:k], scores[keep][:k])
 
-    def _dense_top(self, vector: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def dense_top(self, vector: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and cosines of the ``k`` vectors nearest unit ``vector`` (exact, or by FAISS)."""
         k = min(k, len(self))
         if self._faiss is not None:
             scores, rows = self._faiss.search(vector.reshape(1, -1).float().numpy(), k)
@@ -333,19 +335,33 @@ def minmax(x: np.ndarray) -> np.ndarray:
     return (x - low) / span if span > 0 else np.zeros_like(x)
 
 
-def build_hnsw(vectors: torch.Tensor, neighbours: int = 32, ef_search: int = 128):
-    """A FAISS HNSW graph over unit ``vectors`` (inner product = cosine). Needs the ``faiss`` extra."""
+def build_faiss(vectors: torch.Tensor, ann: Ann, neighbours: int = 32, probes: int = 16):
+    """A FAISS index over unit ``vectors`` by inner product (= cosine): an HNSW graph (``neighbours``
+    links a node, searched with ``efSearch`` 128) or IVF (sqrt(4N) clusters, ``probes`` searched).
+    Needs the ``faiss`` extra (faiss-cpu)."""
     try:
         import faiss
     except ImportError as err:
         raise InputError(
             "approximate search needs FAISS: pip install -e '.[faiss]' (faiss-cpu), or use exact search"
         ) from err
-    graph = faiss.IndexHNSWFlat(vectors.size(1), neighbours, faiss.METRIC_INNER_PRODUCT)
-    graph.hnsw.efConstruction = 80
-    graph.add(vectors.float().numpy())
-    graph.hnsw.efSearch = ef_search
-    return graph
+    data = vectors.float().contiguous().numpy()
+    dim = data.shape[1]
+    if ann == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, neighbours, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.add(data)
+        index.hnsw.efSearch = 128
+        return index
+    if ann != "ivf":
+        raise InputError(f"unknown ann {ann!r}; expected exact, hnsw or ivf")
+    lists = max(1, int(2 * len(data) ** 0.5))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    sample = data[np.random.default_rng(0).permutation(len(data))[: 64 * lists]]
+    index.train(sample)
+    index.add(data)
+    index.nprobe = probes
+    return index
 
 
 def _relative(path: str | None, folder: str | os.PathLike) -> str | None:

@@ -45,6 +45,13 @@ def collate_crops(items: list[dict], crop_min: int, crop_max: int, fixed: bool) 
     return {"a_ids": a_ids, "a_mask": a_mask, "b_ids": b_ids, "b_mask": b_mask}
 
 
+def held_out(n: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Which of ``n`` reviews (``train`` then ``unsupervised``, in order) are held out for validation:
+    the adapter never trains on them, so ``benchmarks/retrieval.py`` tunes on them too."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: max(1, round(n * val_fraction))]
+
+
 class ContrastiveDataModule(ReviewsDataModule):
     """IMDB ``train`` + ``unsupervised`` reviews (75,000) as pairs of random crops of the same review.
 
@@ -100,9 +107,12 @@ class ContrastiveDataModule(ReviewsDataModule):
         self.crop_min = min(self.crop_min, self.crop_max)
         table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
         table = table.remove_columns("idx").add_column("idx", list(range(len(table))))
-        order = np.random.default_rng(self.seed).permutation(len(table))
-        n_val = max(1, round(len(order) * self.val_fraction))
-        return {"train": _Reviews(table, order[n_val:]), "val": _Reviews(table, order[:n_val])}
+        val = held_out(len(table), self.val_fraction, self.seed)
+        train = np.setdiff1d(np.arange(len(table)), val)
+        return {
+            "train": _Reviews(table, np.random.default_rng(self.seed).permutation(train)),
+            "val": _Reviews(table, val),
+        }
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         return partial(collate_crops, crop_min=self.crop_min, crop_max=self.crop_max, fixed=split != "train")
