@@ -91,3 +91,19 @@ def pretrained_run(imdb_dir: Path, cache_dir: Path, tmp_path_factory: pytest.Tem
     root = tmp_path_factory.mktemp("pretrained")
     run_cli("fit", *tiny_pretrain_args(imdb_dir, cache_dir, root), "--trainer.val_check_interval", "15")
     return root / "lightning_logs" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def adapter_run(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny embedding adapter trained through the real console script (made once per session)."""
+    root = tmp_path_factory.mktemp("adapter")
+    run_cli(
+        "fit", "--config", str(REPO / "configs/embed.yaml"),
+        "--config", str(REPO / "configs/embed_tiny.yaml"),
+        "--model.backbone", str(pretrained_run / "backbone"), "--data.source", str(imdb_dir),
+        "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null", "--data.val_fraction", "0.1",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    return root / "lightning_logs" / "version_0"

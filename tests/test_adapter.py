@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, fails, read_metrics, run_cli
+from helpers import fails, read_metrics, run_cli
 
 from imdb_transformer.data.crops import ContrastiveDataModule, random_crop
 from imdb_transformer.data.imdb import load_reviews
@@ -17,20 +17,6 @@ from imdb_transformer.models.backbone import export_backbone, load_backbone
 from imdb_transformer.models.decoder import CausalDecoder
 from imdb_transformer.models.embedder import DocumentEmbedder
 from imdb_transformer.search import SemanticIndex
-
-
-@pytest.fixture(scope="module")
-def adapter_run(pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path_factory) -> Path:
-    """A tiny adapter trained through the real console script (made once per module)."""
-    root = tmp_path_factory.mktemp("adapter")
-    run_cli(
-        "fit", "--config", str(REPO / "configs/embed.yaml"),
-        "--config", str(REPO / "configs/embed_tiny.yaml"),
-        "--model.backbone", str(pretrained_run / "backbone"), "--data.source", str(imdb_dir),
-        "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null", "--data.val_fraction", "0.1",
-        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-    )  # fmt: skip
-    return root / "lightning_logs" / "version_0"
 
 
 def test_info_nce_is_low_when_pairs_match_and_chance_when_they_do_not() -> None:

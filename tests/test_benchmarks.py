@@ -65,3 +65,20 @@ def test_data_prep_times_cold_and_cached(imdb_dir: Path) -> None:
     out = run_script("data_prep.py", "--source", str(imdb_dir), "--vocab_size", "300", "--block_size", "32")
     assert "fit the tokenizer (" in out and "tokenize() all 400 reviews" in out
     assert "LMDataModule.prepare_data" in out and "ReviewsDataModule.prepare_data" in out
+
+
+def test_retrieval_prints_every_method(pretrained_run: Path, adapter_run: Path, imdb_dir: Path) -> None:
+    out = run_script(
+        "retrieval.py", "--backbone", str(pretrained_run / "backbone"),
+        "--adapter", str(adapter_run / "adapter"),
+        "--source", str(imdb_dir), "--knn_reviews", "60", "--speed_reviews", "20", "--rounds", "1",
+        "--val_fraction", "0.2", "--whiten_dims", "16",
+    )  # fmt: skip
+    methods = [
+        line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "|" in line[2:]
+    ]
+    expected = ["BM25 (bm25s)", "TF-IDF cosine (scikit-learn)", "dense: mean", "dense: weighted mean"]
+    expected += ["dense: whitened mean", "dense: adapter", "mean pooling (default)", "adapter"]
+    assert set(expected) <= set(methods)
+    assert any(m.startswith("hybrid: adapter + BM25, alpha") for m in methods)
+    assert "chosen alpha" in out and out.count("| # | dense before") == 5
