@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from imdb_transformer.hardware import describe_cpu
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.models.lm import token_cross_entropy
 
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     device_name = (
         torch.cuda.get_device_name()
         if args.device.startswith("cuda")
-        else f"{torch.get_num_threads()} CPU threads"
+        else describe_cpu()  # bf16 is fast only with AMX or AVX512-BF16: the header says which this is
     )
     print(
         f"{args.n_layer} layers x {args.n_embd} wide, {args.n_head} heads, context {args.block_size}, "

@@ -38,6 +38,7 @@ def test_train_speed_compares_both_decoders() -> None:
     ]
     expected = [[p, "off", kind] for p in ("fp32", "bf16") for kind in ("original", "ours")]
     assert rows == expected
+    assert "AVX512-BF16" in out  # the header names the CPU's bf16 features
 
 
 def test_search_speed_times_each_index_size_and_mode(pretrained_run: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from imdb_transformer import verbs
 from imdb_transformer.artifacts import read_artifact
-from imdb_transformer.callbacks import FiniteLossGuard, ShareTokenizer
+from imdb_transformer.callbacks import FiniteLossGuard, PrecisionAdvice, ShareTokenizer
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.backbone import load_checkpoint
 
@@ -121,7 +121,8 @@ class ImdbCLI(LightningCLI):
         """The Trainer, with its default logger given a run folder claimed atomically (``mkdir``), so
         two runs started at once under the same root never share a ``version_N``."""
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard()]  # before the run-files callback
+        # before the run-files callback, which saves the tokenizer ShareTokenizer hands over
+        trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard(), PrecisionAdvice()]
         logger = trainer.logger
         config = self.config.get(self.subcommand, self.config)
         is_default = config.trainer.logger in (None, True) and isinstance(

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from imdb_transformer.artifacts import atomic_path, read_artifact
 from imdb_transformer.errors import InputError
-from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, load_backbone
+from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, require_backbone
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
 
 AdapterPooling = Literal["attention", "weighted_mean", "mean"]
@@ -139,12 +139,7 @@ class EmbeddingAdapter(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if backbone is None:
-            raise InputError(
-                "EmbeddingAdapter needs a pretrained backbone: pass --model.backbone, a pretraining run's "
-                "backbone/ folder (lightning_logs/version_N/backbone) or one of its checkpoints"
-            )
-        loaded = load_backbone(backbone)
+        loaded = require_backbone(backbone, "EmbeddingAdapter")
         self.backbone, self.tokenizer = loaded.decoder.requires_grad_(False), loaded.tokenizer
         self.backbone_fingerprint = loaded.fingerprint
         c = self.backbone.config

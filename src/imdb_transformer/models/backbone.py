@@ -132,6 +132,16 @@ def load_backbone(path: str | os.PathLike) -> Backbone:
     return Backbone(decoder.eval(), spec.tokenizer)
 
 
+def require_backbone(path: str | os.PathLike | None, who: str) -> Backbone:
+    """The backbone an adapter (``who``) is built on: loaded from ``path``, or a clear error if none."""
+    if path is None:
+        raise BackboneError(
+            f"{who} needs a pretrained backbone: pass --model.backbone, a pretraining run's "
+            "backbone/ folder (lightning_logs/version_N/backbone) or one of its checkpoints"
+        )
+    return load_backbone(path)
+
+
 def load_spec(path: str | os.PathLike) -> BackboneSpec:
     """A backbone's shape and tokenizer, from an export folder or a checkpoint, without its weights."""
     path = _existing(path)

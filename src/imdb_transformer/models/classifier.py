@@ -9,12 +9,11 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from imdb_transformer.errors import InputError
 from imdb_transformer.models.backbone import (
     BackboneError,
     BackboneSpec,
     add_to_checkpoint,
-    load_backbone,
+    require_backbone,
     spec_from_checkpoint,
 )
 from imdb_transformer.models.optim import adamw_warmup_cosine
@@ -61,12 +60,7 @@ class SentimentClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if backbone is None:
-            raise InputError(
-                "SentimentClassifier needs a pretrained backbone: pass --model.backbone, a pretraining run's "
-                "backbone/ folder (lightning_logs/version_N/backbone) or one of its checkpoints"
-            )
-        loaded = load_backbone(backbone)
+        loaded = require_backbone(backbone, "SentimentClassifier")
         self.backbone, self.tokenizer = loaded.decoder, loaded.tokenizer
         self.pooling = pooling
         features = pooled_size(self.backbone.config.n_embd, pooling)
