@@ -61,6 +61,13 @@ def test_full_fine_tuning_uses_smaller_rates_deeper_down(pretrained_run: Path) -
     assert n == sum(p.numel() for p in model.parameters())  # every parameter in exactly one group
 
 
+def test_lightning_freeze_is_not_shadowed(pretrained_run: Path) -> None:
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), freeze=False)
+    assert model.hparams.freeze is False and callable(model.freeze)
+    model.freeze()  # LightningModule.freeze: every parameter, head included
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
 def test_a_missing_or_wrong_backbone_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a pretrained backbone"):
         SentimentClassifier()
