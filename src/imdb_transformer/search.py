@@ -38,7 +38,7 @@ INDEX_FORMAT = "imdb_transformer.index/2"
 Mode = Literal["hybrid", "dense", "lexical"]
 Ann = Literal["exact", "hnsw", "ivf"]
 CANDIDATES = 100  # each ranker's proposals for hybrid fusion
-DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHA = 0.3  # chosen on held-out training reviews by benchmarks/retrieval.py (README)
 
 
 class SearchIndexError(InputError):
