@@ -36,7 +36,7 @@ from imdb_transformer.models.adapter import load_adapter
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.embedder import DocumentEmbedder
 from imdb_transformer.models.pooling import pool
-from imdb_transformer.search import Lexical, SemanticIndex
+from imdb_transformer.search import Lexical, SemanticIndex, review_table
 
 TOPICS = [
     "classic horror movie that is terrifying",
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dense = "adapter" if head is not None else "mean"
     val_lex, test_lex = Lexical.build(list(val_d)), Lexical.build(list(test_d))
-    val_index = SemanticIndex(None, vd[dense], _table(len(val_d)), lexical=val_lex)
+    val_index = SemanticIndex(None, vd[dense], review_table([""] * len(val_d)), lexical=val_lex)
     scores = {}
     for alpha in [round(a * 0.1, 1) for a in range(11)]:
         val_index.alpha = alpha
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     rows["BM25 (bm25s)"] = mrr_recall(
         index_top(
-            SemanticIndex(None, td[dense], _table(len(test_d)), lexical=test_lex),
+            SemanticIndex(None, td[dense], review_table([""] * len(test_d)), lexical=test_lex),
             None,
             list(test_q),
             "lexical",
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("mean", "weighted_mean", "whitened_mean", "adapter"):
         if name in tq:
             rows[f"dense: {name.replace('_', ' ')}"] = mrr_recall(dense_top(tq[name], td[name], 10))
-    hybrid = SemanticIndex(None, td[dense], _table(len(test_d)), lexical=test_lex, alpha=alpha)
+    hybrid = SemanticIndex(None, td[dense], review_table([""] * len(test_d)), lexical=test_lex, alpha=alpha)
     rows[f"hybrid: {dense} + BM25, alpha {alpha}"] = mrr_recall(
         index_top(hybrid, tq[dense], list(test_q), "hybrid", 10)
     )
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         "TF-IDF cosine (scikit-learn)": agreement(tfidf_top(knn.texts, knn.texts, 10, True), labels),
     }
     knn_index = SemanticIndex(
-        None, kw[dense], _table(len(knn.texts)), lexical=Lexical.build(knn.texts), alpha=alpha
+        None, kw[dense], review_table([""] * len(knn.texts)), lexical=Lexical.build(knn.texts), alpha=alpha
     )
     knn_rows["BM25 (bm25s)"] = agreement(index_top(knn_index, None, knn.texts, "lexical", 10, True), labels)
     for name in ("mean", "weighted_mean", "whitened_mean", "adapter"):
@@ -286,18 +286,6 @@ def main(argv: list[str] | None = None) -> None:
     print("| embedder | reviews/s |\n| --- | --- |")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.1f} |")
-
-
-def _table(n: int):
-    import pyarrow as pa
-
-    return pa.table(
-        {
-            "id": pa.array(range(n), pa.int64()),
-            "label": pa.array([-1] * n, pa.int64()),
-            "text": pa.array([""] * n),
-        }
-    )
 
 
 def _short(text: str, width: int = 70) -> str:

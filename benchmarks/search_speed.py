@@ -25,7 +25,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import torch
 
-from imdb_transformer.search import Lexical, SemanticIndex
+from imdb_transformer.search import Lexical, SemanticIndex, review_table
 
 QUERIES = [
     "classic horror movie that is terrifying",
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         queries = perturbed(
             vectors[: args.queries], args.queries, 0, seed=1
         )  # near, not equal, to indexed ones
-        exact = SemanticIndex(index.embedder, vectors, _table(size))
+        exact = SemanticIndex(index.embedder, vectors, review_table([""] * size))
         truth = [set(exact.dense_top(q, 10)[0].tolist()) for q in queries]
         timing = latency(lambda i, ix=exact, qs=queries: ix.dense_top(qs[i % len(qs)], 10), args.queries)
         print(f"| {size:,} | exact | 0 | 1.000 | {timing[0]:.2f} | {timing[1]:.2f} |")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             if ann == "hnsw" and size > args.hnsw_max:
                 continue
             start = time.perf_counter()
-            approx = SemanticIndex(index.embedder, vectors, _table(size), ann=ann)
+            approx = SemanticIndex(index.embedder, vectors, review_table([""] * size), ann=ann)
             built = time.perf_counter() - start
             recall = statistics.mean(
                 len(truth[i] & set(approx.dense_top(q, 10)[0].tolist())) / 10 for i, q in enumerate(queries)
@@ -120,16 +120,6 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"| {size:,} | FAISS {ann} | {built:.1f} | {recall:.3f} | {timing[0]:.2f} | {timing[1]:.2f} |"
             )
-
-
-def _table(n: int) -> pa.Table:
-    return pa.table(
-        {
-            "id": pa.array(range(n), pa.int64()),
-            "label": pa.array([-1] * n, pa.int64()),
-            "text": pa.array([""] * n),
-        }
-    )
 
 
 if __name__ == "__main__":

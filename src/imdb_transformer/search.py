@@ -159,13 +159,7 @@ class SemanticIndex:
         if not texts:
             raise InputError("cannot build an index of no reviews")
         vectors = embedder.embed(texts, batch_size=batch_size, progress=progress)
-        reviews = pa.table(
-            {
-                "id": pa.array(ids if ids is not None else range(len(texts)), pa.int64()),
-                "label": pa.array(labels if labels is not None else [-1] * len(texts), pa.int64()),
-                "text": pa.array(texts, pa.string()),
-            }
-        )
+        reviews = review_table(texts, ids, labels)
         words = Lexical.build(texts) if lexical else None
         return cls(embedder, vectors, reviews, backbone, adapter, words, alpha)
 
@@ -327,6 +321,18 @@ class SemanticIndex:
             lexical = read_artifact(folder / "lexical", Lexical.load, SearchIndexError, remedy)
         alpha = meta.get("alpha", DEFAULT_ALPHA)
         return cls(embedder, vectors, reviews, backbone, adapter, lexical, alpha, ann)
+
+
+def review_table(texts: list[str], ids: list[int] | None = None, labels: list[int] | None = None) -> pa.Table:
+    """The index's table of reviews: ``id`` (default: row numbers), ``label`` (default -1) and ``text``."""
+    n = len(texts)
+    return pa.table(
+        {
+            "id": pa.array(ids if ids is not None else range(n), pa.int64()),
+            "label": pa.array(labels if labels is not None else [-1] * n, pa.int64()),
+            "text": pa.array(texts, pa.string()),
+        }
+    )
 
 
 def minmax(x: np.ndarray) -> np.ndarray:

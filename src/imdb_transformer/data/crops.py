@@ -103,8 +103,6 @@ class ContrastiveDataModule(ReviewsDataModule):
         self.crop_min, self.crop_max = crop_min, crop_max
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
-        self.crop_max = min(self.crop_max, self.context - 1)  # room for the EOS before it
-        self.crop_min = min(self.crop_min, self.crop_max)
         table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
         table = table.remove_columns("idx").add_column("idx", list(range(len(table))))
         val = held_out(len(table), self.val_fraction, self.seed)
@@ -115,7 +113,9 @@ class ContrastiveDataModule(ReviewsDataModule):
         }
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-        return partial(collate_crops, crop_min=self.crop_min, crop_max=self.crop_max, fixed=split != "train")
+        crop_max = min(self.crop_max, self.context - 1)  # room for the EOS before it
+        crop_min = min(self.crop_min, crop_max)
+        return partial(collate_crops, crop_min=crop_min, crop_max=crop_max, fixed=split != "train")
 
     def test_dataloader(self) -> DataLoader:
         raise InputError(

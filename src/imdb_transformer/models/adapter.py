@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from imdb_transformer.artifacts import atomic_path, read_artifact
 from imdb_transformer.errors import InputError
-from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, require_backbone
+from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, load_checkpoint, require_backbone
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
 
 AdapterPooling = Literal["attention", "weighted_mean", "mean"]
@@ -195,7 +195,7 @@ class EmbeddingAdapter(L.LightningModule):
         head = self.head
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            state = load_checkpoint(best)["state_dict"]
             head = EmbeddingHead(self.head.config)
             head.load_state_dict(
                 {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
