@@ -6,13 +6,22 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import fails, read_metrics, run_cli
+from helpers import REPO, fails, read_metrics, run_cli
 
 from imdb_transformer.data.crops import ContrastiveDataModule, random_crop
 from imdb_transformer.data.imdb import load_reviews
-from imdb_transformer.models.adapter import AdapterError, EmbeddingAdapter, info_nce, load_adapter
+from imdb_transformer.errors import InputError
+from imdb_transformer.models.adapter import (
+    AdapterError,
+    EmbeddingAdapter,
+    EmbeddingHead,
+    HeadConfig,
+    info_nce,
+    load_adapter,
+)
 from imdb_transformer.models.backbone import export_backbone, load_backbone
 from imdb_transformer.models.decoder import CausalDecoder
 from imdb_transformer.models.embedder import DocumentEmbedder
@@ -49,14 +58,48 @@ def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pret
     assert torch.equal(*val)  # validation crops are the same every time
 
 
-def test_a_tiny_adapter_trains_through_the_cli_and_its_loss_falls(adapter_run: Path) -> None:
+def test_a_tiny_sparse_adapter_trains_through_the_cli_and_its_crops_find_each_other(
+    adapter_run: Path,
+) -> None:
     metrics = read_metrics(adapter_run)
-    train = [v for _, v in metrics["train/loss_step"]]
-    assert train[-1] < train[0]
+    assert [v for _, v in metrics["val/acc"]][-1] > 0.5  # in-batch top-1 of held-out pairs; chance 1/32
     assert sorted(p.name for p in (adapter_run / "adapter").iterdir()) == [
         "adapter.json",
         "adapter.safetensors",
     ]
+
+
+def test_a_tiny_dense_adapter_trains_through_the_cli_and_its_loss_falls(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    run_cli(
+        "fit", "--config", str(REPO / "configs/embed.yaml"),
+        "--config", str(REPO / "configs/embed_tiny.yaml"),
+        "--model.pooling", "attention", "--model.backbone", str(pretrained_run / "backbone"),
+        "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    train = [v for _, v in read_metrics(tmp_path / "lightning_logs" / "version_0")["train/loss_step"]]
+    assert train[-1] < train[0]
+
+
+def test_the_sparse_head_learns_its_token_weights() -> None:
+    """Gradients reach the token weights through the max over each token's occurrences."""
+    torch.manual_seed(0)
+    head = EmbeddingHead(HeadConfig(n_states=1, n_embd=16, pooling="sparse", vocab_size=50, dropout=0.0))
+    ids = torch.randint(0, 50, (16, 12))
+    states = [torch.nn.functional.embedding(ids, torch.randn(50, 16))]  # a token's state is its identity
+    crop = [s.roll(3, 1)[:, :9] for s in states], ids.roll(3, 1)[:, :9]  # 9 of the same tokens, shifted
+    keep = torch.ones(16, 12, dtype=torch.bool)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss, _ = info_nce(head(states, keep, ids), head(crop[0], keep[:, :9], crop[1]), 0.05)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_training_leaves_the_backbone_unchanged_and_crops_find_their_review(
@@ -65,7 +108,9 @@ def test_training_leaves_the_backbone_unchanged_and_crops_find_their_review(
     import lightning as L
 
     torch.manual_seed(0)
-    model = EmbeddingAdapter(backbone=str(pretrained_run / "backbone"), dim=32, learning_rate=3e-3)
+    model = EmbeddingAdapter(
+        backbone=str(pretrained_run / "backbone"), dim=32, pooling="attention", learning_rate=3e-3
+    )  # dense: the head must learn what the sparse one gets from token identity
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     dm = ContrastiveDataModule(
         str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"), crop_max=24, batch_size=32,
@@ -105,7 +150,8 @@ def test_an_index_with_an_adapter_survives_save_and_load(
     run_cli("embed", "--backbone", str(backbone), "--adapter", str(adapter_run / "adapter"),
             "--source", str(imdb_dir), "--out", str(out))  # fmt: skip
     loaded = SemanticIndex.load(out)
-    assert loaded.embedder.head is not None and loaded.vectors.shape == (80, 64)
+    vocab = loaded.embedder.decoder.config.vocab_size
+    assert loaded.embedder.head is not None and loaded.sparse and loaded.vectors.shape == (80, vocab)
     reviews = load_reviews(str(imdb_dir), "test")
     for mode in ("dense", "hybrid", "lexical"):
         assert loaded.query(reviews.texts[7], 1, mode)[0].id == reviews.ids[7]  # a review finds itself
@@ -113,6 +159,40 @@ def test_an_index_with_an_adapter_survives_save_and_load(
     assert len(like) == 3 and reviews.ids[7] not in [h.id for h in like]
     out_text = run_cli("search", "--index", str(out), "--like", str(reviews.ids[7]), "-k", "2").stdout
     assert len(out_text.strip().splitlines()) == 2 + 2
+
+
+def test_sparse_vectors_hold_each_tokens_largest_weight_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    head = EmbeddingHead(HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20)).eval()
+    states = [torch.randn(2, 4, 8) for _ in range(2)]
+    ids = torch.tensor([[5, 5, 7, 0], [9, 3, 3, 3]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    vectors = head(states, mask, ids)
+    assert vectors.shape == (2, 20) and torch.allclose(vectors.norm(dim=-1), torch.ones(2))
+    assert vectors[0].nonzero().flatten().tolist() == [5, 7]  # the padding's id 0 gets nothing
+    assert vectors[1].nonzero().flatten().tolist() == [3, 9]
+    mixed = sum(w * head.norm(s) for w, s in zip(head.mix.softmax(0), states, strict=True))
+    weights = torch.nn.functional.softplus(head.token(mixed).squeeze(-1))
+    raw = torch.zeros(20).index_reduce(0, ids[0, :3], weights[0, :3], "amax", include_self=False)
+    assert torch.allclose(vectors[0], raw.nan_to_num() / raw.nan_to_num().norm())
+
+
+def test_a_sparse_index_ranks_as_the_full_product_and_refuses_ann(
+    adapter_run: Path, pretrained_run: Path
+) -> None:
+    backbone = load_backbone(pretrained_run / "backbone")
+    embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
+    rng = random.Random(0)
+    words = "horror comedy war musical cartoon western drama romance thriller sequel actor".split()
+    texts = [" ".join(rng.choices(words, k=12)) for _ in range(60)]
+    index = SemanticIndex.build(embedder, texts, progress=False)
+    query = embedder.embed(["a western with a great actor"], progress=False)
+    full = (index.vectors @ query.T).toarray().ravel()  # every review, the plain way
+    assert np.allclose(index.cosines(query), full, atol=1e-6)
+    rows, scores = index.dense_top(query, 5)
+    assert list(rows) == list(np.argsort(-full, kind="stable")[:5])
+    with pytest.raises(InputError, match="searched exactly through its inverted index"):
+        SemanticIndex(embedder, index.vectors, index.reviews, ann="hnsw")
 
 
 def test_hybrid_finds_the_review_that_holds_a_rare_word(pretrained_run: Path) -> None:

@@ -135,3 +135,14 @@ def test_attention_maps_are_causal_distributions_and_change_nothing(model: Causa
     with torch.no_grad():
         torch.testing.assert_close(model(idx), before)  # recording is off again, outputs unchanged
     assert all(block.attn.weights is None and not block.attn.keep_weights for block in model.blocks)
+
+
+def test_layer_states_can_stop_early_and_agree_with_the_full_stream(model: CausalDecoder) -> None:
+    idx = torch.randint(0, model.config.vocab_size, (2, 7))
+    full = model.layer_states(idx)
+    assert len(full) == model.config.n_layer + 1
+    assert torch.allclose(full[-1], model.hidden_states(idx))  # the last one through the final norm
+    first = model.layer_states(idx, count=2)
+    assert len(first) == 2 and all(torch.equal(a, b) for a, b in zip(first, full[:2], strict=True))
+    with pytest.raises(ValueError, match="layer states asked for"):
+        model.layer_states(idx, count=model.config.n_layer + 2)

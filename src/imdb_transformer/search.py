@@ -1,11 +1,15 @@
 """SemanticIndex: dense vectors and a BM25 index of the same reviews, ranked alone or fused.
 
-The index is a folder: ``vectors.safetensors`` (N, C) unit vectors, ``reviews.parquet`` (id, label,
+The index is a folder: ``vectors.safetensors`` (N, C) unit vectors (dense, or for a sparse adapter the
+arrays of a CSR matrix), ``reviews.parquet`` (id, label,
 text), ``lexical/`` (a BM25 index written by ``bm25s``: numpy arrays and JSON, no pickle) and
 ``index.json`` (what built it: backbone, adapter, fingerprint, the hybrid weight).
 
 - ``dense``: cosine of the query's vector against every review's (one matrix product: exact), or, for
   indexes that outgrow that, an approximate FAISS HNSW graph (``ann="hnsw"``, the ``faiss`` extra).
+  Sparse vectors (one dimension per vocabulary entry) are searched exactly through their inverted index:
+  only the reviews that share a token with the query are touched. "dense" names the embedding ranker,
+  as against the BM25 one, whatever the vectors' storage.
 - ``lexical``: BM25 over lower-cased words without stop words (``bm25s``): names and rare words.
 - ``hybrid``: both, fused. Each ranker proposes its top candidates; both score every candidate; each
   score is min-max normalised over the candidates and the two are mixed convexly,
@@ -25,6 +29,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -39,6 +44,9 @@ Mode = Literal["hybrid", "dense", "lexical"]
 Ann = Literal["exact", "hnsw", "ivf"]
 CANDIDATES = 100  # each ranker's proposals for hybrid fusion
 DEFAULT_ALPHA = 0.3  # chosen on held-out training reviews by benchmarks/retrieval.py (README)
+
+
+Vectors = torch.Tensor | sp.csr_matrix  # dense (N, C), or sparse CSR (N, vocab_size)
 
 
 class SearchIndexError(InputError):
@@ -105,7 +113,7 @@ class SemanticIndex:
 
     Args:
         embedder: What embeds queries (the one that embedded the reviews).
-        vectors: Unit vectors (N, C) of the reviews.
+        vectors: Unit vectors (N, C) of the reviews: a tensor, or a ``scipy.sparse`` CSR matrix.
         reviews: Table of ``id``, ``label``, ``text``.
         backbone: Where the embedder's backbone came from, saved so queries can find it.
         adapter: Where its adapter came from, if it has one.
@@ -118,7 +126,7 @@ class SemanticIndex:
     def __init__(
         self,
         embedder: DocumentEmbedder,
-        vectors: torch.Tensor,
+        vectors: Vectors,
         reviews: pa.Table,
         backbone: str | os.PathLike | None = None,
         adapter: str | os.PathLike | None = None,
@@ -126,9 +134,17 @@ class SemanticIndex:
         alpha: float = DEFAULT_ALPHA,
         ann: Ann = "exact",
     ) -> None:
-        if len(vectors) != reviews.num_rows:
-            raise InputError(f"{len(vectors)} vectors for {reviews.num_rows} reviews")
+        if vectors.shape[0] != reviews.num_rows:
+            raise InputError(f"{vectors.shape[0]} vectors for {reviews.num_rows} reviews")
+        self.sparse = sp.issparse(vectors)
+        if self.sparse and ann != "exact":
+            raise InputError(
+                f"ann={ann!r} needs dense vectors; an index of sparse vectors is searched exactly through "
+                "its inverted index, which stays fast at scale: leave ann at exact"
+            )
         self.embedder, self.vectors, self.reviews = embedder, vectors, reviews
+        # sparse: the transpose (vocab_size, N) in CSR is an inverted index, one posting list per token
+        self._postings = vectors.T.tocsr() if self.sparse else None
         self.backbone = str(backbone) if backbone is not None else None
         self.adapter = str(adapter) if adapter is not None else None
         self.lexical, self.alpha = lexical, alpha
@@ -137,7 +153,7 @@ class SemanticIndex:
         self._faiss = build_faiss(vectors, ann) if ann != "exact" else None
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return self.vectors.shape[0]
 
     @classmethod
     def build(
@@ -203,7 +219,7 @@ class SemanticIndex:
         dense_rows, _ = self.dense_top(vector, CANDIDATES)
         lexical_rows = np.argpartition(-lexical, min(CANDIDATES, len(lexical) - 1))[:CANDIDATES]
         rows = np.union1d(dense_rows, lexical_rows)
-        dense = (self.vectors[torch.from_numpy(rows)] @ vector).numpy()
+        dense = self.cosines(vector, rows)
         fused = self.alpha * minmax(dense) + (1 - self.alpha) * minmax(lexical[rows])
         order = np.argsort(-fused, kind="stable")[:k]
         return rows[order], fused[order]
@@ -221,8 +237,24 @@ class SemanticIndex:
         if self._faiss is not None:
             scores, rows = self._faiss.search(vector.reshape(1, -1).float().numpy(), k)
             return rows[0], scores[0]
+        if self.sparse:
+            scores = self.cosines(vector)
+            rows = np.argpartition(-scores, k - 1)[:k]
+            rows = rows[np.argsort(-scores[rows], kind="stable")]
+            return rows, scores[rows]
         scores, rows = torch.topk(self.vectors @ vector, k)
         return rows.numpy(), scores.numpy()
+
+    def cosines(self, vector: Vectors, rows: np.ndarray | None = None) -> np.ndarray:
+        """Cosine of unit ``vector`` (a (C,) tensor, or a 1-row CSR matrix for sparse indexes) with the
+        reviews at ``rows`` (default: every review)."""
+        if self.sparse:
+            if rows is None:  # through the inverted index: only the query's tokens' posting lists
+                return np.asarray(self._postings[vector.indices].T @ vector.data).ravel()
+            return (self.vectors[rows] @ vector.T).toarray().ravel()
+        if rows is None:
+            return (self.vectors @ vector).numpy()
+        return (self.vectors[torch.from_numpy(rows)] @ vector).numpy()
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
         found = self.reviews.take(pa.array(rows.tolist(), pa.int64()))  # only the k rows, never the table
@@ -261,7 +293,7 @@ class SemanticIndex:
             "alpha": self.alpha,
         }
         with atomic_path(folder, is_dir=True, overwrite=True) as tmp:
-            save_file({"vectors": self.vectors.contiguous()}, str(tmp / "vectors.safetensors"))
+            save_file(_vector_arrays(self.vectors), str(tmp / "vectors.safetensors"))
             pq.write_table(self.reviews, tmp / "reviews.parquet")
             if self.lexical is not None:
                 self.lexical.save(tmp / "lexical")
@@ -308,12 +340,13 @@ class SemanticIndex:
                 "the index"
             )
         vectors = read_artifact(
-            folder / "vectors.safetensors", lambda p: load_file(str(p))["vectors"], SearchIndexError, remedy
+            folder / "vectors.safetensors", lambda p: _vectors(load_file(str(p))), SearchIndexError, remedy
         )
         reviews = read_artifact(folder / "reviews.parquet", pq.read_table, SearchIndexError, remedy)
-        if len(vectors) != reviews.num_rows or len(vectors) != meta.get("count"):
+        count = vectors.shape[0]
+        if count != reviews.num_rows or count != meta.get("count"):
             raise SearchIndexError(
-                f"{folder} holds {len(vectors)} vectors and {reviews.num_rows} reviews, but index.json says "
+                f"{folder} holds {count} vectors and {reviews.num_rows} reviews, but index.json says "
                 f"{meta.get('count')}; {remedy}"
             )
         lexical = None
@@ -368,6 +401,25 @@ def build_faiss(vectors: torch.Tensor, ann: Ann, neighbours: int = 32, probes: i
     index.add(data)
     index.nprobe = probes
     return index
+
+
+def _vector_arrays(vectors: Vectors) -> dict[str, torch.Tensor]:
+    """The tensors ``vectors.safetensors`` holds: ``vectors``, or a CSR matrix's three arrays and shape."""
+    if not sp.issparse(vectors):
+        return {"vectors": vectors.contiguous()}
+    return {
+        "data": torch.from_numpy(vectors.data.astype(np.float32)),
+        "indices": torch.from_numpy(vectors.indices.astype(np.int64)),
+        "indptr": torch.from_numpy(vectors.indptr.astype(np.int64)),
+        "shape": torch.tensor(vectors.shape, dtype=torch.int64),
+    }
+
+
+def _vectors(arrays: dict[str, torch.Tensor]) -> Vectors:
+    if "vectors" in arrays:
+        return arrays["vectors"]
+    matrix = (arrays["data"].numpy(), arrays["indices"].numpy(), arrays["indptr"].numpy())
+    return sp.csr_matrix(matrix, shape=tuple(arrays["shape"].tolist()))
 
 
 def _relative(path: str | None, folder: str | os.PathLike) -> str | None:

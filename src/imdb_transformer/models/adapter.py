@@ -33,7 +33,7 @@ from imdb_transformer.errors import InputError
 from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, load_checkpoint, require_backbone
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
 
-AdapterPooling = Literal["attention", "weighted_mean", "mean"]
+AdapterPooling = Literal["sparse", "attention", "weighted_mean", "mean"]
 ADAPTER_FORMAT = "imdb_transformer.adapter/1"
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter.json"
 
@@ -47,12 +47,16 @@ class HeadConfig:
     """The shape of an :class:`EmbeddingHead`.
 
     Args:
-        n_states: Layer states it reads (the backbone's ``n_layer + 1``).
+        n_states: Layer states it reads: the embedding and the first ``n_states - 1`` blocks (at most
+            the backbone's ``n_layer + 1``; fewer is faster, since the blocks above are never run).
         n_embd: Width of the backbone.
-        dim: Width of the output vectors.
-        pooling: ``attention`` (learned weight per token), ``weighted_mean`` (weights growing with
-            position, as SGPT pools a causal model: later tokens have read more), or ``mean``.
+        dim: Width of the output vectors of the dense poolings.
+        pooling: ``sparse`` (a learned weight for each token of the review, one dimension per
+            vocabulary entry: uniCOIL / SPLADE's learned sparse vectors without expansion),
+            ``attention`` (learned weight per token over a dense projection), ``weighted_mean``
+            (weights growing with position, as SGPT pools a causal model), or ``mean``.
         dropout: Dropout on the mixed states while training (SimCSE's noise).
+        vocab_size: The backbone's vocabulary (the width of ``sparse`` vectors).
     """
 
     n_states: int
@@ -60,29 +64,54 @@ class HeadConfig:
     dim: int = 256
     pooling: AdapterPooling = "attention"
     dropout: float = 0.1
+    vocab_size: int = 0
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the vectors the head returns."""
+        return self.vocab_size if self.pooling == "sparse" else self.dim
 
 
 class EmbeddingHead(nn.Module):
-    """Layer mix -> per-token MLP -> pooling over real tokens -> unit vector (the math, no Lightning)."""
+    """Layer mix -> per-token MLP -> pooling over real tokens -> unit vector (the math, no Lightning).
+
+    ``sparse``: the MLP gives each token a weight ``softplus(.)`` from its context, and the review's
+    vector holds, for each vocabulary entry, the largest weight of its occurrences (zero for tokens the
+    review lacks). Token identity is kept by construction, so names and rare words can match; what is
+    learned is how much each occurrence counts.
+    """
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
-        if config.pooling not in ("attention", "weighted_mean", "mean"):
-            raise InputError(f"unknown pooling {config.pooling!r}; expected attention, weighted_mean or mean")
+        if config.pooling not in ("sparse", "attention", "weighted_mean", "mean"):
+            raise InputError(
+                f"unknown pooling {config.pooling!r}; expected sparse, attention, weighted_mean or mean"
+            )
+        if config.pooling == "sparse" and config.vocab_size < 1:
+            raise InputError("sparse pooling needs the backbone's vocab_size")
         self.config = config
         self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
         self.norm = nn.LayerNorm(config.n_embd, elementwise_affine=False)  # layers differ in scale
         self.drop = nn.Dropout(config.dropout)
+        out = 1 if config.pooling == "sparse" else config.dim
         self.token = nn.Sequential(
-            nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.dim)
+            nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, out)
         )
         self.score = nn.Linear(config.n_embd, 1) if config.pooling == "attention" else None
 
-    def forward(self, states: list[Tensor], mask: Tensor) -> Tensor:
-        """Unit vectors (B, dim) from the backbone's layer states (each (B, T, C)) and the mask (B, T)."""
+    def forward(self, states: list[Tensor], mask: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Unit vectors (B, out_dim) from the backbone's layer states (each (B, T, C)), the mask (B, T)
+        and, for ``sparse``, the token ids (B, T)."""
         weights = self.mix.softmax(0)
         x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))  # (B, T, C)
         x = self.drop(x)
+        if self.config.pooling == "sparse":
+            if ids is None:
+                raise InputError("sparse pooling needs the token ids")
+            weight = F.softplus(self.token(x).squeeze(-1)) * mask  # (B, T), zero on padding
+            vectors = weight.new_zeros(len(ids), self.config.vocab_size)
+            vectors = vectors.scatter_reduce(1, ids, weight, "amax")  # each token's largest weight
+            return F.normalize(vectors, dim=-1)
         if self.score is not None:
             logits = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
             attn = logits.softmax(-1)  # (B, T)
@@ -115,8 +144,10 @@ class EmbeddingAdapter(L.LightningModule):
 
     Args:
         backbone: A pretraining run's ``backbone/`` export or one of its checkpoints (required).
-        dim: Width of the output vectors.
-        pooling: ``attention``, ``weighted_mean`` or ``mean`` (see :class:`HeadConfig`).
+        dim: Width of the output vectors of the dense poolings.
+        pooling: ``sparse`` (learned token weights), ``attention``, ``weighted_mean`` or ``mean``
+            (see :class:`HeadConfig`).
+        layers: Blocks of the backbone the head reads (default: all); fewer embed faster.
         dropout: Dropout on the head's input while training.
         temperature: Softmax temperature of InfoNCE.
         learning_rate: Peak AdamW learning rate of the head.
@@ -129,7 +160,8 @@ class EmbeddingAdapter(L.LightningModule):
         self,
         backbone: str | None = None,
         dim: int = 256,
-        pooling: AdapterPooling = "attention",
+        pooling: AdapterPooling = "sparse",
+        layers: int | None = None,
         dropout: float = 0.1,
         temperature: float = 0.05,
         learning_rate: float = 1e-3,
@@ -143,7 +175,10 @@ class EmbeddingAdapter(L.LightningModule):
         self.backbone, self.tokenizer = loaded.decoder.requires_grad_(False), loaded.tokenizer
         self.backbone_fingerprint = loaded.fingerprint
         c = self.backbone.config
-        self.head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, dim, pooling, dropout))
+        if layers is not None and not 1 <= layers <= c.n_layer:
+            raise InputError(f"layers={layers}: the backbone has 1 to {c.n_layer} blocks to read")
+        states = (layers if layers is not None else c.n_layer) + 1
+        self.head = EmbeddingHead(HeadConfig(states, c.n_embd, dim, pooling, dropout, c.vocab_size))
         self.train()
 
     def train(self, mode: bool = True) -> EmbeddingAdapter:
@@ -154,13 +189,15 @@ class EmbeddingAdapter(L.LightningModule):
     @torch.no_grad()
     def layer_states(self, ids: Tensor, mask: Tensor) -> list[Tensor]:
         """The frozen backbone's layer states, computed in chunks without gradients."""
-        n = self.hparams.backbone_chunk
-        chunks = [self.backbone.layer_states(ids[i : i + n], mask[i : i + n]) for i in range(0, len(ids), n)]
+        n, count = self.hparams.backbone_chunk, self.head.config.n_states
+        chunks = [
+            self.backbone.layer_states(ids[i : i + n], mask[i : i + n], count) for i in range(0, len(ids), n)
+        ]
         return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Unit vectors (B, dim) of padded token ids."""
-        return self.head(self.layer_states(ids, mask), mask)
+        """Unit vectors (B, out_dim) of padded token ids."""
+        return self.head(self.layer_states(ids, mask), mask, ids)
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         a = self(batch["a_ids"], batch["a_mask"])

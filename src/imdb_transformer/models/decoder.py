@@ -12,6 +12,7 @@ left-padded prompt gives its real tokens exactly the same scores as the unpadded
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -258,12 +259,22 @@ class CausalDecoder(nn.Module):
         *_, last = self._residual_stream(idx, attention_mask, cache)
         return self.ln_f(last)
 
-    def layer_states(self, idx: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
+    def layer_states(
+        self, idx: Tensor, attention_mask: Tensor | None = None, count: int | None = None
+    ) -> list[Tensor]:
         """The residual stream (B, T, n_embd) after the embedding and after each block, the last one
         through the final LayerNorm (so it equals :meth:`hidden_states`): ``n_layer + 1`` tensors.
-        Lower layers keep more of each token's identity, upper ones more of its context."""
-        states = list(self._residual_stream(idx, attention_mask, None))
-        states[-1] = self.ln_f(states[-1])
+        Lower layers keep more of each token's identity, upper ones more of its context.
+
+        ``count`` < ``n_layer + 1`` returns only the first ``count`` states and runs only the blocks
+        they need (no final LayerNorm then)."""
+        total = self.config.n_layer + 1
+        count = total if count is None else count
+        if not 1 <= count <= total:
+            raise InputError(f"count={count} layer states asked for; this decoder has 1 to {total}")
+        states = list(itertools.islice(self._residual_stream(idx, attention_mask, None), count))
+        if count == total:
+            states[-1] = self.ln_f(states[-1])
         return states
 
     def _residual_stream(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -60,7 +62,7 @@ class DocumentEmbedder(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Unit vectors (B, C) for padded token ids (B, T) with their mask."""
         if self.head is not None:
-            return self.head(self.decoder.layer_states(ids, mask), mask)
+            return self.head(self.decoder.layer_states(ids, mask, self.head.config.n_states), mask, ids)
         features = pool(self.decoder.hidden_states(ids, attention_mask=mask), mask, self.pooling)
         return nn.functional.normalize(features.float(), dim=-1)
 
@@ -68,20 +70,32 @@ class DocumentEmbedder(nn.Module):
     def dim(self) -> int:
         """Width of the vectors."""
         if self.head is not None:
-            return self.head.config.dim
+            return self.head.config.out_dim
         return pooled_size(self.decoder.config.n_embd, self.pooling)
 
-    def embed(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
-        """Unit vectors (N, C) for raw review texts, computed in batches of similar length."""
+    @property
+    def sparse(self) -> bool:
+        """Whether the vectors are sparse (one dimension per vocabulary entry, few of them non-zero)."""
+        return self.head is not None and self.head.config.pooling == "sparse"
+
+    def embed(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor | sp.csr_matrix:
+        """Unit vectors (N, C) for raw review texts, computed in batches of similar length: a tensor, or
+        for a sparse head a ``scipy.sparse`` CSR matrix (float32)."""
         if any(not t.strip() for t in texts):
             raise InputError("cannot embed an empty text: give at least one word")
         ids = self.tokenizer.encode([clean_text(t) for t in texts])
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
         device = self.decoder.wte.weight.device
-        out = torch.empty(len(ids), self.dim)
+        out = torch.empty(len(ids), self.dim) if not self.sparse else []
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="Embedding", unit="batch", disable=not progress or len(starts) < 2):
             chunk = order[start : start + batch_size]
             batch = collate_reviews([{"ids": ids[i]} for i in chunk], self.max_length)
-            out[chunk] = self(batch["ids"].to(device), batch["mask"].to(device)).cpu()
+            vectors = self(batch["ids"].to(device), batch["mask"].to(device)).cpu()
+            if self.sparse:
+                out.append(sp.csr_matrix(vectors.numpy()))
+            else:
+                out[chunk] = vectors
+        if self.sparse:
+            return sp.vstack(out, format="csr")[np.argsort(order)]  # back in the texts' order
         return out
