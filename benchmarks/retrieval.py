@@ -25,6 +25,7 @@ import statistics
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -36,7 +37,7 @@ from imdb_transformer.models.adapter import load_adapter
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.embedder import DocumentEmbedder
 from imdb_transformer.models.pooling import pool
-from imdb_transformer.search import Lexical, SemanticIndex, review_table
+from imdb_transformer.search import Lexical, SemanticIndex, Vectors, review_table
 
 TOPICS = [
     "classic horror movie that is terrifying",
@@ -55,12 +56,14 @@ def halves(text: str) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def encode(backbone, head, texts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
-    """Unit vectors of ``texts`` by every dense method, from one backbone pass per batch."""
+def encode(backbone, head, texts: list[str], batch_size: int) -> dict[str, Vectors]:
+    """Unit vectors of ``texts`` by every method, from one backbone pass per batch (a sparse adapter's
+    as a CSR matrix)."""
     decoder, tokenizer = backbone.decoder, backbone.tokenizer
     ids = tokenizer.encode(texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: dict[str, torch.Tensor] = {}
+    sparse_rows = []
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = collate_reviews([{"ids": ids[i]} for i in chunk], decoder.config.block_size)
@@ -70,13 +73,19 @@ def encode(backbone, head, texts: list[str], batch_size: int) -> dict[str, torch
             "weighted_mean": pool(states[-1], batch["mask"], "weighted_mean"),
         }
         if head is not None:
-            found["adapter"] = head(states, batch["mask"])
+            vectors = head(states[: head.config.n_states], batch["mask"], batch["ids"])
+            if head.config.pooling == "sparse":
+                sparse_rows.append(sp.csr_matrix(vectors.numpy()))
+            else:
+                found["adapter"] = vectors
         for name, vectors in found.items():
             out.setdefault(name, torch.empty(len(texts), vectors.size(1)))[chunk] = F.normalize(
                 vectors.float(), dim=-1
             )
         print(f"\rencoded {min(start + batch_size, len(order)):,}/{len(order):,}", end="", flush=True)
     print()
+    if sparse_rows:
+        out["adapter"] = sp.vstack(sparse_rows, format="csr")[np.argsort(order)]
     return out
 
 
@@ -87,10 +96,14 @@ def whitening(vectors: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Ten
     return mean, u[:, :dims] / s[:dims].sqrt()
 
 
-def dense_top(queries: torch.Tensor, docs: torch.Tensor, k: int, exclude_self: bool = False) -> np.ndarray:
+def dense_top(queries: Vectors, docs: Vectors, k: int, exclude_self: bool = False) -> np.ndarray:
+    """Top ``k`` documents per query by dot product (dense tensors or sparse CSR matrices)."""
     out = []
-    for start in range(0, len(queries), 1024):
-        scores = queries[start : start + 1024] @ docs.T
+    for start in range(0, queries.shape[0], 1024):
+        if sp.issparse(queries):
+            scores = torch.from_numpy((queries[start : start + 1024] @ docs.T).toarray())
+        else:
+            scores = queries[start : start + 1024] @ docs.T
         if exclude_self:
             rows = torch.arange(start, start + len(scores))
             scores[torch.arange(len(scores)), rows] = float("-inf")

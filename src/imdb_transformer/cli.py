@@ -62,8 +62,9 @@ class ImdbCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        # The tokenizer's vocabulary and the block length are data settings; the model follows them.
-        for name in ("vocab_size", "block_size"):
+        # The tokenizer's vocabulary, the block length and the reading direction are data settings; the
+        # model follows them.
+        for name in ("vocab_size", "block_size", "reverse"):
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.{name}", apply_on="parse")
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone", apply_on="parse")
 
@@ -208,10 +209,21 @@ VERBS: dict[str, Callable[..., None]] = {
     "embed": verbs.embed,
     "search": verbs.search,
     "generate": verbs.generate,
+    "classify": verbs.classify,
 }
-VERB_SUMMARY = {"embed": "build a search index", "search": "query it", "generate": "continue a prompt"}
-# spellings the verbs have always accepted: a short -k, and --prompt repeated to give several prompts
-_SPELLINGS = {"-k": "--k", "--prompt": "--prompt+"}
+VERB_SUMMARY = {
+    "embed": "build a search index",
+    "search": "query it",
+    "generate": "continue a prompt",
+    "classify": "label texts with a classifier or an ensemble",
+}
+# spellings the verbs accept beyond their signatures: a short -k, and list options given by repeating
+# them (--prompt, --checkpoint) or, for classify's texts, as plain words after the options
+_SPELLINGS = {
+    "search": {"-k": "--k"},
+    "generate": {"--prompt": "--prompt+"},
+    "classify": {"--checkpoint": "--checkpoint+"},
+}
 
 
 def verb_parser(name: str) -> ArgumentParser:
@@ -226,10 +238,13 @@ def verb_parser(name: str) -> ArgumentParser:
 
 def run_verb(name: str, argv: list[str]) -> None:
     """Parse ``argv`` for the verb ``name`` and call its function."""
-    argv = [_SPELLINGS.get(a, a) for a in argv]
-    argv = [f"--prompt+={a[9:]}" if a.startswith("--prompt=") else a for a in argv]
+    spellings = _SPELLINGS.get(name, {})
+    argv = [spellings.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]) :] for a in argv]
     if name == "search" and any(a.split("=")[0] == "--like" for a in argv) and not _positionals(argv):
         argv.append("")  # `search --like ID` needs no query
+    if name == "classify":
+        at = set(_positionals(argv))
+        argv = [a for i, a in enumerate(argv) if i not in at] + [f"--texts+={argv[i]}" for i in sorted(at)]
 
     options = verb_parser(name).parse_args(argv).as_dict()
     options.pop("config", None)
@@ -242,17 +257,18 @@ def run_verb(name: str, argv: list[str]) -> None:
     function(*positional, **options)
 
 
-def _positionals(argv: list[str]) -> list[str]:
-    """The words of ``argv`` that are not options or their values (every verb option takes a value)."""
-    words, skip = [], False
-    for a in argv:
+def _positionals(argv: list[str]) -> list[int]:
+    """Where ``argv`` holds words that are not options or their values (every verb option takes a
+    value)."""
+    at, skip = [], False
+    for i, a in enumerate(argv):
         if skip:
             skip = False
         elif a.startswith("-"):
             skip = "=" not in a
         else:
-            words.append(a)
-    return words
+            at.append(i)
+    return at
 
 
 def main(argv: list[str] | None = None) -> None:

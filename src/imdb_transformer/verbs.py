@@ -1,4 +1,5 @@
-"""The console script's verbs beyond training (``embed``, ``search``, ``generate``): plain functions.
+"""The console script's verbs beyond training (``embed``, ``search``, ``generate``, ``classify``): plain
+functions.
 
 ``imdb-transformer VERB`` builds each one's options from its signature and docstring (see
 :mod:`imdb_transformer.cli`), so ``--help`` is this documentation and every verb takes ``--config``
@@ -150,6 +151,11 @@ def generate(
     from imdb_transformer.models.backbone import load_backbone
 
     loaded = load_backbone(checkpoint)
+    if loaded.decoder.config.reverse:
+        raise InputError(
+            f"{checkpoint} is a backward LM (trained with --data.reverse true): it writes text last word "
+            "first; generate with a forward backbone"
+        )
     loaded.decoder.to(_device(device))
     continuations = generate_text(
         loaded,
@@ -164,3 +170,70 @@ def generate(
     )
     for i, (opening, text) in enumerate(zip(prompt, continuations, strict=True), start=1):
         print(f"[{i}] {opening}{text}\n" if len(prompt) > 1 else f"{opening}{text}")
+
+
+def classify(
+    *,
+    checkpoint: list[str],
+    texts: list[str] | None = None,
+    file: str | None = None,
+    column: str = "text",
+    split: Literal["test"] | None = None,
+    source: str = DEFAULT_SOURCE,
+    max_reviews: int | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> None:
+    """Label texts positive or negative with a trained classifier, or an ensemble of several.
+
+    Examples: imdb-transformer classify --checkpoint fwd.ckpt "A wonderful film." "Dull and long.";
+    imdb-transformer classify --checkpoint fwd.ckpt --checkpoint bwd.ckpt --file reviews.txt;
+    imdb-transformer classify --checkpoint fwd.ckpt --checkpoint bwd.ckpt --split test --source
+    ../shared/data/imdb (the accuracy of each member and of the ensemble on the official test split).
+    With several checkpoints the probability is the mean of theirs.
+
+    Args:
+        checkpoint: A classifier's .ckpt (of `fit --config configs/classify.yaml`); repeat for an
+            ensemble (e.g. one over a forward and one over a backward backbone).
+        texts: Texts to classify, given after the options.
+        file: Texts from a file instead: .txt (one per line), .csv or .parquet (see --column).
+        column: The column of a .csv or .parquet file that holds the texts.
+        split: test: score the official test split's reviews against their labels instead.
+        source: With --split: a dataset id or a local folder of {split}.parquet files.
+        max_reviews: With --split: a sample of this many reviews (default: all 25,000).
+        batch_size: Texts per forward pass.
+        device: cpu or cuda (default: cuda when available).
+    """
+    from imdb_transformer.data.imdb import load_reviews
+    from imdb_transformer.data.texts import read_texts
+    from imdb_transformer.models.ensemble import SentimentEnsemble
+
+    given = [name for name, value in (("texts", texts), ("--file", file), ("--split", split)) if value]
+    if len(given) != 1:
+        raise InputError(
+            "give the texts to classify one way: as arguments, with --file PATH, or --split test "
+            f"(got {' and '.join(given) if given else 'none'})"
+        )
+    inputs = texts or []
+    if file is not None:
+        inputs = read_texts(file, column)
+    labels = None
+    if split is not None:
+        reviews = load_reviews(source, split, max_reviews)
+        inputs, labels = reviews.texts, torch.tensor(reviews.labels)
+    ensemble = SentimentEnsemble(checkpoint, _device(device))
+    members = ensemble.member_probabilities(inputs, batch_size, progress=len(inputs) > batch_size)
+    mean = members.mean(0)
+    if labels is not None:
+        print(f"| model | test accuracy ({len(inputs):,} reviews) |\n| --- | --- |")
+        rows = list(zip(ensemble.names, members, strict=True))
+        if len(ensemble.members) > 1:
+            rows.append((f"ensemble (mean of {len(ensemble.members)})", mean))
+        for name, p in rows:
+            print(f"| {name} | {((p > 0.5).long() == labels).float().mean().item():.2%} |")
+        return
+    from imdb_transformer.search import snippet
+
+    print("#\tlabel\tp(positive)\ttext")
+    for i, (text, p) in enumerate(zip(inputs, mean.tolist(), strict=True), start=1):
+        print(f"{i}\t{'pos' if p > 0.5 else 'neg'}\t{p:.3f}\t{snippet(' '.join(text.split()), 80)}")

@@ -31,14 +31,17 @@ def random_crop(ids: list[int], rng: random.Random, crop_min: int, crop_max: int
     return [EOS_ID, *ids[start : start + length]]
 
 
-def collate_crops(items: list[dict], crop_min: int, crop_max: int, fixed: bool) -> dict[str, torch.Tensor]:
+def collate_crops(
+    items: list[dict], crop_min: int, crop_max: int, fixed: bool, reverse: bool = False
+) -> dict[str, torch.Tensor]:
     """Two independent crops ``a`` and ``b`` of each review. With ``fixed`` each review's crops are
-    drawn from a generator seeded by its index, so validation sees the same pairs every time."""
+    drawn from a generator seeded by its index, so validation sees the same pairs every time.
+    ``reverse``: reviews read last token first, for a backward backbone."""
     shared = random.Random()
     a, b = [], []
     for item in items:
         rng = random.Random(int(item["idx"])) if fixed else shared
-        ids = list(item["ids"])
+        ids = list(item["ids"])[:: -1 if reverse else 1]
         a.append(random_crop(ids, rng, crop_min, crop_max))
         b.append(random_crop(ids, rng, crop_min, crop_max))
     (a_ids, a_mask), (b_ids, b_mask) = pad(a), pad(b)
@@ -115,7 +118,9 @@ class ContrastiveDataModule(ReviewsDataModule):
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         crop_max = min(self.crop_max, self.context - 1)  # room for the EOS before it
         crop_min = min(self.crop_min, crop_max)
-        return partial(collate_crops, crop_min=crop_min, crop_max=crop_max, fixed=split != "train")
+        return partial(
+            collate_crops, crop_min=crop_min, crop_max=crop_max, fixed=split != "train", reverse=self.reverse
+        )
 
     def test_dataloader(self) -> DataLoader:
         raise InputError(

@@ -44,17 +44,35 @@ class PackedBlocks(Dataset):
         return self.blocks[i].long()
 
 
-def pack(reviews: list[list[int]] | pa.ListArray, block_size: int) -> np.ndarray:
+def pack(reviews: list[list[int]] | pa.ListArray, block_size: int, reverse: bool = False) -> np.ndarray:
     """Join tokenised reviews, each followed by EOS, into rows of ``block_size + 1`` ids.
 
     No padding: every row is full. Rows do not overlap, so no token is seen twice; only the
-    stream's last partial row (fewer than ``block_size + 1`` ids) is dropped.
+    stream's last partial row (fewer than ``block_size + 1`` ids) is dropped. ``reverse`` turns each
+    review's tokens around (last first) before its EOS, for a backward LM: reviews stay in their order
+    and apart, each still opened by the EOS of the one before, as the classifier will feed them.
     """
     if not isinstance(reviews, pa.Array | pa.ChunkedArray):
         reviews = pa.array(reviews, type=pa.list_(pa.int32()))
+    if reverse:
+        reviews = reverse_each(reviews)
     with_eos = pc.list_flatten(_append_eos(reviews)).to_numpy(zero_copy_only=False).astype(np.int32)
     n = len(with_eos) // (block_size + 1)
     return with_eos[: n * (block_size + 1)].reshape(n, block_size + 1)
+
+
+def reverse_each(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    """Each list's values last to first; the lists keep their order and lengths."""
+    if isinstance(reviews, pa.ChunkedArray):
+        reviews = reviews.combine_chunks()
+    lengths = pc.list_value_length(reviews).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(reviews).to_numpy(zero_copy_only=False)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    owner = np.repeat(np.arange(len(lengths)), lengths)  # which review each value belongs to
+    flipped = values[starts[owner] + ends[owner] - 1 - np.arange(len(values))]
+    offsets = np.concatenate([[0], ends]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flipped, pa.int32()))
 
 
 def _append_eos(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
@@ -84,6 +102,8 @@ class LMDataModule(L.LightningDataModule):
         block_size: Tokens of context per training example (each row holds one more, the last target).
         val_fraction: Share of whole reviews held out for validation (never inside a training block).
         max_reviews: Use only this many (shuffled) reviews: for smoke runs. None uses all 75,000.
+        reverse: Each review's tokens last to first: data for a backward LM (ULMFiT trains one of each
+            direction and ensembles their classifiers). The tokenizer is the same as forward's.
         batch_size: Blocks per batch on each device.
         num_workers: DataLoader worker processes. The blocks live in memory, so 0 keeps up.
         num_proc: Processes for tokenising in ``prepare_data`` (default: all CPU cores).
@@ -103,6 +123,7 @@ class LMDataModule(L.LightningDataModule):
         num_workers: int = 0,
         num_proc: int | None = None,
         seed: int = 1234,
+        reverse: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -121,6 +142,7 @@ class LMDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.num_proc = num_proc or os.cpu_count() or 1
         self.seed = seed
+        self.reverse = reverse
         self._reviews: tuple[list[str], list[str]] | None = None
         self.tokenizer: Tokenizer | None = None
         self.train_set: PackedBlocks | None = None
@@ -155,6 +177,7 @@ class LMDataModule(L.LightningDataModule):
             corpus_fingerprint(val),
             tokenizer.path.name,
             self.block_size,
+            *(["reverse"] if self.reverse else []),  # forward keeps the key it always had
         )
         return self.cache_dir / f"lm-blocks-{key}"
 
@@ -169,7 +192,7 @@ class LMDataModule(L.LightningDataModule):
         packed = {}
         for name, texts in (("train", train), ("validation", val)):
             ids = tokenize(datasets.Dataset.from_dict({"text": texts}), tokenizer, self.num_proc, name)
-            blocks = pack(ids.data.column("ids"), self.block_size)
+            blocks = pack(ids.data.column("ids"), self.block_size, self.reverse)
             if len(blocks) == 0:
                 raise InputError(
                     f"the {name} split has fewer than block_size + 1 = {self.block_size + 1} tokens; "

@@ -50,9 +50,11 @@ def pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def collate_reviews(items: list[dict], max_length: int) -> dict[str, torch.Tensor]:
-    """Pad a list of ``{"ids", "label", "idx"}`` to the longest in the batch; ``mask`` marks real tokens."""
-    ids, mask = pad([fit_to_context(list(item["ids"]), max_length) for item in items])
+def collate_reviews(items: list[dict], max_length: int, reverse: bool = False) -> dict[str, torch.Tensor]:
+    """Pad a list of ``{"ids", "label", "idx"}`` to the longest in the batch; ``mask`` marks real tokens.
+    ``reverse``: each review's tokens last to first, for a backward backbone."""
+    step = -1 if reverse else 1
+    ids, mask = pad([fit_to_context(list(item["ids"])[::step], max_length) for item in items])
     batch = {"ids": ids, "mask": mask}
     for key in ("label", "idx"):
         if key in items[0]:
@@ -133,16 +135,19 @@ class ReviewsDataModule(L.LightningDataModule):
         self.num_proc = num_proc or os.cpu_count() or 1
         self.seed = seed
         self.tokenizer: Tokenizer | None = None
+        self.reverse = False  # set from the backbone: a backward one reads each review reversed
         self.splits: dict[str, _Reviews] = {}
 
     def _reader(self) -> tuple[Tokenizer, int]:
-        """The tokenizer and tokens per review, from the arguments (no model or trainer involved)."""
+        """The tokenizer and tokens per review, from the arguments (no model or trainer involved); the
+        direction the backbone reads in is kept in ``self.reverse``."""
         if self.backbone is None and (self.tokenizer_path is None or self.max_length is None):
             raise InputError(
                 "ReviewsDataModule needs the backbone it prepares reviews for (data.backbone, which the CLI "
                 "fills in from --model.backbone), or both data.tokenizer and data.max_length"
             )
         spec = load_spec(self.backbone) if self.backbone is not None else None
+        self.reverse = spec is not None and spec.config.reverse
         tokenizer = Tokenizer(self.tokenizer_path) if self.tokenizer_path else spec.tokenizer
         return tokenizer, self.max_length or spec.config.block_size
 
@@ -203,7 +208,7 @@ class ReviewsDataModule(L.LightningDataModule):
         )
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-        return partial(collate_reviews, max_length=self.context)
+        return partial(collate_reviews, max_length=self.context, reverse=self.reverse)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

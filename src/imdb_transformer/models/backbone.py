@@ -48,7 +48,10 @@ class BackboneSpec:
     def fingerprint(self) -> str:
         """Identifies the shape and tokenizer; weights trained on one do not fit another."""
         c = self.config
-        return f"{c.n_layer}x{c.n_embd}-ctx{c.block_size}-tok{tokenizer_fingerprint(self.tokenizer)}"
+        backward = "-backward" if c.reverse else ""
+        return (
+            f"{c.n_layer}x{c.n_embd}-ctx{c.block_size}{backward}-tok{tokenizer_fingerprint(self.tokenizer)}"
+        )
 
 
 @dataclass

@@ -44,6 +44,9 @@ class DecoderConfig:
     """Biases in linear layers and LayerNorms (False is slightly faster and as good)."""
     rope_base: float = 10000.0
     """Base of the rotary embedding frequencies."""
+    reverse: bool = False
+    """The model reads text backwards (a backward LM, ULMFiT's second direction): whatever feeds it
+    a review (classifier data, embedder) reverses the review's tokens first. The layers are the same."""
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:

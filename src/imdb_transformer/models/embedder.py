@@ -90,7 +90,9 @@ class DocumentEmbedder(nn.Module):
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="Embedding", unit="batch", disable=not progress or len(starts) < 2):
             chunk = order[start : start + batch_size]
-            batch = collate_reviews([{"ids": ids[i]} for i in chunk], self.max_length)
+            batch = collate_reviews(
+                [{"ids": ids[i]} for i in chunk], self.max_length, self.decoder.config.reverse
+            )
             vectors = self(batch["ids"].to(device), batch["mask"].to(device)).cpu()
             if self.sparse:
                 out.append(sp.csr_matrix(vectors.numpy()))

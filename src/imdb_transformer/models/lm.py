@@ -129,6 +129,8 @@ class CausalLM(LanguageModel):
         min_lr_ratio: The cosine ends at ``learning_rate * min_lr_ratio`` on the last step.
         compile: ``torch.compile`` the backbone and the loss on its logits (faster steps after a
             one-off compile).
+        reverse: A backward LM (its data reads each review last token first); the CLI sets it from
+            ``data.reverse``, and the backbone records it so its users reverse reviews too.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class CausalLM(LanguageModel):
         warmup_steps: int = 200,
         min_lr_ratio: float = 0.1,
         compile: bool = False,
+        reverse: bool = False,
     ) -> None:
         super().__init__(vocab_size)
         self.save_hyperparameters()
@@ -155,6 +158,7 @@ class CausalLM(LanguageModel):
             n_head=n_head,
             n_embd=n_embd,
             dropout=dropout,
+            reverse=reverse,
         )
         self.backbone = CausalDecoder(self.config)
         # weights that multiply every token: all but the embedding lookup, plus the (tied) LM head
