@@ -126,3 +126,66 @@ def test_the_backbone_mode_while_training(
     )  # fmt: skip
     trainer.fit(model, dm)  # validation runs between the epochs and must not change the modes
     assert len(seen) == 6 and set(seen) == {(backbone_trains, True)}
+
+
+def test_layer_mix_features_are_computed_once_and_leave_the_backbone_unchanged(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), layers=3, layer_mix="scalar")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    mix_before = model.mix.detach().clone()
+    fit(model, imdb_dir, cache_dir, tmp_path, epochs=3)
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+    assert model.feature_reviews == 144 + 16  # every training and validation review once, in 3 epochs
+    assert not torch.equal(mix_before, model.mix)  # the layer weights did learn
+    features = model.features(*_batch(model))
+    assert features.shape == (2, 3, 3 * model.backbone.config.n_embd)  # concat pooling of 3 layers
+    last = model.features(*_batch(model))[:, -1]
+    assert torch.allclose(
+        last, SentimentClassifier(backbone=str(pretrained_run / "backbone")).features(*_batch(model))
+    )
+
+
+def _batch(model: SentimentClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([[3, 10, 11, 12, 3], [3, 20, 21, 3, 0]])
+    return ids, ids != 0
+
+
+def test_gradual_unfreezing_unfreezes_one_more_block_each_epoch(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    model = SentimentClassifier(
+        backbone=str(pretrained_run / "backbone"), freeze=False, unfreeze="gradual", schedule="stlr"
+    )
+    seen: list[list[bool]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+            if batch_idx == 0:  # after the module's own epoch-start hook
+                seen.append([all(p.requires_grad for p in ps) for ps in pl_module.backbone_layers()])
+
+    dm = ReviewsDataModule(str(imdb_dir), str(cache_dir), backbone=model.hparams.backbone, batch_size=16)
+    L.Trainer(
+        max_epochs=4, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[Record()],
+    ).fit(model, dm)  # fmt: skip
+    n_layer = model.backbone.config.n_layer  # 2: layers top first are ln_f, block 1, block 0, embedding
+    assert (
+        seen
+        == [
+            [False, False, False, False],  # epoch 0: the head alone
+            [True, True, False, False],  # epoch 1: + the top block (with the final norm)
+            [True, True, True, False],  # epoch 2: + the next block down
+            [True, True, True, True],  # epoch 3: + the embedding
+        ][: n_layer + 2]
+    )
+
+
+def test_the_slanted_triangle_rises_for_a_tenth_then_falls_to_a_32nd() -> None:
+    from imdb_transformer.models.optim import slanted_triangular
+
+    rates = [slanted_triangular(s, 100) for s in range(101)]
+    assert rates[0] == pytest.approx(1 / 32) and rates[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(rates[:10], rates[1:11], strict=True))
+    assert all(a > b for a, b in zip(rates[10:100], rates[11:101], strict=True))
+    assert rates[100] == pytest.approx(1 / 32)

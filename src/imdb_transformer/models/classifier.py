@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
+from imdb_transformer.errors import InputError
 from imdb_transformer.models.backbone import (
     BackboneError,
     BackboneSpec,
@@ -16,7 +19,7 @@ from imdb_transformer.models.backbone import (
     require_backbone,
     spec_from_checkpoint,
 )
-from imdb_transformer.models.optim import adamw_warmup_cosine
+from imdb_transformer.models.optim import Schedule, adamw_warmup_cosine
 from imdb_transformer.models.pooling import Pooling, pool, pooled_size
 
 
@@ -28,6 +31,13 @@ class SentimentClassifier(L.LightningModule):
     epochs, so only the head trains. With ``freeze false`` the whole model is fine-tuned, the
     backbone with smaller learning rates that shrink layer by layer towards the embedding
     (ULMFiT's discriminative fine-tuning): lower layers hold general language knowledge to keep.
+    ULMFiT's other two devices are options: ``unfreeze gradual`` (the first epoch trains the head
+    alone, each later one unfreezes one more block from the top) and ``schedule stlr`` (slanted
+    triangular learning rates).
+
+    Features can come from more than the last layer: ``layers k`` pools each of the top ``k`` layer
+    states; ``layer_mix concat`` puts them side by side, ``scalar`` learns a softmax-weighted sum
+    (ELMo's scalar mix). Frozen, they are still computed once per review and reused every epoch.
 
     Args:
         backbone: A pretraining run's ``backbone/`` export, or a checkpoint holding a backbone (required).
@@ -43,6 +53,11 @@ class SentimentClassifier(L.LightningModule):
             pretrained weights are adjusted gently, without noise in their activations).
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warmup steps before cosine decay.
+        layers: Pool each of the top ``layers`` layer states (1: the last layer only).
+        layer_mix: How the layers' features combine: ``concat`` or ``scalar`` (learned weights).
+        unfreeze: When fine-tuning: ``all`` blocks train from the start, or ``gradual`` (one more
+            block each epoch, top first; the embedding last).
+        schedule: ``cosine`` (warmup, then cosine decay) or ``stlr`` (ULMFiT's slanted triangle).
     """
 
     def __init__(
@@ -57,16 +72,29 @@ class SentimentClassifier(L.LightningModule):
         backbone_dropout: bool = False,
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
+        layers: int = 1,
+        layer_mix: Literal["concat", "scalar"] = "concat",
+        unfreeze: Literal["all", "gradual"] = "all",
+        schedule: Schedule = "cosine",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         loaded = require_backbone(backbone, "SentimentClassifier")
         self.backbone, self.tokenizer = loaded.decoder, loaded.tokenizer
         self.pooling = pooling
+        n_states = self.backbone.config.n_layer + 1
+        if not 1 <= layers <= n_states:
+            raise InputError(f"layers={layers}: the backbone has 1 to {n_states} layer states to pool")
+        if layer_mix not in ("concat", "scalar"):
+            raise InputError(f"unknown layer_mix {layer_mix!r}; expected concat or scalar")
         features = pooled_size(self.backbone.config.n_embd, pooling)
+        if layers > 1 and layer_mix == "concat":
+            features *= layers
+        self.mix = nn.Parameter(torch.zeros(layers)) if layers > 1 and layer_mix == "scalar" else None
         self.head = nn.Sequential(nn.LayerNorm(features), nn.Dropout(dropout), nn.Linear(features, 1))
-        if freeze:
-            self.backbone.requires_grad_(False)
+        self.feature_reviews = 0  # reviews the backbone has computed features for (frozen: once each)
+        if freeze or unfreeze == "gradual":
+            self.backbone.requires_grad_(False)  # gradual: blocks are unfrozen epoch by epoch
         self._features: dict[str, dict[int, Tensor]] = {"train": {}, "val": {}, "test": {}, "predict": {}}
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
         self.train_metrics = metrics.clone(prefix="train/")
@@ -83,8 +111,21 @@ class SentimentClassifier(L.LightningModule):
         return self
 
     def features(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Pooled backbone features (B, F) of padded reviews."""
-        return pool(self.backbone.hidden_states(ids, attention_mask=mask), mask, self.pooling)
+        """Pooled backbone features of padded reviews: (B, F), or (B, layers, F) from several layers."""
+        self.feature_reviews += len(ids)
+        if self.hparams.layers == 1:
+            return pool(self.backbone.hidden_states(ids, attention_mask=mask), mask, self.pooling)
+        states = self.backbone.layer_states(ids, mask)[-self.hparams.layers :]
+        return torch.stack([pool(s, mask, self.pooling) for s in states], dim=1)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Logits (B,) from :meth:`features`: the layers mixed, then the head."""
+        if features.dim() == 3:
+            if self.mix is not None:
+                features = torch.einsum("l,blf->bf", self.mix.softmax(0), features)
+            else:
+                features = features.flatten(1)
+        return self.head(features).squeeze(-1)
 
     def _cached_features(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         """Frozen features, computed on first sight of each review and reused after."""
@@ -100,11 +141,11 @@ class SentimentClassifier(L.LightningModule):
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Logits (B,) of the positive class."""
-        return self.head(self.features(ids, mask)).squeeze(-1)
+        return self.classify(self.features(ids, mask))
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         if self.hparams.freeze:
-            logits = self.head(self._cached_features(batch, stage)).squeeze(-1)
+            logits = self.classify(self._cached_features(batch, stage))
         else:
             logits = self(batch["ids"], batch["mask"])
         labels = batch["label"]
@@ -151,18 +192,35 @@ class SentimentClassifier(L.LightningModule):
                 "`imdb-transformer test --ckpt_path` does), or the backbone it was trained on"
             )
 
+    def backbone_layers(self) -> list[list[nn.Parameter]]:
+        """The backbone's parameters by depth, top first: the final norm, each block, the embedding."""
+        b = self.backbone
+        return [
+            list(b.ln_f.parameters()),
+            *[list(block.parameters()) for block in reversed(b.blocks)],
+            [b.wte.weight],
+        ]
+
+    def on_train_epoch_start(self) -> None:
+        """Gradual unfreezing: epoch 0 trains the head alone, epoch e also the top e blocks (the final
+        norm goes with the top block, the embedding after the bottom one)."""
+        if self.hparams.freeze or self.hparams.unfreeze != "gradual":
+            return
+        layers = self.backbone_layers()
+        groups = [layers[0] + layers[1], *layers[2:]]  # the final norm goes with the top block
+        for depth, params in enumerate(groups):
+            for p in params:
+                p.requires_grad_(depth < self.current_epoch)
+
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        groups = [{"params": list(self.head.parameters()), "lr": hp.learning_rate}]
+        head = list(self.head.parameters()) + ([self.mix] if self.mix is not None else [])
+        groups = [{"params": head, "lr": hp.learning_rate}]
         if not hp.freeze:
-            b = self.backbone
-            layers = [
-                [b.wte.weight],
-                *[list(block.parameters()) for block in b.blocks],
-                list(b.ln_f.parameters()),
-            ]
-            for depth, params in enumerate(reversed(layers)):  # top (ln_f) first
+            for depth, params in enumerate(self.backbone_layers()):  # top (ln_f) first
                 groups.append(
                     {"params": params, "lr": hp.backbone_lr * hp.layer_lr_decay ** max(0, depth - 1)}
                 )
-        return adamw_warmup_cosine(self.trainer, groups, hp.warmup_steps, 0.0, weight_decay=hp.weight_decay)
+        return adamw_warmup_cosine(
+            self.trainer, groups, hp.warmup_steps, 0.0, hp.schedule, weight_decay=hp.weight_decay
+        )

@@ -1,12 +1,12 @@
-"""The optimiser and learning-rate schedule that every LightningModule here trains with: AdamW,
-linear warmup, then a cosine that anneals fully on the run's last step."""
+"""The optimiser and learning-rate schedules the LightningModules here train with: AdamW, and either
+linear warmup then a cosine that anneals fully on the run's last step, or ULMFiT's slanted triangle."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -22,6 +22,17 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio: float = 32.0) -> float:
+    """Learning-rate multiplier of ULMFiT's slanted triangular schedule (Howard & Ruder 2018): a short
+    linear rise over the first ``cut_frac`` of the run to 1, then a long linear fall to ``1 / ratio``."""
+    cut = max(1, math.floor(total_steps * cut_frac))
+    p = step / cut if step < cut else max(0.0, 1 - (step - cut) / max(1, total_steps - cut))
+    return (1 + p * (ratio - 1)) / ratio
+
+
+Schedule = Literal["cosine", "stlr"]
+
+
 def decay_groups(params: Iterable[nn.Parameter], weight_decay: float, **group: Any) -> list[dict]:
     """Parameter groups where weight matrices decay and norms and biases (1-D) do not."""
     params = [p for p in params if p.requires_grad]
@@ -32,13 +43,22 @@ def decay_groups(params: Iterable[nn.Parameter], weight_decay: float, **group: A
 
 
 def adamw_warmup_cosine(
-    trainer: L.Trainer, groups: list[dict], warmup_steps: int, min_lr_ratio: float, **adamw: Any
+    trainer: L.Trainer,
+    groups: list[dict],
+    warmup_steps: int,
+    min_lr_ratio: float,
+    shape: Schedule = "cosine",
+    **adamw: Any,
 ) -> dict:
-    """``configure_optimizers``' answer: AdamW over ``groups`` and a per-step warmup + cosine schedule
-    over the whole run (``trainer.estimated_stepping_batches``). Warmup takes at most a tenth of it."""
+    """``configure_optimizers``' answer: AdamW over ``groups`` and a per-step schedule over the whole
+    run (``trainer.estimated_stepping_batches``): warmup + cosine (warmup takes at most a tenth of
+    it), or with ``shape="stlr"`` the slanted triangle (its rise is the first tenth)."""
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **adamw)
     total = int(trainer.estimated_stepping_batches)
     warmup = min(warmup_steps, max(1, total // 10))
-    schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total, min_ratio=min_lr_ratio)
+    if shape == "stlr":
+        schedule = partial(slanted_triangular, total_steps=total)
+    else:
+        schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total, min_ratio=min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
