@@ -189,3 +189,19 @@ def test_the_slanted_triangle_rises_for_a_tenth_then_falls_to_a_32nd() -> None:
     assert all(a < b for a, b in zip(rates[:10], rates[1:11], strict=True))
     assert all(a > b for a, b in zip(rates[10:100], rates[11:101], strict=True))
     assert rates[100] == pytest.approx(1 / 32)
+
+
+def test_a_long_review_is_read_as_all_its_windows_and_their_features_averaged(pretrained_run: Path) -> None:
+    from imdb_transformer.data.reviews import collate_windows
+
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), pooling="mean").eval()
+    context = model.backbone.config.block_size
+    long, short = list(range(10, 10 + 2 * (context - 2) + 5)), [7, 8, 9]
+    batch = collate_windows([{"ids": long}, {"ids": short}], context)
+    assert batch["owner"].tolist() == [0, 0, 0, 1]
+    rows = [r[m].tolist() for r, m in zip(batch["ids"], batch["mask"], strict=True)]
+    assert [t for r in rows[:3] for t in r if t != 3] == long  # every token once, in order
+    with torch.no_grad():
+        averaged = model.features(batch["ids"], batch["mask"], batch["owner"])
+        each = model.features(batch["ids"], batch["mask"])
+    assert torch.allclose(averaged[0], each[:3].mean(0), atol=1e-6) and torch.allclose(averaged[1], each[3])

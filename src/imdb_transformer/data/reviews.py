@@ -39,6 +39,30 @@ def fit_to_context(ids: list[int], max_length: int, head_fraction: float = 0.25)
     return [EOS_ID, *ids, EOS_ID]
 
 
+def windows(ids: list[int], max_length: int) -> list[list[int]]:
+    """Every window of a review: consecutive spans of ``max_length - 2`` tokens, each between EOS marks
+    as a whole review is (the last one shorter)."""
+    room = max_length - 2
+    return [[EOS_ID, *ids[start : start + room], EOS_ID] for start in range(0, max(1, len(ids)), room)]
+
+
+def collate_windows(items: list[dict], max_length: int, reverse: bool = False) -> dict[str, torch.Tensor]:
+    """Like :func:`collate_reviews`, but a review longer than the context brings all of its windows
+    (rows of ``ids``), and ``owner`` says which review of the batch each row belongs to."""
+    step = -1 if reverse else 1
+    rows, owner = [], []
+    for i, item in enumerate(items):
+        found = windows(list(item["ids"])[::step], max_length)
+        rows += found
+        owner += [i] * len(found)
+    ids, mask = pad(rows)
+    batch = {"ids": ids, "mask": mask, "owner": torch.tensor(owner)}
+    for key in ("label", "idx"):
+        if key in items[0]:
+            batch[key] = torch.tensor([int(item[key]) for item in items])
+    return batch
+
+
 def pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists to the longest: ids (B, T) and the mask of real tokens (B, T)."""
     width = max(len(s) for s in seqs)
@@ -103,6 +127,8 @@ class ReviewsDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         num_proc: Processes for tokenising in ``prepare_data`` (default: all CPU cores).
         seed: Seeds the validation split and the ``max_reviews`` sample.
+        windows: A review longer than the context is read as all its windows (the classifier averages
+            their features) instead of its head and tail.
     """
 
     def __init__(
@@ -118,11 +144,13 @@ class ReviewsDataModule(L.LightningDataModule):
         num_workers: int = 0,
         num_proc: int | None = None,
         seed: int = 1234,
+        windows: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
+        self.windows = windows
         self.source = source
         self.cache_dir = Path(cache_dir).expanduser()
         self.backbone = backbone
@@ -208,7 +236,8 @@ class ReviewsDataModule(L.LightningDataModule):
         )
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-        return partial(collate_reviews, max_length=self.context, reverse=self.reverse)
+        collate = collate_windows if self.windows else collate_reviews
+        return partial(collate, max_length=self.context, reverse=self.reverse)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -110,13 +110,24 @@ class SentimentClassifier(L.LightningModule):
             self.backbone.eval()
         return self
 
-    def features(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Pooled backbone features of padded reviews: (B, F), or (B, layers, F) from several layers."""
-        self.feature_reviews += len(ids)
+    def features(self, ids: Tensor, mask: Tensor, owner: Tensor | None = None) -> Tensor:
+        """Pooled backbone features of padded reviews: (B, F), or (B, layers, F) from several layers.
+        With ``owner`` the rows are windows of reviews (row i belongs to review ``owner[i]``), and a
+        review's features are the mean of its windows'."""
         if self.hparams.layers == 1:
-            return pool(self.backbone.hidden_states(ids, attention_mask=mask), mask, self.pooling)
-        states = self.backbone.layer_states(ids, mask)[-self.hparams.layers :]
-        return torch.stack([pool(s, mask, self.pooling) for s in states], dim=1)
+            found = pool(self.backbone.hidden_states(ids, attention_mask=mask), mask, self.pooling)
+        else:
+            states = self.backbone.layer_states(ids, mask)[-self.hparams.layers :]
+            found = torch.stack([pool(s, mask, self.pooling) for s in states], dim=1)
+        if owner is not None:
+            reviews = int(owner.max()) + 1
+            total = found.new_zeros(reviews, *found.shape[1:]).index_add_(0, owner, found)
+            found = total / torch.bincount(owner, minlength=reviews).view(-1, *[1] * (found.dim() - 1))
+        self.feature_reviews += len(found)
+        return found
+
+    def _batch_features(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.features(batch["ids"], batch["mask"], batch.get("owner"))
 
     def classify(self, features: Tensor) -> Tensor:
         """Logits (B,) from :meth:`features`: the layers mixed, then the head."""
@@ -134,7 +145,7 @@ class SentimentClassifier(L.LightningModule):
         if all(i in cache for i in idx):
             return torch.stack([cache[i] for i in idx]).to(self.device)
         with torch.no_grad():
-            feats = self.features(batch["ids"], batch["mask"]).float()
+            feats = self._batch_features(batch).float()
         for i, f in zip(idx, feats.cpu(), strict=True):  # one copy to the host per batch, not per review
             cache[i] = f
         return feats
@@ -147,7 +158,7 @@ class SentimentClassifier(L.LightningModule):
         if self.hparams.freeze:
             logits = self.classify(self._cached_features(batch, stage))
         else:
-            logits = self(batch["ids"], batch["mask"])
+            logits = self.classify(self._batch_features(batch))
         labels = batch["label"]
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         metrics = getattr(self, f"{stage}_metrics")
@@ -175,7 +186,7 @@ class SentimentClassifier(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Probability that each review is positive."""
-        return torch.sigmoid(self(batch["ids"], batch["mask"]))
+        return torch.sigmoid(self.classify(self._batch_features(batch)))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         add_to_checkpoint(checkpoint, self.backbone.config, self.tokenizer)
