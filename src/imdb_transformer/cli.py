@@ -210,12 +210,14 @@ VERBS: dict[str, Callable[..., None]] = {
     "search": verbs.search,
     "generate": verbs.generate,
     "classify": verbs.classify,
+    "serve": verbs.serve,
 }
 VERB_SUMMARY = {
     "embed": "build a search index",
     "search": "query it",
     "generate": "continue a prompt",
     "classify": "label texts with a classifier or an ensemble",
+    "serve": "an HTTP API and web page",
 }
 # spellings the verbs accept beyond their signatures: a short -k, and list options given by repeating
 # them (--prompt, --checkpoint) or, for classify's texts, as plain words after the options
@@ -223,6 +225,7 @@ _SPELLINGS = {
     "search": {"-k": "--k"},
     "generate": {"--prompt": "--prompt+"},
     "classify": {"--checkpoint": "--checkpoint+"},
+    "serve": {"--classifier": "--classifier+"},
 }
 
 

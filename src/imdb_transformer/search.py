@@ -182,12 +182,23 @@ class SemanticIndex:
     def query(self, text: str, k: int = 5, mode: Mode | None = None) -> list[Hit]:
         """The ``k`` reviews that best match ``text``, best first. ``mode``: ``hybrid`` (the default
         when the index has a lexical part), ``dense`` or ``lexical``."""
-        if not text or not text.strip():
-            raise InputError("empty query: give some words to search for")
-        self._check_k(k)
-        mode = self._mode(mode)
-        vector = self.embedder.embed([text], progress=False)[0] if mode != "lexical" else None
-        return self._rank(vector, text, k, mode)
+        return self.query_many([(text, k, mode)])[0]
+
+    def query_many(self, queries: list[tuple[str, int, Mode | None]]) -> list[list[Hit]]:
+        """:meth:`query` for several ``(text, k, mode)`` at once: their texts are embedded together, in
+        one pass of the model (what the server's batching relies on)."""
+        for text, k, _ in queries:
+            if not text or not text.strip():
+                raise InputError("empty query: give some words to search for")
+            self._check_k(k)
+        modes = [self._mode(mode) for _, _, mode in queries]
+        dense = [i for i, mode in enumerate(modes) if mode != "lexical"]
+        vectors = self.embedder.embed([queries[i][0] for i in dense], progress=False) if dense else None
+        where = {row: n for n, row in enumerate(dense)}
+        return [
+            self._rank(vectors[where[i]] if i in where else None, text, k, modes[i])
+            for i, (text, k, _) in enumerate(queries)
+        ]
 
     def like(self, review_id: int, k: int = 5, mode: Mode | None = None) -> list[Hit]:
         """ "More like this": the ``k`` reviews closest to the index's own review ``review_id`` (itself

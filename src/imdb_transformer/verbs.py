@@ -1,5 +1,5 @@
-"""The console script's verbs beyond training (``embed``, ``search``, ``generate``, ``classify``): plain
-functions.
+"""The console script's verbs beyond training (``embed``, ``search``, ``generate``, ``classify``,
+``serve``): plain functions.
 
 ``imdb-transformer VERB`` builds each one's options from its signature and docstring (see
 :mod:`imdb_transformer.cli`), so ``--help`` is this documentation and every verb takes ``--config``
@@ -237,3 +237,44 @@ def classify(
     print("#\tlabel\tp(positive)\ttext")
     for i, (text, p) in enumerate(zip(inputs, mean.tolist(), strict=True), start=1):
         print(f"{i}\t{'pos' if p > 0.5 else 'neg'}\t{p:.3f}\t{snippet(' '.join(text.split()), 80)}")
+
+
+def serve(
+    *,
+    backbone: str | None = None,
+    adapter: str | None = None,
+    index: str | None = None,
+    classifier: list[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch_size: int = 16,
+    batch_timeout: float = 0.01,
+) -> None:
+    """Serve the models over HTTP (LitServe) with a web page at /: search, sentiment, embed, generate.
+
+    Example: imdb-transformer serve --index index/test --classifier run/checkpoints/best.ckpt
+    --backbone run/backbone --port 8000, then open http://127.0.0.1:8000/ (or curl the JSON API:
+    POST /search, /sentiment, /embed, /generate; GET /health, /info). Only the endpoints whose
+    models are given are served; the others answer 404 saying what to pass. Requests that arrive
+    within --batch_timeout seconds share one forward pass (up to --max_batch_size).
+
+    Args:
+        backbone: A pretraining run's backbone/ folder: /generate and /embed (and the index's
+            backbone if it moved).
+        adapter: An embedding adapter for /embed (default: the index's own, if any).
+        index: An index folder written by `imdb-transformer embed`: /search (and /embed).
+        classifier: A classifier checkpoint for /sentiment; repeat for an ensemble.
+        host: The address to listen on; 127.0.0.1 (this machine only) unless you mean to expose it.
+        port: The TCP port.
+        max_batch_size: Most requests batched into one forward pass (1: no batching).
+        batch_timeout: Seconds a request may wait for others to join its batch.
+    """
+    from imdb_transformer.serve import ServeConfig, build_server, describe
+
+    config = ServeConfig(backbone, adapter, index, classifier or [], max_batch_size, batch_timeout)
+    server = build_server(config)
+    print(
+        f"Serving on http://{host}:{port}/ (page), API: {', '.join(describe(config)['endpoints'])}",
+        flush=True,
+    )
+    server.run(host=host, port=port, generate_client_file=False, num_api_servers=1)

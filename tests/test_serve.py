@@ -1,0 +1,214 @@
+"""The HTTP API with the real server (``imdb-transformer serve`` on a free port) and tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_cli
+
+pytest.importorskip("litserve", reason="the server needs the serve extra: pip install -e '.[serve]'")
+
+from imdb_transformer.serve import MAX_NEW_TOKENS, MAX_TEXTS, free_port  # noqa: E402
+
+
+class Server:
+    """A running ``imdb-transformer serve``; ``call`` returns (status, JSON body)."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imdb_transformer.cli", "serve", *args, "--port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {log.read_text()[-3000:]}")
+            try:
+                if self.call("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the server did not start: {log.read_text()[-3000:]}")
+
+    def call(
+        self, method: str, path: str, body: object = None, raw: bytes | None = None
+    ) -> tuple[int, object]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as err:
+            text, status = err.read().decode(), err.code
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its worker processes
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def served_models(pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """A tiny backbone, an index of the synthetic test reviews and a classifier checkpoint."""
+    root = tmp_path_factory.mktemp("served")
+    backbone = pretrained_run / "backbone"
+    run_cli("embed", "--backbone", str(backbone), "--source", str(imdb_dir), "--out", str(root / "index"))
+    run_cli(
+        "fit", "--config", str(REPO / "configs/classify.yaml"), "--data.source", str(imdb_dir),
+        "--data.cache_dir", str(cache_dir), "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false", "--model.backbone", str(backbone),
+        "--trainer.max_epochs", "3", "--model.pooling", "last",
+    )  # fmt: skip
+    return {
+        "backbone": backbone,
+        "index": root / "index",
+        "classifier": root / "lightning_logs/version_0/checkpoints/last.ckpt",
+    }
+
+
+@pytest.fixture(scope="session")
+def server(served_models: dict[str, Path], tmp_path_factory) -> Server:
+    m = served_models
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    running = Server(
+        ["--backbone", str(m["backbone"]), "--index", str(m["index"]), "--classifier", str(m["classifier"]),
+         "--max_batch_size", "8", "--batch_timeout", "0.05"],
+        log,
+    )  # fmt: skip
+    yield running
+    running.stop()
+
+
+def test_each_endpoint_answers(server: Server) -> None:
+    status, info = server.call("GET", "/info")
+    assert status == 200 and info["model"]["index"]["reviews"] == 80
+    assert set(info["model"]["endpoints"]) == {"/search", "/sentiment", "/embed", "/generate"}
+    status, found = server.call("POST", "/search", {"query": "a good film", "k": 3})
+    assert status == 200 and len(found["hits"]) == 3
+    assert set(found["hits"][0]) == {"rank", "score", "id", "label", "snippet"}
+    status, found = server.call("POST", "/search", {"query": "a good film", "k": 2, "mode": "lexical"})
+    assert status == 200 and [h["rank"] for h in found["hits"]] == [1, 2]
+    status, sentiment = server.call("POST", "/sentiment", {"texts": ["great fun", "awful and dull"]})
+    assert status == 200 and [r["label"] in ("pos", "neg") for r in sentiment["results"]] == [True, True]
+    assert all(0 <= r["probability"] <= 1 for r in sentiment["results"])
+    status, embedded = server.call("POST", "/embed", {"texts": ["one", "two words"]})
+    assert status == 200 and len(embedded["vectors"]) == 2
+    assert abs(sum(v * v for v in embedded["vectors"][0]) - 1) < 1e-4  # unit vectors
+    body = {"prompt": "This movie", "strategy": "greedy", "max_new_tokens": 5, "seed": 1}
+    status, first = server.call("POST", "/generate", body)
+    assert status == 200 and isinstance(first["text"], str)
+    assert server.call("POST", "/generate", body)[1] == first  # same seed, same text
+    status, html = server.call("GET", "/")
+    assert status == 200 and "<title>imdb_transformer</title>" in html
+    assert "http://" not in html and "https://" not in html  # nothing loaded from elsewhere: works offline
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "why"),
+    [
+        ("/search", {"query": "   "}, "empty"),
+        ("/search", {"query": ""}, "at least 1 character"),
+        ("/search", {"query": 5}, "string"),
+        ("/search", {"query": "film", "k": 0}, "greater than or equal to 1"),
+        ("/search", {"query": "film", "k": 101}, "less than or equal to 100"),
+        ("/search", {"query": "film", "mode": "fuzzy"}, "hybrid"),
+        ("/search", {"query": "film", "path": "/etc/passwd"}, "Extra inputs are not permitted"),
+        ("/sentiment", {"texts": []}, "at least 1 item"),
+        ("/sentiment", {"texts": ["fine", " "]}, "empty"),
+        ("/sentiment", {"texts": ["x"] * (MAX_TEXTS + 1)}, f"at most {MAX_TEXTS} items"),
+        ("/sentiment", {"texts": "not a list"}, "list"),
+        (
+            "/generate",
+            {"prompt": "The", "max_new_tokens": MAX_NEW_TOKENS + 1},
+            f"less than or equal to {MAX_NEW_TOKENS}",
+        ),
+        ("/generate", {"prompt": "The", "strategy": "beam"}, "greedy"),
+        ("/embed", {"texts": [7]}, "string"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(
+    server: Server, path: str, body: dict, why: str
+) -> None:
+    status, answer = server.call("POST", path, body)
+    assert status == 422 and why in json.dumps(answer)
+    assert server.call("POST", "/search", {"query": "film", "k": 1})[0] == 200
+
+
+def test_invalid_json_and_oversized_bodies_are_refused(server: Server) -> None:
+    status, _ = server.call("POST", "/search", raw=b'{"query": "film", ')
+    assert status == 422
+    status, _ = server.call("POST", "/sentiment", raw=json.dumps({"texts": ["a" * 600_000] * 2}).encode())
+    assert status == 413  # over the 1 MB body limit
+    assert server.call("GET", "/health")[0] == 200
+
+
+def test_fifty_requests_from_eight_threads_are_answered_as_one_at_a_time(server: Server) -> None:
+    texts = [f"review number {i} was {'great' if i % 2 else 'awful'}" for i in range(50)]
+    alone = [server.call("POST", "/sentiment", {"texts": [t]})[1]["results"][0] for t in texts[:10]]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda t: server.call("POST", "/sentiment", {"texts": [t]}), texts))
+    assert all(status == 200 for status, _ in answers)
+    together = [body["results"][0] for _, body in answers]
+    for a, b in zip(alone, together[:10], strict=True):  # batched with others == computed alone
+        assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+    queries = [f"film {i}" for i in range(16)]
+    single = [server.call("POST", "/search", {"query": q, "k": 3})[1] for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        batched = list(pool.map(lambda q: server.call("POST", "/search", {"query": q, "k": 3})[1], queries))
+    assert [[h["id"] for h in s["hits"]] for s in single] == [[h["id"] for h in b["hits"]] for b in batched]
+
+
+def test_endpoints_without_their_model_answer_404_with_what_to_pass(
+    served_models: dict[str, Path], tmp_path: Path
+) -> None:
+    only = Server(["--classifier", str(served_models["classifier"])], tmp_path / "log")
+    try:
+        status, answer = only.call("POST", "/search", {"query": "film"})
+        assert status == 404 and "--index DIR" in answer["error"]
+        status, answer = only.call("POST", "/generate", {"prompt": "The"})
+        assert status == 404 and "--backbone PATH" in answer["error"]
+        assert only.call("POST", "/sentiment", {"texts": ["good"]})[0] == 200
+    finally:
+        only.stop()
+
+
+def test_the_server_listens_on_localhost_only_by_default(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5):
+        pass
+    outside = [a for a in _own_addresses() if not a.startswith("127.")]
+    for address in outside:  # the machine's other addresses do not reach it
+        with pytest.raises(OSError), socket.create_connection((address, server.port), timeout=2):
+            pass
+
+
+def _own_addresses() -> list[str]:
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)})
+    except OSError:
+        return []
