@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -212,3 +213,68 @@ def _own_addresses() -> list[str]:
         return sorted({info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)})
     except OSError:
         return []
+
+
+def _chromium() -> str | None:
+    """The OS's Chromium (browser downloads are not possible here: Playwright drives the system one)."""
+    for path in ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "/usr/bin/chromium-browser"):
+        if Path(path).is_file():
+            return path
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def page(server: Server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[browser]' (Playwright)")
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed: apt-get install chromium (.ci/run does)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1000, "height": 900})
+        outside: list[str] = []
+        tab.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
+        tab.goto(server.url + "/")
+        tab.outside = outside
+        yield tab
+        browser.close()
+
+
+def test_the_page_searches_and_shows_a_table(page, server: Server) -> None:
+    page.fill("#query", "a good film")
+    page.fill("#k", "4")
+    page.click("#search-form button")
+    page.wait_for_selector("#results tbody tr")
+    rows = page.locator("#results tbody tr")
+    assert rows.count() == 4
+    assert page.locator("#results tbody tr td").first.inner_text() == "1"
+    assert page.outside == []  # everything the page loads comes from the server: it works offline
+
+
+def test_the_page_shows_a_reviews_label_and_probability(page) -> None:
+    page.fill("#review", "great fun, a wonderful film")
+    page.click("#sentiment-form button")
+    page.wait_for_function("document.getElementById('sentiment').textContent.includes('p(positive)')")
+    text = page.inner_text("#sentiment")
+    assert text.startswith(("positive", "negative")) and "p(positive) = " in text
+    probability = float(text.split("= ")[1].rstrip(")"))
+    assert 0 <= probability <= 1
+
+
+def test_the_page_reports_bad_input_and_generates(page) -> None:
+    page.fill("#query", "   ")
+    page.click("#search-form button")
+    page.wait_for_function("document.getElementById('search-error').textContent.length > 0")
+    assert "empty" in page.inner_text("#search-error")
+    page.fill("#prompt", "This movie")
+    page.select_option("#strategy", "greedy")
+    page.fill("#max_new_tokens", "8")
+    page.click("#generate-form button")
+    page.wait_for_function("document.getElementById('generated').textContent.startsWith('This movie')")
+    page.fill("#query", "a good film")
+    page.click("#search-form button")
+    page.wait_for_function("document.getElementById('search-error').textContent === ''")
+    if os.environ.get(
+        "IMDB_SCREENSHOT"
+    ):  # the README's picture: IMDB_SCREENSHOT=docs/page.png pytest -k page
+        page.screenshot(path=os.environ["IMDB_SCREENSHOT"], full_page=True)
