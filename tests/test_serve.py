@@ -5,13 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,58 +14,8 @@ from helpers import REPO, run_cli
 
 pytest.importorskip("litserve", reason="the server needs the serve extra: pip install -e '.[serve]'")
 
-from imdb_transformer.serve import MAX_NEW_TOKENS, MAX_TEXTS, free_port  # noqa: E402
-
-
-class Server:
-    """A running ``imdb-transformer serve``; ``call`` returns (status, JSON body)."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "imdb_transformer.cli", "serve", *args, "--port", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {log.read_text()[-3000:]}")
-            try:
-                if self.call("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the server did not start: {log.read_text()[-3000:]}")
-
-    def call(
-        self, method: str, path: str, body: object = None, raw: bytes | None = None
-    ) -> tuple[int, object]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                text = response.read().decode()
-                status = response.status
-        except urllib.error.HTTPError as err:
-            text, status = err.read().decode(), err.code
-        try:
-            return status, json.loads(text)
-        except json.JSONDecodeError:
-            return status, text
-
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its worker processes
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
+from imdb_transformer.serve import MAX_NEW_TOKENS, MAX_TEXTS  # noqa: E402
+from imdb_transformer.serve import ServerProcess as Server
 
 
 @pytest.fixture(scope="session")
@@ -185,11 +129,20 @@ def test_fifty_requests_from_eight_threads_are_answered_as_one_at_a_time(server:
     assert [[h["id"] for h in s["hits"]] for s in single] == [[h["id"] for h in b["hits"]] for b in batched]
 
 
-def test_endpoints_without_their_model_answer_404_with_what_to_pass(
-    served_models: dict[str, Path], tmp_path: Path
+def test_endpoints_without_their_model_answer_404_and_unbatched_serving_agrees(
+    server: Server, served_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    only = Server(["--classifier", str(served_models["classifier"])], tmp_path / "log")
+    only = Server(
+        ["--classifier", str(served_models["classifier"]), "--max_batch_size", "1"], tmp_path / "log"
+    )
     try:
+        texts = {"texts": ["great fun", "awful and dull"]}
+        unbatched = only.call("POST", "/sentiment", texts)[1]["results"]  # one request at a time
+        batched = server.call("POST", "/sentiment", texts)[1]["results"]
+        assert [r["label"] for r in unbatched] == [r["label"] for r in batched]
+        assert [r["probability"] for r in unbatched] == pytest.approx(
+            [r["probability"] for r in batched], abs=1e-5
+        )
         status, answer = only.call("POST", "/search", {"query": "film"})
         assert status == 404 and "--index DIR" in answer["error"]
         status, answer = only.call("POST", "/generate", {"prompt": "The"})
@@ -278,3 +231,13 @@ def test_the_page_reports_bad_input_and_generates(page) -> None:
         "IMDB_SCREENSHOT"
     ):  # the README's picture: IMDB_SCREENSHOT=docs/page.png pytest -k page
         page.screenshot(path=os.environ["IMDB_SCREENSHOT"], full_page=True)
+
+
+def test_a_wrong_path_stops_serve_with_one_line(tmp_path: Path) -> None:
+    from helpers import fails
+
+    err = fails("serve", "--index", str(tmp_path / "nowhere"), "--port", "1")
+    assert (
+        err.strip().splitlines()[-1].startswith("error:") and "build one with `imdb-transformer embed`" in err
+    )
+    assert "nothing to serve" in fails("serve", "--port", "1")

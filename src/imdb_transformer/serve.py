@@ -24,7 +24,14 @@ type from ``decode_request``'s annotation at run time.
 
 import hashlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -110,6 +117,15 @@ class _API(ls.LitAPI):
     def encode_response(self, output: dict) -> dict:
         return output
 
+    def predict(self, x):  # noqa: ANN001, ANN201 - a request, or a list of them when batching
+        """LitServe passes a list of requests when batching (max_batch_size > 1), else one."""
+        if isinstance(x, list):
+            return self.predict_many(x)
+        return self.predict_many([x])[0]
+
+    def predict_many(self, requests: list) -> list[dict]:
+        raise NotImplementedError
+
 
 class SearchAPI(_API):
     def setup(self, device: str) -> None:
@@ -121,7 +137,7 @@ class SearchAPI(_API):
     def decode_request(self, request: SearchRequest) -> SearchRequest:  # validated before it queued
         return request
 
-    def predict(self, requests: list[SearchRequest]) -> list[dict]:
+    def predict_many(self, requests: list[SearchRequest]) -> list[dict]:
         n = len(self.index)  # k above the index's size: every review, ranked
         found = self.index.query_many([(r.query, min(r.k, n), r.mode) for r in requests])  # one pass
         return [
@@ -139,7 +155,7 @@ class SentimentAPI(_API):
     def decode_request(self, request: TextsRequest) -> TextsRequest:
         return request
 
-    def predict(self, requests: list[TextsRequest]) -> list[dict]:
+    def predict_many(self, requests: list[TextsRequest]) -> list[dict]:
         texts = [t for r in requests for t in r.texts]  # every request's texts in one pass
         probabilities = iter(self.ensemble.probabilities(texts, progress=False).tolist())
         return [{"results": [_label(next(probabilities)) for _ in r.texts]} for r in requests]
@@ -152,7 +168,7 @@ class EmbedAPI(_API):
     def decode_request(self, request: TextsRequest) -> TextsRequest:
         return request
 
-    def predict(self, requests: list[TextsRequest]) -> list[dict]:
+    def predict_many(self, requests: list[TextsRequest]) -> list[dict]:
         vectors = self.embedder.embed([t for r in requests for t in r.texts], progress=False)
         out, start = [], 0
         for r in requests:
@@ -171,12 +187,15 @@ class GenerateAPI(_API):
     def decode_request(self, request: GenerateRequest) -> GenerateRequest:
         return request
 
-    def predict(self, request: GenerateRequest) -> dict:
+    def predict_many(self, requests: list[GenerateRequest]) -> list[dict]:
         from imdb_transformer.generation import generate_text
 
-        options = request.model_dump(exclude={"prompt", "max_new_tokens"})
-        text = generate_text(self.backbone, [request.prompt], request.max_new_tokens, **options)[0]
-        return {"prompt": request.prompt, "text": text}
+        out = []
+        for r in requests:
+            options = r.model_dump(exclude={"prompt", "max_new_tokens"})
+            text = generate_text(self.backbone, [r.prompt], r.max_new_tokens, **options)[0]
+            out.append({"prompt": r.prompt, "text": text})
+        return out
 
 
 def _label(probability: float) -> dict:
@@ -293,6 +312,7 @@ def build_server(config: ServeConfig):
     from fastapi.responses import HTMLResponse, JSONResponse
 
     apis = _apis(config)
+    _preflight(config)
     if not apis:
         raise InputError("nothing to serve: give --backbone PATH, --index DIR and/or --classifier CKPT")
     if config.max_batch_size < 1 or config.batch_timeout < 0:
@@ -311,6 +331,74 @@ def build_server(config: ServeConfig):
             path, lambda message=message: JSONResponse(message, status_code=404), methods=["GET", "POST"]
         )
     return server
+
+
+class ServerProcess:
+    """``imdb-transformer serve ARGS`` in a child process on a free local port, started and waited for
+    (``GET /health``); ``call`` sends one request and returns (status, decoded JSON or text), ``stop``
+    ends it and its workers. For tests, benchmarks and scripts."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imdb_transformer.cli", "serve", *args, "--port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {log.read_text()[-3000:]}")
+            try:
+                if self.call("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the server did not start: {log.read_text()[-3000:]}")
+
+    def call(
+        self, method: str, path: str, body: object = None, raw: bytes | None = None
+    ) -> tuple[int, object]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as err:
+            text, status = err.read().decode(), err.code
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its worker processes
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def _preflight(config: ServeConfig) -> None:
+    """Load every model once here, so a wrong path or a damaged file stops the command with one clear
+    line before any worker process starts (a worker's failure would only end the server)."""
+    if config.index is not None:
+        from imdb_transformer.search import SemanticIndex
+
+        SemanticIndex.load(config.index, backbone=config.backbone, adapter=config.adapter)
+    elif config.backbone is not None:
+        _embedder(config)
+    if config.classifier:
+        from imdb_transformer.models.ensemble import SentimentEnsemble
+
+        SentimentEnsemble(config.classifier)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
