@@ -117,13 +117,14 @@ class _API(ls.LitAPI):
     def encode_response(self, output: dict) -> dict:
         return output
 
-    def predict(self, x):  # noqa: ANN001, ANN201 - a request, or a list of them when batching
+    def predict(self, x: BaseModel | list[BaseModel]) -> dict | list[dict]:
         """LitServe passes a list of requests when batching (max_batch_size > 1), else one."""
         if isinstance(x, list):
             return self.predict_many(x)
         return self.predict_many([x])[0]
 
     def predict_many(self, requests: list) -> list[dict]:
+        """One answer per request, computed together."""
         raise NotImplementedError
 
 
