@@ -225,7 +225,7 @@ class SemanticIndex:
             return self.dense_top(vector, k)
         lexical = self.lexical.scores(text)
         if mode == "lexical":
-            rows = np.argsort(-lexical, kind="stable")[:k]
+            rows = top_rows(lexical, k)
             return rows, lexical[rows]
         dense_rows, _ = self.dense_top(vector, CANDIDATES)
         lexical_rows = np.argpartition(-lexical, min(CANDIDATES, len(lexical) - 1))[:CANDIDATES]
@@ -250,8 +250,7 @@ class SemanticIndex:
             return rows[0], scores[0]
         if self.sparse:
             scores = self.cosines(vector)
-            rows = np.argpartition(-scores, k - 1)[:k]
-            rows = rows[np.argsort(-scores[rows], kind="stable")]
+            rows = top_rows(scores, k)
             return rows, scores[rows]
         scores, rows = torch.topk(self.vectors @ vector, k)
         return rows.numpy(), scores.numpy()
@@ -377,6 +376,13 @@ def review_table(texts: list[str], ids: list[int] | None = None, labels: list[in
             "text": pa.array(texts, pa.string()),
         }
     )
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` highest ``scores``, best first, without sorting all of them."""
+    k = min(k, len(scores))
+    rows = np.argpartition(-scores, k - 1)[:k]
+    return rows[np.argsort(-scores[rows], kind="stable")]
 
 
 def minmax(x: np.ndarray) -> np.ndarray:

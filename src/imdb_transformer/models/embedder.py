@@ -58,12 +58,14 @@ class DocumentEmbedder(nn.Module):
         token = tokenizer_fingerprint(self.tokenizer)
         return f"{weights.hexdigest()[:16]}-{token}-{self.pooling}-{self.max_length}"
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Unit vectors (B, C) for padded token ids (B, T) with their mask."""
+        # without padding (one query, or texts of one length) the decoder takes its mask-free causal path
+        padding = None if bool(mask.all()) else mask
         if self.head is not None:
-            return self.head(self.decoder.layer_states(ids, mask, self.head.config.n_states), mask, ids)
-        features = pool(self.decoder.hidden_states(ids, attention_mask=mask), mask, self.pooling)
+            return self.head(self.decoder.layer_states(ids, padding, self.head.config.n_states), mask, ids)
+        features = pool(self.decoder.hidden_states(ids, attention_mask=padding), mask, self.pooling)
         return nn.functional.normalize(features.float(), dim=-1)
 
     @property

@@ -44,9 +44,13 @@ class SentimentEnsemble:
             for c, m in zip(self.checkpoints, self.members, strict=True)
         ]
 
-    @torch.no_grad()
-    def member_probabilities(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
-        """Probability that each text is positive, by each member: (members, texts)."""
+    @torch.inference_mode()
+    def member_probabilities(
+        self, texts: list[str], batch_size: int = 64, progress: bool = True, max_tokens: int = 8192
+    ) -> Tensor:
+        """Probability that each text is positive, by each member: (members, texts). Texts are sorted
+        by length and batched up to ``batch_size`` texts or ``max_tokens`` padded tokens, so a batch
+        of long and short texts is not padded to its longest."""
         if not texts:
             raise InputError("no texts to classify")
         empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
@@ -54,24 +58,37 @@ class SentimentEnsemble:
             raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty: give every text some words")
         out = torch.empty(len(self.members), len(texts))
         cleaned = [clean_text(t) for t in texts]
-        batches = -(-len(texts) // batch_size) * len(self.members)
-        bar = tqdm(total=batches, desc="Classifying", unit="batch", disable=not progress or batches < 2)
+        bar = tqdm(
+            total=len(texts) * len(self.members), desc="Classifying", unit="text", disable=not progress
+        )
         for m, member in enumerate(self.members):
             ids = member.tokenizer.encode(cleaned)
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
             config = member.backbone.config
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
+            for chunk in _batches(ids, batch_size, max_tokens, config.block_size):
                 batch = collate_reviews([{"ids": ids[i]} for i in chunk], config.block_size, config.reverse)
                 logits = member(batch["ids"].to(self.device), batch["mask"].to(self.device))
                 out[m, chunk] = torch.sigmoid(logits.float()).cpu()
-                bar.update()
+                bar.update(len(chunk))
         bar.close()
         return out
 
     def probabilities(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
         """Probability that each text is positive: the mean of the members' (texts,)."""
         return self.member_probabilities(texts, batch_size, progress).mean(0)
+
+
+def _batches(ids: list[list[int]], batch_size: int, max_tokens: int, context: int) -> list[list[int]]:
+    """Indices of ``ids`` in batches of similar length: at most ``batch_size`` of them, and at most
+    ``max_tokens`` once padded to the longest (each read up to ``context`` tokens)."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches, chunk = [], []
+    for i in order:
+        width = min(len(ids[i]) + 2, context)  # the longest so far: the order is ascending
+        if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * width > max_tokens):
+            batches.append(chunk)
+            chunk = []
+        chunk.append(i)
+    return batches + [chunk] if chunk else batches
 
 
 def _load(checkpoint: str, device: str) -> SentimentClassifier:

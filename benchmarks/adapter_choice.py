@@ -1,0 +1,67 @@
+"""Compare embedding adapters on held-out training reviews, where choices are made (never on test).
+
+    python benchmarks/adapter_choice.py --backbone lightning_logs/version_0/backbone \\
+        --adapters lightning_logs/version_1/adapter lightning_logs/version_2/adapter \\
+        --source ../shared/data/imdb
+
+The halves task of ``benchmarks/retrieval.py`` built from the reviews the adapters held out (train +
+unsupervised, their validation split): MRR@10 and recall@10 of each adapter alone, and MRR@10 of hybrid
+search (adapter + BM25) at each weight ``alpha``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from retrieval import dense_top, encode, halves, index_top, mrr_recall
+
+from imdb_transformer.data.crops import held_out
+from imdb_transformer.data.imdb import load_reviews
+from imdb_transformer.models.adapter import load_adapter
+from imdb_transformer.models.backbone import load_backbone
+from imdb_transformer.search import Lexical, SemanticIndex, review_table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--adapters", nargs="+", required=True)
+    parser.add_argument("--source", default="stanfordnlp/imdb")
+    parser.add_argument(
+        "--val_fraction", type=float, default=0.02, help="as the adapters' data module held out"
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="as the adapters' data module split")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
+    args = parser.parse_args(argv)
+
+    backbone = load_backbone(args.backbone)
+    texts = load_reviews(args.source, "train").texts + load_reviews(args.source, "unsupervised").texts
+    val = [texts[i] for i in held_out(len(texts), args.val_fraction, args.seed)]
+    queries, docs = (list(half) for half in zip(*(halves(t) for t in val), strict=True))
+    lexical = Lexical.build(docs)
+    print(
+        "\n| adapter | blocks read | alone MRR@10 | alone recall@10 | "
+        + " | ".join(f"hybrid MRR@10, alpha {a}" for a in args.alphas)
+        + " |\n|"
+        + " --- |" * (4 + len(args.alphas))
+    )
+    for path in args.adapters:
+        head = load_adapter(path, backbone)
+        q = encode(backbone, head, queries, 64)["adapter"]
+        d = encode(backbone, head, docs, 64)["adapter"]
+        alone = mrr_recall(dense_top(q, d, 10))
+        index = SemanticIndex(None, d, review_table([""] * len(docs)), lexical=lexical)
+        fused = []
+        for alpha in args.alphas:
+            index.alpha = alpha
+            fused.append(mrr_recall(index_top(index, q, queries, "hybrid", 10))[0])
+        print(
+            f"| {path} | {head.config.n_states - 1} | {alone[0]:.3f} | {alone[1]:.3f} | "
+            + " | ".join(f"{m:.3f}" for m in fused)
+            + " |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
