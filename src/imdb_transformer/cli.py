@@ -242,7 +242,7 @@ def verb_parser(name: str) -> ArgumentParser:
 def run_verb(name: str, argv: list[str]) -> None:
     """Parse ``argv`` for the verb ``name`` and call its function."""
     spellings = _SPELLINGS.get(name, {})
-    argv = [spellings.get(a.split("=")[0], a.split("=")[0]) + a[len(a.split("=")[0]) :] for a in argv]
+    argv = [_respell(a, spellings) for a in argv]
     if name == "search" and any(a.split("=")[0] == "--like" for a in argv) and not _positionals(argv):
         argv.append("")  # `search --like ID` needs no query
     if name == "classify":
@@ -258,6 +258,12 @@ def run_verb(name: str, argv: list[str]) -> None:
         if p.kind is inspect.Parameter.POSITIONAL_ONLY
     ]
     function(*positional, **options)
+
+
+def _respell(word: str, spellings: dict[str, str]) -> str:
+    """``word`` (``--name`` or ``--name=value``) with its option name as the verb's parser spells it."""
+    name, sep, value = word.partition("=")
+    return spellings.get(name, name) + sep + value
 
 
 def _positionals(argv: list[str]) -> list[int]:

@@ -37,7 +37,7 @@ def embed(
     batch_size: int = 64,
     max_reviews: int | None = None,
     lexical: bool = True,
-    alpha: float = 0.3,
+    alpha: float = 0.5,
     device: str | None = None,
 ) -> None:
     """Embed the reviews of an IMDB split and save them as a search index.
