@@ -250,7 +250,7 @@ MISSING = {
 
 def describe(config: ServeConfig) -> dict:
     """What ``GET /info`` reports about the loaded models (cheap: fingerprints of files, sizes)."""
-    info: dict = {"endpoints": [api for api in MISSING if api not in _missing(config)]}
+    info: dict = {"endpoints": served(config)}
     if config.backbone is not None:
         from imdb_transformer.models.backbone import load_spec
 
@@ -289,6 +289,11 @@ def _file_hash(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def served(config: ServeConfig) -> list[str]:
+    """The endpoints ``config`` has models for."""
+    return [api for api in MISSING if api not in _missing(config)]
 
 
 def _missing(config: ServeConfig) -> list[str]:

@@ -269,12 +269,12 @@ def serve(
         max_batch_size: Most requests batched into one forward pass (1: no batching).
         batch_timeout: Seconds a request may wait for others to join its batch.
     """
-    from imdb_transformer.serve import ServeConfig, build_server, describe
+    from imdb_transformer.serve import ServeConfig, build_server, served
 
     config = ServeConfig(backbone, adapter, index, classifier or [], max_batch_size, batch_timeout)
     server = build_server(config)
     print(
-        f"Serving on http://{host}:{port}/ (page), API: {', '.join(describe(config)['endpoints'])}",
+        f"Serving on http://{host}:{port}/ (page), API: {', '.join(served(config))}",
         flush=True,
     )
     server.run(host=host, port=port, generate_client_file=False, num_api_servers=1)

@@ -61,12 +61,17 @@ def pack(reviews: list[list[int]] | pa.ListArray, block_size: int, reverse: bool
     return with_eos[: n * (block_size + 1)].reshape(n, block_size + 1)
 
 
-def reverse_each(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
-    """Each list's values last to first; the lists keep their order and lengths."""
+def _lengths_and_values(reviews: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The length of each list and all their values, flat."""
     if isinstance(reviews, pa.ChunkedArray):
         reviews = reviews.combine_chunks()
     lengths = pc.list_value_length(reviews).to_numpy(zero_copy_only=False)
-    values = pc.list_flatten(reviews).to_numpy(zero_copy_only=False)
+    return lengths, pc.list_flatten(reviews).to_numpy(zero_copy_only=False)
+
+
+def reverse_each(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    """Each list's values last to first; the lists keep their order and lengths."""
+    lengths, values = _lengths_and_values(reviews)
     ends = np.cumsum(lengths)
     starts = ends - lengths
     owner = np.repeat(np.arange(len(lengths)), lengths)  # which review each value belongs to
@@ -76,10 +81,7 @@ def reverse_each(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
 
 
 def _append_eos(reviews: pa.Array | pa.ChunkedArray) -> pa.ListArray:
-    if isinstance(reviews, pa.ChunkedArray):
-        reviews = reviews.combine_chunks()
-    lengths = pc.list_value_length(reviews).to_numpy(zero_copy_only=False)
-    values = pc.list_flatten(reviews).to_numpy(zero_copy_only=False)
+    lengths, values = _lengths_and_values(reviews)
     ends = np.cumsum(lengths)
     out = np.insert(values, ends, EOS_ID)  # an EOS after each review
     offsets = np.concatenate([[0], ends + np.arange(1, len(lengths) + 1)])

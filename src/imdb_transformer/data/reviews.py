@@ -56,11 +56,7 @@ def collate_windows(items: list[dict], max_length: int, reverse: bool = False) -
         rows += found
         owner += [i] * len(found)
     ids, mask = pad(rows)
-    batch = {"ids": ids, "mask": mask, "owner": torch.tensor(owner)}
-    for key in ("label", "idx"):
-        if key in items[0]:
-            batch[key] = torch.tensor([int(item[key]) for item in items])
-    return batch
+    return _with_labels({"ids": ids, "mask": mask, "owner": torch.tensor(owner)}, items)
 
 
 def pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,11 +75,33 @@ def collate_reviews(items: list[dict], max_length: int, reverse: bool = False) -
     ``reverse``: each review's tokens last to first, for a backward backbone."""
     step = -1 if reverse else 1
     ids, mask = pad([fit_to_context(list(item["ids"])[::step], max_length) for item in items])
-    batch = {"ids": ids, "mask": mask}
+    return _with_labels({"ids": ids, "mask": mask}, items)
+
+
+def _with_labels(batch: dict[str, torch.Tensor], items: list[dict]) -> dict[str, torch.Tensor]:
+    """``batch`` with the items' ``label`` and ``idx``, where they have them."""
     for key in ("label", "idx"):
         if key in items[0]:
             batch[key] = torch.tensor([int(item[key]) for item in items])
     return batch
+
+
+def length_batches(
+    ids: list[list[int]], batch_size: int, context: int, max_tokens: int | None = None
+) -> list[list[int]]:
+    """Indices of ``ids`` in batches of similar length (shortest first): at most ``batch_size`` of them
+    and, with ``max_tokens``, at most that many tokens once padded to the longest (each read up to
+    ``context`` tokens), so a batch of long texts is smaller than one of short texts."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches, chunk = [], []
+    for i in order:
+        width = min(len(ids[i]) + 2, context)  # the longest so far, EOS marks included
+        full = len(chunk) == batch_size or (max_tokens is not None and (len(chunk) + 1) * width > max_tokens)
+        if chunk and full:
+            batches.append(chunk)
+            chunk = []
+        chunk.append(i)
+    return batches + [chunk] if chunk else batches
 
 
 class _Reviews(Dataset):
@@ -166,18 +184,18 @@ class ReviewsDataModule(L.LightningDataModule):
         self.reverse = False  # set from the backbone: a backward one reads each review reversed
         self.splits: dict[str, _Reviews] = {}
 
-    def _reader(self) -> tuple[Tokenizer, int]:
-        """The tokenizer and tokens per review, from the arguments (no model or trainer involved); the
-        direction the backbone reads in is kept in ``self.reverse``."""
+    def _reader(self) -> tuple[Tokenizer, int, bool]:
+        """The tokenizer, tokens per review and whether the backbone reads reviews reversed, from the
+        arguments (no model or trainer involved)."""
         if self.backbone is None and (self.tokenizer_path is None or self.max_length is None):
             raise InputError(
                 "ReviewsDataModule needs the backbone it prepares reviews for (data.backbone, which the CLI "
                 "fills in from --model.backbone), or both data.tokenizer and data.max_length"
             )
         spec = load_spec(self.backbone) if self.backbone is not None else None
-        self.reverse = spec is not None and spec.config.reverse
         tokenizer = Tokenizer(self.tokenizer_path) if self.tokenizer_path else spec.tokenizer
-        return tokenizer, self.max_length or spec.config.block_size
+        reverse = spec is not None and spec.config.reverse
+        return tokenizer, self.max_length or spec.config.block_size, reverse
 
     def _load(self, split: str) -> tuple[list[str], list[int]]:
         reviews = load_reviews(self.source, split, self.max_reviews, self.seed)
@@ -191,7 +209,7 @@ class ReviewsDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tokenise the splits it reads once (batched, in parallel) into the cache."""
-        tokenizer, _ = self._reader()
+        tokenizer, _, _ = self._reader()
         for split in self.source_splits:
             texts, labels = self._load(split)
             path = self._cache_path(split, texts, tokenizer)
@@ -205,7 +223,7 @@ class ReviewsDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the cached splits and arrange them into train, validation (and test)."""
-        self.tokenizer, self.context = self._reader()
+        self.tokenizer, self.context, self.reverse = self._reader()
         tables = {}
         for split in self.source_splits:
             texts, _ = self._load(split)

@@ -114,11 +114,10 @@ class SentimentClassifier(L.LightningModule):
         """Pooled backbone features of padded reviews: (B, F), or (B, layers, F) from several layers.
         With ``owner`` the rows are windows of reviews (row i belongs to review ``owner[i]``), and a
         review's features are the mean of its windows'."""
-        padding = None if bool(mask.all()) else mask  # no padding: the decoder's mask-free causal path
         if self.hparams.layers == 1:
-            found = pool(self.backbone.hidden_states(ids, attention_mask=padding), mask, self.pooling)
+            found = pool(self.backbone.hidden_states(ids, attention_mask=mask), mask, self.pooling)
         else:
-            states = self.backbone.layer_states(ids, padding)[-self.hparams.layers :]
+            states = self.backbone.layer_states(ids, mask)[-self.hparams.layers :]
             found = torch.stack([pool(s, mask, self.pooling) for s in states], dim=1)
         if owner is not None:
             reviews = int(owner.max()) + 1

@@ -93,6 +93,12 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def _no_padding(mask: Tensor | None) -> bool:
+    """Whether ``mask`` marks every position real, checked only where that costs no device sync (on
+    the CPU): a batch of one query, or of texts of one length, then skips building an attention mask."""
+    return mask is not None and mask.device.type == "cpu" and bool(mask.all())
+
+
 def rope_angles(config: DecoderConfig, length: int) -> tuple[Tensor, Tensor]:
     """cos and signed sin tables (length, head_size) for rotary position embeddings: channel i
     and channel i + head_size/2 form a pair, rotated by angle position * base^(-2i/head_size)."""
@@ -291,6 +297,8 @@ class CausalDecoder(nn.Module):
                 "crop the input (or slide the window) to block_size tokens"
             )
         pad_mask = attention_mask
+        if cache is None and _no_padding(attention_mask):
+            pad_mask = None  # the mask-free causal path (fused attention, no (B, 1, T, S) mask built)
         if cache is not None:
             if attention_mask is not None:
                 cache.mask[:, start : start + T] = attention_mask

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from imdb_transformer.data.imdb import clean_text
-from imdb_transformer.data.reviews import collate_reviews
+from imdb_transformer.data.reviews import collate_reviews, length_batches
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.adapter import EmbeddingHead
 from imdb_transformer.models.backbone import Backbone, tokenizer_fingerprint
@@ -61,11 +61,9 @@ class DocumentEmbedder(nn.Module):
     @torch.inference_mode()
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Unit vectors (B, C) for padded token ids (B, T) with their mask."""
-        # without padding (one query, or texts of one length) the decoder takes its mask-free causal path
-        padding = None if bool(mask.all()) else mask
         if self.head is not None:
-            return self.head(self.decoder.layer_states(ids, padding, self.head.config.n_states), mask, ids)
-        features = pool(self.decoder.hidden_states(ids, attention_mask=padding), mask, self.pooling)
+            return self.head(self.decoder.layer_states(ids, mask, self.head.config.n_states), mask, ids)
+        features = pool(self.decoder.hidden_states(ids, attention_mask=mask), mask, self.pooling)
         return nn.functional.normalize(features.float(), dim=-1)
 
     @property
@@ -86,12 +84,10 @@ class DocumentEmbedder(nn.Module):
         if any(not t.strip() for t in texts):
             raise InputError("cannot embed an empty text: give at least one word")
         ids = self.tokenizer.encode([clean_text(t) for t in texts])
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
+        batches = length_batches(ids, batch_size, self.max_length)  # little padding per batch
         device = self.decoder.wte.weight.device
         out = torch.empty(len(ids), self.dim) if not self.sparse else []
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="Embedding", unit="batch", disable=not progress or len(starts) < 2):
-            chunk = order[start : start + batch_size]
+        for chunk in tqdm(batches, desc="Embedding", unit="batch", disable=not progress or len(batches) < 2):
             batch = collate_reviews(
                 [{"ids": ids[i]} for i in chunk], self.max_length, self.decoder.config.reverse
             )
@@ -101,5 +97,6 @@ class DocumentEmbedder(nn.Module):
             else:
                 out[chunk] = vectors
         if self.sparse:
+            order = [i for chunk in batches for i in chunk]
             return sp.vstack(out, format="csr")[np.argsort(order)]  # back in the texts' order
         return out

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from imdb_transformer.artifacts import read_artifact
 from imdb_transformer.data.imdb import clean_text
-from imdb_transformer.data.reviews import collate_reviews
+from imdb_transformer.data.reviews import collate_reviews, length_batches
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.backbone import load_checkpoint
 from imdb_transformer.models.classifier import SentimentClassifier
@@ -64,7 +64,7 @@ class SentimentEnsemble:
         for m, member in enumerate(self.members):
             ids = member.tokenizer.encode(cleaned)
             config = member.backbone.config
-            for chunk in _batches(ids, batch_size, max_tokens, config.block_size):
+            for chunk in length_batches(ids, batch_size, config.block_size, max_tokens):
                 batch = collate_reviews([{"ids": ids[i]} for i in chunk], config.block_size, config.reverse)
                 logits = member(batch["ids"].to(self.device), batch["mask"].to(self.device))
                 out[m, chunk] = torch.sigmoid(logits.float()).cpu()
@@ -75,20 +75,6 @@ class SentimentEnsemble:
     def probabilities(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
         """Probability that each text is positive: the mean of the members' (texts,)."""
         return self.member_probabilities(texts, batch_size, progress).mean(0)
-
-
-def _batches(ids: list[list[int]], batch_size: int, max_tokens: int, context: int) -> list[list[int]]:
-    """Indices of ``ids`` in batches of similar length: at most ``batch_size`` of them, and at most
-    ``max_tokens`` once padded to the longest (each read up to ``context`` tokens)."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    batches, chunk = [], []
-    for i in order:
-        width = min(len(ids[i]) + 2, context)  # the longest so far: the order is ascending
-        if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * width > max_tokens):
-            batches.append(chunk)
-            chunk = []
-        chunk.append(i)
-    return batches + [chunk] if chunk else batches
 
 
 def _load(checkpoint: str, device: str) -> SentimentClassifier:
