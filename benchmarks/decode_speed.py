@@ -6,7 +6,11 @@
 Both paths run the same greedy loop (``imdb_transformer.generation.generate``, ``use_cache`` on or
 off) from the same prompts, one after the other in this process, and must produce the same tokens;
 once for a single prompt and once for a batch of eight. Past the context the window slides on both
-paths. Prints one table.
+paths. The cached path runs again on a bfloat16 copy of the weights (``generation.in_dtype``), its
+speedup also against the float32 recomputing path; the table says from which token its text parts
+from float32's. Before the table, both bfloat16 paths are checked to give the same tokens and timed
+(on CPUs that emulate bf16 the recomputing path, bound by arithmetic, is slower than in float32).
+Prints the CPU's bf16 features and one table.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import time
 
 import torch
 
-from imdb_transformer.generation import generate
+from imdb_transformer.generation import generate, in_dtype
+from imdb_transformer.hardware import describe_cpu
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 
@@ -27,6 +32,12 @@ def timed(decoder: CausalDecoder, prompts: list[list[int]], new_tokens: int, use
     return sum(len(row) for row in out) / (time.perf_counter() - start), out
 
 
+def parted(a: list[list[int]], b: list[list[int]]) -> str:
+    """Where the first row of ``a`` first differs from ``b``'s ("-" when nowhere)."""
+    first = next((i for i, (x, y) in enumerate(zip(a[0], b[0], strict=True)) if x != y), None)
+    return "-" if first is None else f"token {first + 1}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a backbone/ folder or .ckpt (default: a random model)")
@@ -34,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt_tokens", type=int, default=16, help="prompt length (random ids)")
     parser.add_argument("--batch_size", type=int, nargs="+", default=[1, 8], help="prompts decoded together")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--check_tokens", type=int, default=64, help="new tokens for the bf16 paths' check")
     shape = parser.add_argument_group("random model (without --checkpoint)")
     shape.add_argument("--n_layer", type=int, default=6)
     shape.add_argument("--n_head", type=int, default=8)
@@ -49,23 +61,45 @@ def main(argv: list[str] | None = None) -> None:
         names = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
         decoder = CausalDecoder(DecoderConfig(**{k: getattr(args, k) for k in names}))
     decoder = decoder.to(args.device).eval()
+    half = in_dtype(decoder, torch.bfloat16)
     c = decoder.config
     print(
         f"decoder: {c.n_layer} layers x {c.n_embd} wide, context {c.block_size}, greedy, "
-        f"prompts of {args.prompt_tokens} tokens, {args.device}, {torch.get_num_threads()} threads"
+        f"prompts of {args.prompt_tokens} tokens, {args.device}"
     )
-    print("| batch | new tokens | cached (tok/s) | recomputed (tok/s) | speedup |")
-    print("| --- | --- | --- | --- | --- |")
-    for batch in args.batch_size:
+    if args.device == "cpu":
+        print(f"CPU: {describe_cpu()}")
+
+    def prompts_of(batch: int) -> list[list[int]]:
         shape = (batch, args.prompt_tokens)
-        prompts = torch.randint(4, c.vocab_size, shape, generator=torch.Generator().manual_seed(0)).tolist()
+        return torch.randint(4, c.vocab_size, shape, generator=torch.Generator().manual_seed(0)).tolist()
+
+    one, n = prompts_of(1), args.check_tokens
+    generate(half, one, 8, eos_id=None)  # warm-up
+    half_rate, half_cached = timed(half, one, n, use_cache=True)
+    half_full_rate, half_full = timed(half, one, n, use_cache=False)
+    verdict = "the same tokens" if half_cached == half_full else "DIFFERENT tokens"
+    print(
+        f"bf16 check, 1 prompt, {n} new tokens: cached and recomputed give {verdict}; "
+        f"{half_rate:,.1f} against {half_full_rate:,.1f} tok/s\n"
+    )
+    print(
+        "| batch | new tokens | recomputed fp32 (tok/s) | cached fp32 (tok/s) | speedup "
+        "| cached bf16 (tok/s) | speedup | bf16 text parts from fp32's at |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for batch in args.batch_size:
+        prompts = prompts_of(batch)
         generate(decoder, prompts, 8, eos_id=None)  # warm-up (allocator, kernels)
+        generate(half, prompts, 8, eos_id=None)
         for n in args.new_tokens:
-            cached_rate, cached = timed(decoder, prompts, n, use_cache=True)
             full_rate, full = timed(decoder, prompts, n, use_cache=False)
+            cached_rate, cached = timed(decoder, prompts, n, use_cache=True)
+            half_rate, half_cached = timed(half, prompts, n, use_cache=True)
             same = "" if cached == full else " (outputs differ!)"
-            speedup = f"{cached_rate / full_rate:.1f}x{same}"
-            print(f"| {batch} | {n:,} | {cached_rate:,.1f} | {full_rate:,.1f} | {speedup} |")
+            fp32 = f"{full_rate:,.1f} | {cached_rate:,.1f} | {cached_rate / full_rate:.1f}x{same}"
+            bf16 = f"{half_rate:,.1f} | {half_rate / full_rate:.1f}x | {parted(half_cached, full)}"
+            print(f"| {batch} | {n:,} | {fp32} | {bf16} |")
 
 
 if __name__ == "__main__":

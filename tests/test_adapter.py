@@ -25,6 +25,7 @@ from imdb_transformer.models.adapter import (
 from imdb_transformer.models.backbone import export_backbone, load_backbone
 from imdb_transformer.models.decoder import CausalDecoder
 from imdb_transformer.models.embedder import DocumentEmbedder
+from imdb_transformer import search
 from imdb_transformer.search import SemanticIndex
 
 
@@ -238,3 +239,33 @@ def test_faiss_hnsw_agrees_with_exact_search_on_the_top_hit(pretrained_run: Path
     approx = SemanticIndex(embedder, exact.vectors, exact.reviews, ann="hnsw")
     for text in texts[:20]:
         assert approx.query(text, 1)[0].id == exact.query(text, 1)[0].id
+
+
+@pytest.mark.parametrize("proposals", [4, 100])
+def test_hybrid_fuses_each_rankers_top_proposals_as_the_plain_computation_does(
+    adapter_run: Path, pretrained_run: Path, monkeypatch: pytest.MonkeyPatch, proposals: int
+) -> None:
+    """Fusion min-max scales both rankers' scores over the union of each one's top ``CANDIDATES`` and
+    mixes them by alpha: the same ranking as computing every score the plain way."""
+    monkeypatch.setattr(search, "CANDIDATES", proposals)
+    backbone = load_backbone(pretrained_run / "backbone")
+    embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
+    rng = random.Random(1)
+    words = "horror comedy war musical cartoon western drama romance thriller sequel actor".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(5, 25))) for _ in range(50)]
+    index = SemanticIndex.build(embedder, texts, progress=False, alpha=0.4)
+    text = "a musical western"
+    query = embedder.embed([text], progress=False)
+    dense = (index.vectors @ query.T).toarray().ravel()
+    lexical = index.lexical.scores(text)
+    for scores in (dense, lexical):  # no tie at the edge of the proposals, so they are well defined
+        assert proposals >= 50 or np.sort(scores)[-proposals] > np.sort(scores)[-proposals - 1]
+    rows = np.union1d(np.argsort(-dense)[:proposals], np.argsort(-lexical)[:proposals])
+
+    def scaled(x: np.ndarray) -> np.ndarray:
+        return (x - x.min()) / (x.max() - x.min())
+
+    fused = 0.4 * scaled(dense[rows]) + 0.6 * scaled(lexical[rows])
+    top, scores = index.scores(query, text, "hybrid", 5)
+    assert np.allclose(scores, np.sort(fused)[::-1][:5], atol=1e-6)
+    assert set(top) <= set(rows)

@@ -211,6 +211,9 @@ def test_generate_prints_one_continuation_per_prompt(pretrained_run: Path) -> No
     assert out == run_cli(*args).stdout  # seeded: the same sample again
     for bad, message in [(["--top_k", "0"], "top_k must be >= 1"), (["--prompt", ""], "prompt 3 is empty")]:
         assert message in fails(*args, *bad)
+    half = run_cli(*args, "--dtype", "bfloat16").stdout  # decoded by a bf16 copy of the weights
+    assert half.startswith("[1] A wonderful film") and "\n[2] It was dull" in half
+    assert 'Parser key "dtype"' in fails(*args, "--dtype", "float16")
 
 
 def test_lstm_baseline_trains_through_the_same_cli(tiny_fit_args: list[str], tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imdb_transformer.generation import generate, generate_text, next_token
+from imdb_transformer.errors import InputError
+from imdb_transformer.generation import generate, generate_text, in_dtype, next_token
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 
@@ -134,3 +135,17 @@ def test_generate_text_continues_each_prompt(pretrained_run) -> None:
     assert texts == generate_text(
         backbone, ["The movie was", "I hated"], max_new_tokens=12, strategy="top_k", seed=0
     )
+
+
+def test_a_bfloat16_copy_decodes_the_same_tokens_cached_and_recomputed(model: CausalDecoder) -> None:
+    half = in_dtype(model, "bfloat16")
+    assert next(half.parameters()).dtype == torch.bfloat16 and half.rope_cos.dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+    assert in_dtype(model, torch.float32) is model
+    kwargs = dict(max_new_tokens=40, eos_id=None)
+    cached = generate(half, PROMPTS, use_cache=True, **kwargs)
+    assert cached == generate(half, PROMPTS, use_cache=False, **kwargs)
+    full = generate(model, PROMPTS, **kwargs)
+    assert [row[:3] for row in cached] == [row[:3] for row in full]  # the same model, rounded
+    with pytest.raises(InputError, match="float32 or bfloat16"):
+        in_dtype(model, torch.float16)

@@ -9,10 +9,15 @@ Prompts of different lengths are left-padded and masked; rotary positions are re
 padding changes nothing for the real tokens. When prompt plus output outgrow the context, the
 window slides: it restarts from the last ``block_size - slide`` tokens (one re-run of those,
 every ``slide`` steps), so a generation of any length runs without error.
+
+One prompt at a time, a step multiplies one row by every weight matrix: it is bound by reading the
+weights, not by arithmetic. :func:`in_dtype` gives a bfloat16 copy of the decoder that reads half the
+bytes per token, which pays even on CPUs that emulate bf16 arithmetic (see the README's decoding table).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Literal
@@ -27,6 +32,20 @@ from imdb_transformer.models.decoder import CausalDecoder, KVCache
 
 Strategy = Literal["greedy", "sample", "top_k", "top_p"]
 STRATEGIES: tuple[str, ...] = ("greedy", "sample", "top_k", "top_p")
+DType = Literal["float32", "bfloat16"]
+
+
+def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecoder:
+    """``decoder`` itself when its weights are already ``dtype``, else a copy cast to it (weights,
+    rotary tables and so the KV cache; logits are scored in float32 either way). The copy decodes
+    with the same cached and recomputed paths; its tokens are its own, and may part from float32's
+    where two candidates are within bf16 rounding of each other."""
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise InputError(f"cannot decode in {dtype}; use float32 or bfloat16")
+    if next(decoder.parameters()).dtype == dtype:
+        return decoder
+    return copy.deepcopy(decoder).to(dtype)
 
 
 def check_options(

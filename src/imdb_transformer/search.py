@@ -227,10 +227,14 @@ class SemanticIndex:
         if mode == "lexical":
             rows = top_rows(lexical, k)
             return rows, lexical[rows]
-        dense_rows, _ = self.dense_top(vector, CANDIDATES)
-        lexical_rows = np.argpartition(-lexical, min(CANDIDATES, len(lexical) - 1))[:CANDIDATES]
-        rows = np.union1d(dense_rows, lexical_rows)
-        dense = self.cosines(vector, rows)
+        every = None  # exact search scores every review once; the candidates' cosines are read from it
+        if self._faiss is None:
+            every = self.cosines(vector)
+            dense_rows = candidates(every, CANDIDATES)
+        else:
+            dense_rows, _ = self.dense_top(vector, CANDIDATES)
+        rows = np.union1d(dense_rows, candidates(lexical, CANDIDATES))
+        dense = every[rows] if every is not None else self.cosines(vector, rows)
         fused = self.alpha * minmax(dense) + (1 - self.alpha) * minmax(lexical[rows])
         order = np.argsort(-fused, kind="stable")[:k]
         return rows[order], fused[order]
@@ -383,6 +387,13 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(k, len(scores))
     rows = np.argpartition(-scores, k - 1)[:k]
     return rows[np.argsort(-scores[rows], kind="stable")]
+
+
+def candidates(scores: np.ndarray, count: int) -> np.ndarray:
+    """Rows of the ``count`` highest ``scores``, in no particular order (what fusion starts from)."""
+    if count >= len(scores):
+        return np.arange(len(scores))
+    return np.argpartition(scores, len(scores) - count)[-count:]
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
