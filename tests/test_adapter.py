@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import REPO, fails, read_metrics, run_cli
 
+from imdb_transformer import search
 from imdb_transformer.data.crops import ContrastiveDataModule, random_crop
 from imdb_transformer.data.imdb import load_reviews
 from imdb_transformer.errors import InputError
@@ -25,7 +26,6 @@ from imdb_transformer.models.adapter import (
 from imdb_transformer.models.backbone import export_backbone, load_backbone
 from imdb_transformer.models.decoder import CausalDecoder
 from imdb_transformer.models.embedder import DocumentEmbedder
-from imdb_transformer import search
 from imdb_transformer.search import SemanticIndex
 
 
