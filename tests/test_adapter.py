@@ -245,8 +245,8 @@ def test_faiss_hnsw_agrees_with_exact_search_on_the_top_hit(pretrained_run: Path
 def test_hybrid_fuses_each_rankers_top_proposals_as_the_plain_computation_does(
     adapter_run: Path, pretrained_run: Path, monkeypatch: pytest.MonkeyPatch, proposals: int
 ) -> None:
-    """Fusion min-max scales both rankers' scores over the union of each one's top ``CANDIDATES`` and
-    mixes them by alpha: the same ranking as computing every score the plain way."""
+    """Fusion min-max scales both rankers' scores over the union of each one's top ``CANDIDATES`` (among
+    reviews it scores above zero) and mixes them by alpha: the ranking of the plain computation."""
     monkeypatch.setattr(search, "CANDIDATES", proposals)
     backbone = load_backbone(pretrained_run / "backbone")
     embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
@@ -260,7 +260,7 @@ def test_hybrid_fuses_each_rankers_top_proposals_as_the_plain_computation_does(
     lexical = index.lexical.scores(text)
     for scores in (dense, lexical):  # no tie at the edge of the proposals, so they are well defined
         assert proposals >= 50 or np.sort(scores)[-proposals] > np.sort(scores)[-proposals - 1]
-    rows = np.union1d(np.argsort(-dense)[:proposals], np.argsort(-lexical)[:proposals])
+    rows = np.union1d(*[np.argsort(-x)[: min(proposals, np.count_nonzero(x))] for x in (dense, lexical)])
 
     def scaled(x: np.ndarray) -> np.ndarray:
         return (x - x.min()) / (x.max() - x.min())
@@ -269,3 +269,17 @@ def test_hybrid_fuses_each_rankers_top_proposals_as_the_plain_computation_does(
     top, scores = index.scores(query, text, "hybrid", 5)
     assert np.allclose(scores, np.sort(fused)[::-1][:5], atol=1e-6)
     assert set(top) <= set(rows)
+
+
+def test_hybrid_returns_k_hits_when_fewer_reviews_share_anything_with_the_query(
+    pretrained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+    index = SemanticIndex.build(embedder, [f"review number {i} of a film" for i in range(12)], progress=False)
+    nothing = np.zeros(len(index), dtype=np.float32)  # no review shares a word or a token with the query
+    monkeypatch.setattr(index.lexical, "scores", lambda text: nothing)
+    monkeypatch.setattr(
+        index, "cosines", lambda vector, rows=None: nothing if rows is None else nothing[rows]
+    )
+    hits = index.query("unrelated words", 5)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5] and all(h.score == 0 for h in hits)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from imdb_transformer.data.reviews import collate_reviews
 from imdb_transformer.models.backbone import load_backbone
 from imdb_transformer.models.embedder import DocumentEmbedder
-from imdb_transformer.search import SearchIndexError, SemanticIndex, format_hits
+from imdb_transformer.search import SearchIndexError, SemanticIndex, format_hits, top_rows
 
 TEXTS = [
     "A wonderful, brilliant film. Loved it!",
@@ -116,3 +117,14 @@ def embedder_backbone(embedder: DocumentEmbedder):
     from imdb_transformer.models.backbone import Backbone
 
     return Backbone(embedder.decoder, embedder.tokenizer)
+
+
+@pytest.mark.parametrize("positive", [0, 3, 50])
+def test_top_rows_are_the_k_highest_scores_best_first(positive: int) -> None:
+    """Mostly-zero scores (sparse and BM25), negatives (dense cosines), fewer positives than k."""
+    rng = np.random.default_rng(positive)
+    scores = np.zeros(1000, dtype=np.float32)
+    scores[rng.choice(1000, positive, replace=False)] = rng.random(positive) + 0.1
+    scores[rng.choice(1000, 20, replace=False)] -= rng.random(20).astype(np.float32)
+    rows = top_rows(scores, 10)
+    assert list(scores[rows]) == sorted(scores, reverse=True)[:10] and len(set(rows)) == 10

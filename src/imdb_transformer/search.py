@@ -196,7 +196,7 @@ class SemanticIndex:
         vectors = self.embedder.embed([queries[i][0] for i in dense], progress=False) if dense else None
         where = {row: n for n, row in enumerate(dense)}
         return [
-            self._rank(vectors[where[i]] if i in where else None, text, k, modes[i])
+            self._rank(_row(vectors, where[i]) if i in where else None, text, k, modes[i])
             for i, (text, k, _) in enumerate(queries)
         ]
 
@@ -234,6 +234,8 @@ class SemanticIndex:
         else:
             dense_rows, _ = self.dense_top(vector, CANDIDATES)
         rows = np.union1d(dense_rows, candidates(lexical, CANDIDATES))
+        if len(rows) < k:  # fewer reviews than asked for share anything with the query; the rest score 0
+            rows = np.union1d(rows, np.setdiff1d(np.arange(len(self)), rows)[: k - len(rows)])
         dense = every[rows] if every is not None else self.cosines(vector, rows)
         fused = self.alpha * minmax(dense) + (1 - self.alpha) * minmax(lexical[rows])
         order = np.argsort(-fused, kind="stable")[:k]
@@ -382,18 +384,33 @@ def review_table(texts: list[str], ids: list[int] | None = None, labels: list[in
     )
 
 
+def _row(vectors: Vectors, n: int) -> Vectors:
+    """Row ``n`` of ``vectors``: a (C,) tensor, or a 1-row CSR matrix (a CSR matrix of one row is its
+    own row, and slicing it would cost as much as ranking)."""
+    if sp.issparse(vectors) and vectors.shape[0] == 1:
+        return vectors
+    return vectors[n]
+
+
 def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Rows of the ``k`` highest ``scores``, best first, without sorting all of them."""
     k = min(k, len(scores))
-    rows = np.argpartition(-scores, k - 1)[:k]
+    rows = np.flatnonzero(scores > 0)  # sparse and BM25 scores are mostly 0: select among the rest
+    if len(rows) >= k:
+        rows = rows[np.argpartition(-scores[rows], k - 1)[:k]]
+    else:
+        rows = np.argpartition(-scores, k - 1)[:k]
     return rows[np.argsort(-scores[rows], kind="stable")]
 
 
 def candidates(scores: np.ndarray, count: int) -> np.ndarray:
-    """Rows of the ``count`` highest ``scores``, in no particular order (what fusion starts from)."""
-    if count >= len(scores):
-        return np.arange(len(scores))
-    return np.argpartition(scores, len(scores) - count)[-count:]
+    """Rows of the ``count`` highest non-zero ``scores``, in no particular order (what fusion starts
+    from). A review with score 0 shares no word (BM25) or no token (a sparse vector) with the query,
+    and is no candidate; leaving the zeros out also keeps the selection off their long ties."""
+    rows = np.flatnonzero(scores != 0)  # a boolean mask: np.flatnonzero of floats is 8x slower
+    if count >= len(rows):
+        return rows
+    return rows[np.argpartition(scores[rows], len(rows) - count)[-count:]]
 
 
 def minmax(x: np.ndarray) -> np.ndarray:

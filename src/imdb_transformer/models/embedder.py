@@ -93,10 +93,22 @@ class DocumentEmbedder(nn.Module):
             )
             vectors = self(batch["ids"].to(device), batch["mask"].to(device)).cpu()
             if self.sparse:
-                out.append(sp.csr_matrix(vectors.numpy()))
+                out.append(_csr(vectors))
             else:
                 out[chunk] = vectors
         if self.sparse:
+            if len(out) == 1 and batches[0] == sorted(batches[0]):
+                return out[0]  # one batch already in the texts' order (a query)
             order = [i for chunk in batches for i in chunk]
             return sp.vstack(out, format="csr")[np.argsort(order)]  # back in the texts' order
         return out
+
+
+def _csr(vectors: Tensor) -> sp.csr_matrix:
+    """A CSR matrix of the non-zeros of ``vectors`` (B, C), built from them alone (``nonzero`` lists
+    them row by row, so they are already in CSR order)."""
+    rows, cols = vectors.nonzero(as_tuple=True)
+    indptr = torch.zeros(len(vectors) + 1, dtype=torch.long)
+    indptr[1:] = torch.bincount(rows, minlength=len(vectors)).cumsum(0)
+    values = vectors[rows, cols].numpy()
+    return sp.csr_matrix((values, cols.numpy(), indptr.numpy()), shape=tuple(vectors.shape))
