@@ -140,6 +140,7 @@ def test_generate_text_continues_each_prompt(pretrained_run) -> None:
 def test_a_bfloat16_copy_decodes_the_same_tokens_cached_and_recomputed(model: CausalDecoder) -> None:
     half = in_dtype(model, "bfloat16")
     assert next(half.parameters()).dtype == torch.bfloat16 and half.rope_cos.dtype == torch.bfloat16
+    assert half.attention_dtype == torch.float32  # on a CPU attention and the cache stay float32
     assert next(model.parameters()).dtype == torch.float32  # the original is untouched
     assert in_dtype(model, torch.float32) is model
     kwargs = dict(max_new_tokens=40, eos_id=None)

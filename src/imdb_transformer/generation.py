@@ -36,8 +36,9 @@ DType = Literal["float32", "bfloat16"]
 
 
 def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecoder:
-    """``decoder`` itself when its weights are already ``dtype``, else a copy cast to it (weights,
-    rotary tables and so the KV cache; logits are scored in float32 either way). The copy decodes
+    """``decoder`` itself when its weights are already ``dtype``, else a copy cast to it (weights and
+    rotary tables; on a CPU attention and the KV cache stay float32; logits are scored in float32
+    either way). The copy decodes
     with the same cached and recomputed paths; its tokens are its own, and may part from float32's
     where two candidates are within bf16 rounding of each other."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -45,7 +46,10 @@ def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecode
         raise InputError(f"cannot decode in {dtype}; use float32 or bfloat16")
     if next(decoder.parameters()).dtype == dtype:
         return decoder
-    return copy.deepcopy(decoder).to(dtype)
+    cast = copy.deepcopy(decoder).to(dtype)
+    if dtype != torch.float32 and cast.wte.weight.device.type == "cpu":
+        cast.attention_dtype = torch.float32  # no weights to read there; emulated bf16 is slow
+    return cast
 
 
 def check_options(
@@ -192,7 +196,7 @@ def _generate(  # the loop of generate(), for a decoder already in eval mode
         else:
             mask = real[:, start:end]
             if use_cache:
-                cache = KVCache(decoder.config, B, device=device, dtype=param.dtype)
+                cache = KVCache(decoder.config, B, device=device, dtype=decoder.attention_dtype)
             hidden = decoder.hidden_states(
                 tokens[:, start:end], attention_mask=None if mask.all() else mask, cache=cache
             )

@@ -133,6 +133,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.keep_weights = False  # set by CausalDecoder.attention_maps; the training path never is
         self.weights: Tensor | None = None
+        self.attention_dtype: torch.dtype | None = None  # see CausalDecoder.attention_dtype
 
     def forward(
         self,
@@ -148,6 +149,8 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         qk = apply_rope(qkv[:2], cos, sin)  # queries and keys rotated in one pass
         q, k, v = qk[0], qk[1], qkv[2]
+        if self.attention_dtype is not None:
+            q, k, v = q.to(self.attention_dtype), k.to(self.attention_dtype), v.to(self.attention_dtype)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
         # No mask means plain causal attention over T == S positions (or one new token, which
@@ -169,7 +172,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        y = y.transpose(1, 2).contiguous().view(B, T, C).to(x.dtype)  # re-assemble heads side by side
         return self.proj(y)
 
 
@@ -234,6 +237,18 @@ class CausalDecoder(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def attention_dtype(self) -> torch.dtype:
+        """The dtype attention (and so a KV cache) runs in: the weights' unless set otherwise. A
+        bfloat16 copy for decoding on a CPU sets float32 (:func:`~imdb_transformer.generation.in_dtype`):
+        attention has no weights to read, and emulated bf16 made it 3x slower than float32."""
+        return self.blocks[0].attn.attention_dtype or self.wte.weight.dtype
+
+    @attention_dtype.setter
+    def attention_dtype(self, dtype: torch.dtype | None) -> None:
+        for block in self.blocks:
+            block.attn.attention_dtype = dtype
 
     def num_parameters(self, include_embeddings: bool = True) -> int:
         """Number of parameters, counting every element once (the tied head is not counted twice)."""
