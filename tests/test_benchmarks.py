@@ -24,7 +24,9 @@ def test_decode_speed_prints_cached_against_recomputed() -> None:
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     cells = [[c.strip() for c in row.split("|")[1:3]] for row in rows]
     assert cells == [["1", "8"], ["1", "40"], ["2", "8"], ["2", "40"]]  # 40 slides past the context
-    assert "differ" not in out and all(row.rstrip(" |").endswith("x") for row in rows)
+    speedups = [[c.strip() for c in row.split("|")[5:8:2]] for row in rows]  # fp32 and bf16 cached
+    assert "differ" not in out and all(a.endswith("x") and b.endswith("x") for a, b in speedups)
+    assert "cached and recomputed give the same tokens" in out and "AVX512-BF16" in out
 
 
 def test_train_speed_compares_both_decoders() -> None:
@@ -58,6 +60,8 @@ def test_search_speed_times_each_index_size_and_mode(pretrained_run: Path, tmp_p
     rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     sizes_modes = [(size.strip(), mode.strip()) for size, mode in rows if not size.strip().startswith("300")]
     assert sizes_modes == [(n, m) for n in ("20", "90") for m in ("dense", "lexical", "hybrid")]
+    agree = [line.split("|")[5].strip() for line in out.splitlines() if line.startswith(("| 20 ", "| 90 "))]
+    assert agree == ["7/7"] * 6  # the fast path's top 10 = the plain computation's
     if importlib.util.find_spec("faiss"):
         assert [mode.strip() for size, mode in rows if size.strip() == "300"] == ["exact", "FAISS ivf"]
 
