@@ -38,9 +38,8 @@ DType = Literal["float32", "bfloat16"]
 def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecoder:
     """``decoder`` itself when its weights are already ``dtype``, else a copy cast to it (weights and
     rotary tables; on a CPU attention and the KV cache stay float32; logits are scored in float32
-    either way). The copy decodes
-    with the same cached and recomputed paths; its tokens are its own, and may part from float32's
-    where two candidates are within bf16 rounding of each other."""
+    either way). The copy decodes with the same cached and recomputed paths; its tokens are its own,
+    and may part from float32's where two candidates are within bf16 rounding of each other."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if dtype not in (torch.float32, torch.bfloat16):
         raise InputError(f"cannot decode in {dtype}; use float32 or bfloat16")
