@@ -6,9 +6,9 @@
 Both paths run the same greedy loop (``imdb_transformer.generation.generate``, ``use_cache`` on or
 off) from the same prompts, one after the other in this process, and must produce the same tokens;
 once for a single prompt and once for a batch of eight. Past the context the window slides on both
-paths. The cached path runs again on a bfloat16 copy of the weights (``generation.in_dtype``), its
-speedup also against the float32 recomputing path; the table says from which token its text parts
-from float32's. Before the table, both bfloat16 paths are checked to give the same tokens and timed
+paths. The paths alternate over ``--rounds`` rounds and each rate is its median. The cached path runs
+again on a bfloat16 copy of the weights (``generation.in_dtype``), its speedup also against the
+float32 recomputing path; the table says from which token its text parts from float32's. Before the table, both bfloat16 paths are checked to give the same tokens and timed
 (on CPUs that emulate bf16 the recomputing path, bound by arithmetic, is slower than in float32).
 Prints the CPU's bf16 features and one table.
 """
@@ -16,6 +16,7 @@ Prints the CPU's bf16 features and one table.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, nargs="+", default=[1, 8], help="prompts decoded together")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--check_tokens", type=int, default=64, help="new tokens for the bf16 paths' check")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are quoted")
     shape = parser.add_argument_group("random model (without --checkpoint)")
     shape.add_argument("--n_layer", type=int, default=6)
     shape.add_argument("--n_head", type=int, default=8)
@@ -93,9 +95,15 @@ def main(argv: list[str] | None = None) -> None:
         generate(decoder, prompts, 8, eos_id=None)  # warm-up (allocator, kernels)
         generate(half, prompts, 8, eos_id=None)
         for n in args.new_tokens:
-            full_rate, full = timed(decoder, prompts, n, use_cache=False)
-            cached_rate, cached = timed(decoder, prompts, n, use_cache=True)
-            half_rate, half_cached = timed(half, prompts, n, use_cache=True)
+            paths = {"full": (decoder, False), "cached": (decoder, True), "half": (half, True)}
+            rates: dict[str, list[float]] = {name: [] for name in paths}
+            outs: dict[str, list[list[int]]] = {}
+            for _ in range(args.rounds):  # the paths alternate; each rate is the median of its rounds
+                for name, (model, use_cache) in paths.items():
+                    rate, outs[name] = timed(model, prompts, n, use_cache=use_cache)
+                    rates[name].append(rate)
+            full_rate, cached_rate, half_rate = (statistics.median(rates[name]) for name in paths)
+            full, cached, half_cached = (outs[name] for name in paths)
             same = "" if cached == full else " (outputs differ!)"
             fp32 = f"{full_rate:,.1f} | {cached_rate:,.1f} | {cached_rate / full_rate:.1f}x{same}"
             bf16 = f"{half_rate:,.1f} | {half_rate / full_rate:.1f}x | {parted(half_cached, full)}"

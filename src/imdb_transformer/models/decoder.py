@@ -147,10 +147,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         nh, hs = self.config.n_head, self.config.head_size
         qkv = self.qkv(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        if self.attention_dtype is not None:
+            qkv = qkv.to(self.attention_dtype)
         qk = apply_rope(qkv[:2], cos, sin)  # queries and keys rotated in one pass
         q, k, v = qk[0], qk[1], qkv[2]
-        if self.attention_dtype is not None:
-            q, k, v = q.to(self.attention_dtype), k.to(self.attention_dtype), v.to(self.attention_dtype)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
         # No mask means plain causal attention over T == S positions (or one new token, which
