@@ -8,9 +8,10 @@ off) from the same prompts, one after the other in this process, and must produc
 once for a single prompt and once for a batch of eight. Past the context the window slides on both
 paths. The paths alternate over ``--rounds`` rounds and each rate is its median. The cached path runs
 again on a bfloat16 copy of the weights (``generation.in_dtype``), its speedup also against the
-float32 recomputing path; the table says from which token its text parts from float32's. Before the table, both bfloat16 paths are checked to give the same tokens and timed
-(on CPUs that emulate bf16 the recomputing path, bound by arithmetic, is slower than in float32).
-Prints the CPU's bf16 features and one table.
+float32 recomputing path; the table says from which token its text parts from float32's. Before the
+table, both bfloat16 paths are checked to give the same tokens and timed (on CPUs that emulate bf16
+the recomputing path, bound by arithmetic, is slower than in float32). Prints the CPU's bf16
+features and one table.
 """
 
 from __future__ import annotations
