@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 
 from imdb_transformer.hardware import describe_cpu
-from imdb_transformer.search import CANDIDATES, Lexical, SemanticIndex, review_table
+from imdb_transformer.search import CANDIDATES, Lexical, SemanticIndex, minmax, review_table
 
 QUERIES = [
     "classic horror movie that is terrifying",
@@ -72,11 +72,7 @@ def plain_top(index: SemanticIndex, text: str, mode: str, k: int) -> np.ndarray:
         return np.sort(lexical)[::-1][:k]
     proposed = [np.argsort(-x)[: min(CANDIDATES, np.count_nonzero(x))] for x in (dense, lexical)]
     rows = np.union1d(*proposed)
-
-    def scaled(x: np.ndarray) -> np.ndarray:
-        return (x - x.min()) / (x.max() - x.min()) if x.max() > x.min() else np.zeros_like(x)
-
-    fused = index.alpha * scaled(dense[rows]) + (1 - index.alpha) * scaled(lexical[rows])
+    fused = index.alpha * minmax(dense[rows]) + (1 - index.alpha) * minmax(lexical[rows])
     return np.sort(fused)[::-1][:k]
 
 

@@ -395,10 +395,8 @@ def _row(vectors: Vectors, n: int) -> Vectors:
 def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Rows of the ``k`` highest ``scores``, best first, without sorting all of them."""
     k = min(k, len(scores))
-    rows = np.flatnonzero(scores > 0)  # sparse and BM25 scores are mostly 0: select among the rest
-    if len(rows) >= k:
-        rows = rows[np.argpartition(-scores[rows], k - 1)[:k]]
-    else:
+    rows = candidates(scores, k)  # sparse and BM25 scores are mostly 0: select among the rest
+    if len(rows) < k or scores[rows].min() <= 0:  # then zeros or negatives may belong in the top k
         rows = np.argpartition(-scores, k - 1)[:k]
     return rows[np.argsort(-scores[rows], kind="stable")]
 
@@ -407,7 +405,7 @@ def candidates(scores: np.ndarray, count: int) -> np.ndarray:
     """Rows of the ``count`` highest non-zero ``scores``, in no particular order (what fusion starts
     from). A review with score 0 shares no word (BM25) or no token (a sparse vector) with the query,
     and is no candidate; leaving the zeros out also keeps the selection off their long ties."""
-    rows = np.flatnonzero(scores != 0)  # a boolean mask: np.flatnonzero of floats is 8x slower
+    rows = np.flatnonzero(scores != 0)  # through a boolean mask: np.flatnonzero of floats is slower
     if count >= len(rows):
         return rows
     return rows[np.argpartition(scores[rows], len(rows) - count)[-count:]]

@@ -63,7 +63,7 @@ class Tokenizer:
 
     def encode(self, text: str | list[str], num_threads: int = -1) -> list[int] | list[list[int]]:
         """Token ids of one text, or of each text in a list (encoded in parallel threads, except a list
-        of one: a query is encoded without starting a thread pool, 40x faster)."""
+        of one: a single query is encoded without starting sentencepiece's thread pool)."""
         if isinstance(text, list) and len(text) == 1:
             return [self.sp.encode(text[0])]
         return self.sp.encode(text, num_threads=num_threads)

@@ -172,7 +172,9 @@ class CausalSelfAttention(nn.Module):
             is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C).to(x.dtype)  # re-assemble heads side by side
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        if self.attention_dtype is not None:  # back to the weights' dtype; never taken in training
+            y = y.to(x.dtype)
         return self.proj(y)
 
 
@@ -242,7 +244,7 @@ class CausalDecoder(nn.Module):
     def attention_dtype(self) -> torch.dtype:
         """The dtype attention (and so a KV cache) runs in: the weights' unless set otherwise. A
         bfloat16 copy for decoding on a CPU sets float32 (:func:`~imdb_transformer.generation.in_dtype`):
-        attention has no weights to read, and emulated bf16 made it 3x slower than float32."""
+        attention has no weights to read, and emulated bf16 arithmetic is slower than float32."""
         return self.blocks[0].attn.attention_dtype or self.wte.weight.dtype
 
     @attention_dtype.setter

@@ -97,10 +97,11 @@ class DocumentEmbedder(nn.Module):
             else:
                 out[chunk] = vectors
         if self.sparse:
-            if len(out) == 1 and batches[0] == sorted(batches[0]):
-                return out[0]  # one batch already in the texts' order (a query)
-            order = [i for chunk in batches for i in chunk]
-            return sp.vstack(out, format="csr")[np.argsort(order)]  # back in the texts' order
+            stacked = out[0] if len(out) == 1 else sp.vstack(out, format="csr")
+            order = np.array([i for chunk in batches for i in chunk])
+            if (np.diff(order) > 0).all():  # already in the texts' order (a single query, for one)
+                return stacked
+            return stacked[np.argsort(order)]  # back in the texts' order
         return out
 
 
