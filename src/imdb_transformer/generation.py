@@ -47,7 +47,7 @@ def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecode
         return decoder
     cast = copy.deepcopy(decoder).to(dtype)
     if dtype != torch.float32 and cast.wte.weight.device.type == "cpu":
-        cast.attention_dtype = torch.float32  # attention reads no weights; emulated bf16 is slow
+        cast.attention_dtype = torch.float32  # attention reads no weights: bf16 would save no bytes there
     return cast
 
 
