@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import fails
+from safetensors.torch import load_file, save_file
 
 from imdb_transformer.models.backbone import (
     CHECKPOINT_KEY,
@@ -108,18 +112,92 @@ def test_checkpoints_of_every_kind_carry_one_backbone_record(pretrained_run: Pat
     assert spec.fingerprint == load_spec(pretrained_run / "backbone").fingerprint
 
 
-def test_checkpoints_from_before_the_record_still_load(pretrained_run: Path, tmp_path: Path) -> None:
+def test_checkpoints_without_the_record_are_refused_by_name(pretrained_run: Path, tmp_path: Path) -> None:
     checkpoint = load_checkpoint(pretrained_run / "checkpoints" / "last.ckpt")
-    saved = checkpoint.pop(CHECKPOINT_KEY)
-    ids = torch.randint(4, 300, (1, 9))
-    expected = logits_of(pretrained_run / "checkpoints" / "last.ckpt", ids)
-    pretraining = {**checkpoint, "LMDataModule": {"tokenizer_model": saved["tokenizer_model"]}}
-    classifier = {
-        **checkpoint,
-        "backbone_config": saved["config"],
-        "tokenizer_model": saved["tokenizer_model"],
-    }
-    classifier.pop("hyper_parameters")
-    for name, old in [("pretraining", pretraining), ("classifier", classifier)]:
-        torch.save(old, tmp_path / f"{name}.ckpt")
-        torch.testing.assert_close(logits_of(tmp_path / f"{name}.ckpt", ids), expected)
+    checkpoint.pop(CHECKPOINT_KEY)
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with pytest.raises(BackboneError, match="no backbone record.*train or export it again"):
+        load_backbone(tmp_path / "old.ckpt")
+
+
+def _export_copy(pretrained_run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "backbone"
+    shutil.copytree(pretrained_run / "backbone", copy)
+    return copy
+
+
+def _edit(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+DAMAGED_RECORDS = {
+    "a huge layer count": lambda r: r["config"].update(n_layer=10000),
+    "a missing field": lambda r: r["config"].pop("n_embd"),
+    "a null field": lambda r: r["config"].update(n_head=None),
+    "a string for a number": lambda r: r["config"].update(n_layer="2"),
+    "a fraction for a count": lambda r: r["config"].update(n_layer=2.5),
+    "a bool for a count": lambda r: r["config"].update(n_layer=True),
+    "a zero head count": lambda r: r["config"].update(n_head=0),
+    "a negative vocabulary": lambda r: r["config"].update(vocab_size=-4),
+    "a width the weights do not have": lambda r: r["config"].update(n_embd=32),
+    "a vocabulary the weights do not have": lambda r: r["config"].update(vocab_size=500),
+    "an absurd context": lambda r: r["config"].update(block_size=10**12),
+    "a NaN rotary base": lambda r: r["config"].update(rope_base=float("nan")),
+    "a dropout of 2": lambda r: r["config"].update(dropout=2.0),
+    "a list for the config": lambda r: r.update(config=[1, 2]),
+    "no config": lambda r: r.pop("config"),
+    "another format": lambda r: r.update(format="imdb_transformer.backbone/0"),
+    "no tokenizer fingerprint": lambda r: r.pop("tokenizer_sha256"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_RECORDS))
+def test_a_damaged_export_record_is_refused_before_anything_is_built(
+    damage: str, pretrained_run: Path, tmp_path: Path
+) -> None:
+    export = _export_copy(pretrained_run, tmp_path)
+    _edit(export / "config.json", DAMAGED_RECORDS[damage])
+    start = time.perf_counter()
+    with pytest.raises(BackboneError) as refused:
+        load_backbone(export)
+    assert time.perf_counter() - start < 5  # refused from the record and the weights' header
+    assert str(export) in str(refused.value)  # names the file
+
+
+@pytest.mark.parametrize(
+    "damage", ["a huge layer count", "a missing field", "a string for a number", "a list"]
+)
+def test_a_damaged_checkpoint_record_is_refused(damage: str, pretrained_run: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(pretrained_run / "checkpoints" / "last.ckpt")
+    record = checkpoint[CHECKPOINT_KEY]
+    if damage == "a list":
+        checkpoint[CHECKPOINT_KEY] = [1, 2, 3]
+    else:
+        DAMAGED_RECORDS[damage](record)
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    with pytest.raises(BackboneError, match="damaged.ckpt"):
+        load_backbone(tmp_path / "damaged.ckpt")
+
+
+def test_non_finite_weights_and_a_json_list_are_refused_by_name(pretrained_run: Path, tmp_path: Path) -> None:
+    export = _export_copy(pretrained_run, tmp_path)
+    weights = load_file(str(export / "model.safetensors"))
+    weights["blocks.1.mlp.fc.weight"][3, 5] = float("nan")
+    save_file(weights, str(export / "model.safetensors"))
+    with pytest.raises(BackboneError, match="blocks.1.mlp.fc.weight holds NaN"):
+        load_backbone(export)
+    (export / "config.json").write_text("[]")
+    with pytest.raises(BackboneError, match="not an object"):
+        load_backbone(export)
+
+
+def test_the_cli_prints_one_line_for_a_crafted_record(pretrained_run: Path, tmp_path: Path) -> None:
+    export = _export_copy(pretrained_run, tmp_path)
+    _edit(export / "config.json", DAMAGED_RECORDS["a huge layer count"])
+    start = time.perf_counter()
+    err = fails("generate", "--checkpoint", str(export), "--prompt", "The film")
+    assert time.perf_counter() - start < 30
+    assert "Traceback" not in err and err.strip().count("\n") == 0
+    assert err.startswith("error: ") and "10000 layers" in err and "2 layers" in err

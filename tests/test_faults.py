@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import time
@@ -15,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import write_imdb
-from helpers import HELPERS, SCRIPT, read_metrics, run_cli
+from conftest import tiny_pretrain_args, write_imdb
+from helpers import HELPERS, SCRIPT, cli, fails, read_metrics, run_cli
 
 from imdb_transformer.data.lm import LMDataModule
 from imdb_transformer.models.backbone import BackboneError, load_backbone
@@ -94,8 +95,6 @@ def test_damaged_or_hostile_checkpoints_are_refused_by_name(pretrained_run: Path
 
 
 def test_a_damaged_export_or_index_is_refused_by_name(pretrained_run: Path, tmp_path: Path) -> None:
-    import shutil
-
     export = Path(shutil.copytree(pretrained_run / "backbone", tmp_path / "backbone"))
     weights = export / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
@@ -161,3 +160,77 @@ def test_the_same_config_and_seed_repeat_the_first_losses(tiny_fit_args: list[st
         run_cli("fit", *tiny_fit_args, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "10")
         losses.append(read_metrics(root / "lightning_logs/version_0")["train/loss"])
     assert len(losses[0]) >= 2 and losses[0] == losses[1]
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def test_resuming_last_takes_a_checkpoint_of_the_same_kind_of_run(
+    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "lightning_logs"
+    shutil.copytree(pretrained_run, runs / "version_0")
+    shutil.copytree(adapter_run, runs / "version_1")
+    os.utime(runs / "version_1/checkpoints/last.ckpt")  # the adapter's is the newest last.ckpt
+    args = [*tiny_pretrain_args(imdb_dir, cache_dir, tmp_path), "--trainer.val_check_interval", "15"]
+    out = run_cli("fit", *args, "--ckpt_path", "last")
+    assert "Resuming from" in out.stdout and "version_0/checkpoints/last.ckpt" in out.stdout
+
+    adapter = str(runs / "version_1/checkpoints/last.ckpt")
+    line = _one_error_line(fails("fit", *args, "--ckpt_path", adapter))
+    assert "checkpoint of a EmbeddingAdapter run, not of the CausalLM asked for" in line
+    line = _one_error_line(fails("fit", *args, "--model.n_layer", "3", "--ckpt_path", "last"))
+    assert "does not fit the run asked for: --model.n_layer is 3 here and 2 there" in line
+    line = _one_error_line(fails("fit", *args, "--data.reverse", "true", "--ckpt_path", "last"))
+    assert "reverse is True here and False there" in line
+
+    shutil.rmtree(runs / "version_0")
+    line = _one_error_line(fails("fit", *args, "--ckpt_path", "last"))
+    assert (
+        "no checkpoint of a CausalLM run" in line
+        and "version_1/checkpoints/last.ckpt (EmbeddingAdapter)" in line
+    )
+    assert sorted(p.name for p in runs.iterdir()) == ["version_1", "version_2"]  # failed runs left nothing
+
+
+def test_a_failed_fit_leaves_no_empty_run_folder(imdb_dir: Path, tmp_path: Path) -> None:
+    args = tiny_pretrain_args(imdb_dir, tmp_path / "cache", tmp_path)
+    line = _one_error_line(fails("fit", *args, "--data.vocab_size", "100"))
+    assert "--data.vocab_size 100 is too small for these texts" in line and "or more" in line
+    assert list((tmp_path / "lightning_logs").iterdir()) == []
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_a_full_disk_during_fit_keeps_the_last_checkpoint_whole(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    """A real full disk: the run folder on a small tmpfs (needs root to mount one) that holds the
+    first checkpoints and fills up while the second ones are written."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "4300k"):
+        pytest.skip(
+            "mounting a small tmpfs needs root and mount(8); the faked full disk is tested in test_artifacts"
+        )
+    try:
+        result = cli("fit", *tiny_fit_args, "--trainer.default_root_dir", str(disk))
+        assert result.returncode != 0
+        line = _one_error_line(result.stderr)
+        assert line.startswith("error: no space left on the device writing ") and "--ckpt_path last" in line
+        run = disk / "lightning_logs/version_0"
+        assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 10
+        hidden = [p for p in disk.rglob(".*") if p.name.endswith(".tmp")]
+        assert hidden == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from imdb_transformer import hardware
+from imdb_transformer.artifacts import atomic_path
 from imdb_transformer.errors import TrainingDiverged
 
 
@@ -105,3 +111,25 @@ class PrecisionAdvice(Callback):
                 "against 2,870 in fp32). Use --trainer.precision 32-true (the default) on this machine; bf16 "
                 "pays on CPUs with AMX and on GPUs."
             )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing each local checkpoint beside its final path and renaming
+    it into place (:func:`~imdb_transformer.artifacts.atomic_path`).
+
+    Lightning's own writer stages the file in the system's temporary folder and, where the run folder
+    is on another filesystem, copies it over the old file: a full disk or a kill during the copy leaves
+    a partial ``last.ckpt`` in place of the good one. Here the old checkpoint stays whole until the new
+    one is complete. Remote paths (``s3://``...) keep Lightning's writer.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()  # serialised first, so a full disk surfaces as Python's OSError(ENOSPC)
+        torch.save(checkpoint, buffer)
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_bytes(buffer.getbuffer())

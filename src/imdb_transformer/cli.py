@@ -8,8 +8,10 @@ docstrings, so ``--help`` is the reference and every verb takes ``--config`` and
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -21,10 +23,11 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from imdb_transformer import verbs
 from imdb_transformer.artifacts import read_artifact
-from imdb_transformer.callbacks import FiniteLossGuard, PrecisionAdvice, ShareTokenizer
+from imdb_transformer.callbacks import AtomicCheckpointIO, FiniteLossGuard, PrecisionAdvice, ShareTokenizer
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.backbone import load_checkpoint
 
@@ -71,9 +74,10 @@ class ImdbCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """After parsing, check ``--ckpt_path`` before Lightning reads it.
 
-        ``--ckpt_path last`` means the newest run's ``last.ckpt``: Lightning alone looks only in
-        the new run's (empty) checkpoint folder and would silently start from scratch. A missing,
-        truncated or unsafe checkpoint stops here with one line naming it.
+        ``--ckpt_path last`` means the newest ``last.ckpt`` under the root of a run of the same module
+        as the one asked for: Lightning alone looks only in the new run's (empty) checkpoint folder and
+        would silently start from scratch. A missing, truncated or unsafe checkpoint stops here with
+        one line naming it.
         """
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -82,9 +86,19 @@ class ImdbCLI(LightningCLI):
             return
         if config.ckpt_path == "last":
             root = Path(config.trainer.default_root_dir or ".")
-            config.ckpt_path = str(find_last_checkpoint(root))
+            config.ckpt_path = str(find_last_checkpoint(root, config.model.get("class_path")))
             print(f"Resuming from {config.ckpt_path}")
         check_checkpoint(Path(config.ckpt_path))
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning fills the model's settings from the checkpoint given with ``--ckpt_path``, its
+        class included; first refuse a checkpoint of another module and, when resuming a ``fit``,
+        one whose settings differ from those asked for (Lightning would silently use its own)."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is not None and config.get("ckpt_path"):
+            check_requested(Path(config.ckpt_path), config.model, resuming=subcommand == "fit")
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         """To evaluate an adapter (``validate``/``test``/``predict --ckpt_path``), its backbone is
@@ -120,25 +134,42 @@ class ImdbCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with its default logger given a run folder claimed atomically (``mkdir``), so
-        two runs started at once under the same root never share a ``version_N``."""
+        two runs started at once under the same root never share a ``version_N``, and checkpoints
+        written beside their final path (:class:`AtomicCheckpointIO`)."""
         trainer = super().instantiate_trainer(**kwargs)
         # before the run-files callback, which saves the tokenizer ShareTokenizer hands over
         trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard(), PrecisionAdvice()]
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         logger = trainer.logger
         config = self.config.get(self.subcommand, self.config)
         is_default = config.trainer.logger in (None, True) and isinstance(
             logger, (CSVLogger, TensorBoardLogger)
         )
+        self.claimed_run: Path | None = None
         if (
             is_default
             and os.environ.get("LOCAL_RANK", "0") == "0"
             and os.environ.get("NODE_RANK", "0") == "0"
         ):
             root = Path(trainer.default_root_dir) / "lightning_logs"
-            trainer.logger = type(logger)(
-                trainer.default_root_dir, name="lightning_logs", version=claim_version(root)
-            )
+            version = claim_version(root)
+            self.claimed_run = root / f"version_{version}"
+            trainer.logger = type(logger)(trainer.default_root_dir, name="lightning_logs", version=version)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand after checking that a checkpoint to resume or evaluate belongs to the
+        module and data asked for; a run that fails before writing a checkpoint or a metric leaves no
+        run folder behind."""
+        try:
+            ckpt_path = self.config_init[subcommand].get("ckpt_path")
+            if ckpt_path:
+                check_resumable(Path(ckpt_path), self.model, self.datamodule)
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            forget_unused_run(getattr(self, "claimed_run", None))
+            raise
 
 
 class CheckpointError(InputError):
@@ -169,15 +200,106 @@ def claim_version(root: Path) -> int:
             n += 1
 
 
-def find_last_checkpoint(root: Path) -> Path:
-    """The most recently written ``last*.ckpt`` of the runs under ``root/lightning_logs``."""
+def find_last_checkpoint(root: Path, class_path: str | None = None) -> Path:
+    """The most recently written ``last*.ckpt`` under ``root/lightning_logs`` of a run of the module
+    ``class_path`` (any module if None)."""
     found = sorted(root.glob("lightning_logs/*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise CheckpointError(
             f"--ckpt_path last: no last.ckpt under {root.resolve()}/lightning_logs/*/checkpoints; "
             "pass the path of a checkpoint instead, or the same --trainer.default_root_dir as the stopped run"
         )
-    return found[-1]
+    wanted = _class_name(class_path)
+    others = []
+    for path in reversed(found):
+        kind = _class_name(_checkpoint_class(path))
+        if wanted is None or kind == wanted:
+            return path
+        others.append(f"{path} ({kind or 'unknown module'})")
+    raise CheckpointError(
+        f"--ckpt_path last: no checkpoint of a {wanted} run under {root.resolve()}/lightning_logs; found "
+        f"only {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}. Pass the checkpoint to resume "
+        "with --ckpt_path PATH, or leave --ckpt_path out to start afresh"
+    )
+
+
+def _checkpoint_class(path: Path) -> str | None:
+    try:
+        hparams = load_checkpoint(path).get("hyper_parameters", {})
+    except Exception:  # a damaged file is no candidate; check_checkpoint names it if it is chosen
+        return None
+    return hparams.get("_class_path") if isinstance(hparams, dict) else None
+
+
+def _class_name(class_path: str | None) -> str | None:
+    return class_path.rsplit(".", 1)[-1] if class_path else None
+
+
+def check_requested(path: Path, model: Any, resuming: bool) -> None:
+    """Refuse a checkpoint of another module than ``model`` (the parsed ``class_path`` and
+    ``init_args``) and, when ``resuming``, one whose recorded settings differ from the ones asked for,
+    naming the differences."""
+    hparams = load_checkpoint(path).get("hyper_parameters") or {}
+    found, wanted = _class_name(hparams.get("_class_path")), _class_name(model.get("class_path"))
+    if found is not None and wanted is not None and found != wanted:
+        raise CheckpointError(
+            f"{path} is a checkpoint of a {found} run, not of the {wanted} asked for: pass a checkpoint "
+            f"of a {wanted} run, or the config that {path} was trained with"
+        )
+    asked = model.get("init_args") or {}
+    differences = [
+        f"--model.{key} is {asked[key]!r} here and {value!r} there"
+        for key, value in hparams.items()
+        if not key.startswith("_") and key in asked and not _same_setting(asked[key], value)
+    ]
+    if resuming and differences:
+        raise CheckpointError(
+            f"{path} does not fit the run asked for: {'; '.join(differences[:3])}. Resume with the settings "
+            "it was trained with (its run folder's config.yaml), or leave --ckpt_path out to start afresh"
+        )
+
+
+def _same_setting(asked: Any, recorded: Any) -> bool:
+    if isinstance(asked, (list, tuple)) and isinstance(recorded, (list, tuple)):
+        return list(asked) == list(recorded)
+    if isinstance(asked, str) and isinstance(recorded, str) and asked != recorded:
+        return Path(asked).expanduser().resolve() == Path(recorded).expanduser().resolve()  # one file
+    return asked == recorded
+
+
+def check_resumable(path: Path, model: LightningModule, datamodule: LightningDataModule | None) -> None:
+    """Refuse, naming the difference, a checkpoint whose data settings differ from the run's or whose
+    weights do not fit ``model`` (Lightning would otherwise fail deep inside with a traceback)."""
+    checkpoint = load_checkpoint(path)
+    differences = []
+    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    ours = dict(datamodule.hparams) if datamodule is not None else {}
+    for key in ("vocab_size", "block_size", "reverse", "tokenizer_type"):
+        if key in data_hparams and key in ours and data_hparams[key] != ours[key]:
+            differences.append(f"--data.{key} is {ours[key]!r} here and {data_hparams[key]!r} there")
+    state = checkpoint.get("state_dict") or {}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name in sorted(expected.keys() & state.keys()):
+        if tuple(state[name].shape) != expected[name]:
+            differences.append(f"{name} is {expected[name]} here and {tuple(state[name].shape)} there")
+    missing = sorted(expected.keys() - state.keys())
+    if missing:
+        differences.append(f"it lacks {len(missing)} of the model's tensors ({missing[0]}, ...)")
+    if differences:
+        raise CheckpointError(
+            f"{path} does not fit the run asked for: {'; '.join(differences[:3])}. Resume with the config "
+            "it was trained with (its run folder's config.yaml), or leave --ckpt_path out to start afresh"
+        )
+
+
+def forget_unused_run(run: Path | None) -> None:
+    """Remove a failed run's folder if it holds nothing of the run's own (no checkpoint, no metric):
+    only the resolved config, the tokenizer and hyperparameters that the next run writes again."""
+    if run is None or not run.is_dir():
+        return
+    if any(run.rglob("*.ckpt")) or any(run.rglob("metrics.csv")) or any(run.rglob("events.out.*")):
+        return
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
@@ -282,7 +404,8 @@ def _positionals(argv: list[str]) -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``imdb-transformer`` console script. The project's own errors (bad input, a
-    damaged file, a diverged run) print as one ``error:`` line; anything else keeps its traceback."""
+    damaged file, a diverged run) and a full or read-only disk print as one ``error:`` line; anything
+    else keeps its traceback."""
     words = sys.argv[1:] if argv is None else argv
     try:
         if words and words[0] in VERBS:
@@ -291,6 +414,38 @@ def main(argv: list[str] | None = None) -> None:
             build_cli(argv)  # None: LightningCLI reads sys.argv itself
     except ImdbError as err:
         sys.exit(f"error: {err}")
+    except Exception as err:
+        reason = disk_problem(err)
+        if reason is None:
+            raise
+        sys.exit(f"error: {reason}")
+
+
+_DISK_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the filesystem is read-only",
+}
+
+
+def disk_problem(err: BaseException) -> str | None:
+    """A one-line account of ``err`` if it (or what caused it) is a full, over-quota or read-only
+    disk, else None. Files the project writes are moved into place only when complete, so the line
+    can say that nothing half-written was left."""
+    while err is not None:
+        code = getattr(err, "errno", None)
+        text = str(err)
+        if code not in _DISK_ERRORS:
+            code = errno.ENOSPC if "No space left on device" in text or "StorageFull" in text else code
+        if code in _DISK_ERRORS:
+            where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+            return (
+                f"{_DISK_ERRORS[code]}{where}: nothing half-written was left in place (earlier files, such "
+                "as the last checkpoint, are whole). Free some space, or write elsewhere "
+                "(--trainer.default_root_dir, --out), then run again (fit: add --ckpt_path last to resume)"
+            )
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
+from imdb_transformer.errors import InputError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ModelType = Literal["unigram", "bpe"]
@@ -98,26 +100,47 @@ class Tokenizer:
     ) -> Tokenizer:
         """Train a SentencePiece model on ``texts`` and write it atomically to ``path``."""
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            pad_id=PAD_ID,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            byte_fallback=True,  # unseen characters become bytes, never <unk>
-            character_coverage=0.9995,
-            split_digits=True,
-            max_sentence_length=1 << 16,  # one review is one "sentence"; the longest is ~14 kB
-            hard_vocab_limit=False,  # a small corpus may yield fewer pieces than asked for
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-        )
+        try:
+            _train(model, texts, vocab_size, model_type)
+        except RuntimeError as err:
+            raise _training_error(err, vocab_size) from None
         with atomic_path(path) as tmp:
             tmp.write_bytes(model.getvalue())
         return cls(path)
+
+
+def _train(model: io.BytesIO, texts: Iterable[str], vocab_size: int, model_type: ModelType) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        byte_fallback=True,  # unseen characters become bytes, never <unk>
+        character_coverage=0.9995,
+        split_digits=True,
+        max_sentence_length=1 << 16,  # one review is one "sentence"; the longest is ~14 kB
+        hard_vocab_limit=False,  # a small corpus may yield fewer pieces than asked for
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
+
+
+def _training_error(err: RuntimeError, vocab_size: int) -> InputError:
+    """SentencePiece's refusal to train, in the project's words."""
+    detail = str(err).splitlines()[0]
+    need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", detail)
+    if need:
+        return InputError(
+            f"--data.vocab_size {vocab_size} is too small for these texts: their characters, the 256 byte "
+            f"pieces and the special tokens need {need.group(1)} pieces; use --data.vocab_size "
+            f"{need.group(1)} or more"
+        )
+    detail = re.sub(r"^\w+: \S+\(\d+\) (\[.*?\] )?", "", detail)  # drop the C++ file and check
+    return InputError(f"the tokenizer could not be fit with --data.vocab_size {vocab_size}: {detail}")
 
 
 def fit_or_load(

@@ -28,7 +28,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from imdb_transformer.artifacts import atomic_path, read_artifact
+from imdb_transformer.artifacts import (
+    atomic_path,
+    check_shapes,
+    read_artifact,
+    safetensors_shapes,
+    typed_record,
+)
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, load_checkpoint, require_backbone
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
@@ -272,16 +278,32 @@ def load_adapter(folder: str | os.PathLike, backbone: Backbone) -> EmbeddingHead
         )
     remedy = "the adapter is damaged: export it again from its run's checkpoint"
     meta = read_artifact(folder / CONFIG, lambda p: json.loads(p.read_text()), AdapterError, remedy)
-    if meta.get("format") != ADAPTER_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise AdapterError(f"{folder / CONFIG} has format {found!r:.60}, expected {ADAPTER_FORMAT!r}")
+    if meta.get("backbone_fingerprint") != backbone.fingerprint:
         raise AdapterError(
-            f"{folder / CONFIG} has format {meta.get('format')!r}, expected {ADAPTER_FORMAT!r}"
+            f"the adapter {folder} was trained on backbone {str(meta.get('backbone_fingerprint'))[:60]}, not "
+            f"on the one given ({backbone.fingerprint}); use the backbone it was trained on, or train an "
+            "adapter for this one"
         )
-    if meta["backbone_fingerprint"] != backbone.fingerprint:
+    config = typed_record(HeadConfig, meta.get("head"), f"{folder / CONFIG}: head", AdapterError, ())
+    c = backbone.decoder.config
+    if (
+        config.n_embd != c.n_embd
+        or config.n_states > c.n_layer + 1
+        or config.vocab_size not in (0, c.vocab_size)
+    ):
         raise AdapterError(
-            f"the adapter {folder} was trained on backbone {meta['backbone_fingerprint']}, not on the one "
-            f"given ({backbone.fingerprint}); use the backbone it was trained on, or train an adapter "
-            "for this one"
+            f"{folder / CONFIG}: a head over {config.n_states} layer states of width {config.n_embd} does "
+            f"not fit the backbone ({c.n_layer + 1} states of width {c.n_embd}); {remedy}"
         )
-    head = EmbeddingHead(HeadConfig(**meta["head"]))
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in EmbeddingHead(config).state_dict().items()}
+    found = read_artifact(folder / WEIGHTS, safetensors_shapes, AdapterError, remedy)
+    check_shapes(expected, found, str(folder / WEIGHTS), AdapterError, remedy)
+    head = EmbeddingHead(config)
     read_artifact(folder / WEIGHTS, lambda p: load_model(head, str(p)), AdapterError, remedy)
+    if not all(bool(torch.isfinite(t).all()) for t in head.state_dict().values() if t.is_floating_point()):
+        raise AdapterError(f"{folder / WEIGHTS} holds NaN or infinite weights; {remedy}")
     return head.eval()

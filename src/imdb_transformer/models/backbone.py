@@ -8,7 +8,10 @@
   ``state_dict``. It is loaded with ``torch.load(weights_only=True)``, which never runs code.
 
 The record is ``{"format", "config", "tokenizer_vocab_size", "tokenizer_sha256"}``; :data:`FORMAT`
-is its one version. Checkpoints written before the record existed are read by :func:`_legacy_record`.
+is its one version. Every field is checked for its type, and the weights' names and shapes against
+the shape the record describes, before any tensor is allocated: a damaged or crafted record is
+refused by name instead of making the loader build a model of any size it says. Weights that are not
+finite are refused too.
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from imdb_transformer.artifacts import atomic_path, read_artifact
+from imdb_transformer.artifacts import (
+    atomic_path,
+    check_shapes,
+    read_artifact,
+    safetensors_shapes,
+    typed_record,
+)
 from imdb_transformer.data.tokenizer import Tokenizer
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
@@ -31,6 +40,7 @@ FORMAT = "imdb_transformer.backbone/1"
 CHECKPOINT_KEY = "imdb_transformer.backbone"
 WEIGHTS_PREFIX = "backbone."  # the attribute every LightningModule here keeps its decoder in
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"
+_SIZES = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")  # fields a record must state
 
 
 class BackboneError(InputError):
@@ -93,17 +103,75 @@ def add_to_checkpoint(checkpoint: dict, config: DecoderConfig, tokenizer: Tokeni
 
 
 def spec_from_checkpoint(checkpoint: dict, where: str | os.PathLike) -> BackboneSpec:
-    """The backbone shape and tokenizer recorded in a loaded checkpoint (any version)."""
-    saved = checkpoint.get(CHECKPOINT_KEY) or _legacy_record(checkpoint, Path(where))
+    """The backbone shape and tokenizer recorded in a loaded checkpoint, every field checked."""
+    saved = checkpoint.get(CHECKPOINT_KEY)
+    if saved is None:
+        raise BackboneError(
+            f"{where} has backbone weights but no backbone record ({CHECKPOINT_KEY}): it was written by "
+            "another program or an earlier version of imdb_transformer; train or export it again with this "
+            "one"
+        )
+    if not isinstance(saved, dict):
+        raise BackboneError(f"{where}: its backbone record is a {type(saved).__name__}, not an object")
     if saved.get("format") != FORMAT:
-        raise BackboneError(f"{where} has a backbone of format {saved.get('format')!r}, expected {FORMAT!r}")
-    names = {f.name for f in fields(DecoderConfig)}
-    config = DecoderConfig(**{k: v for k, v in saved["config"].items() if k in names})
+        raise BackboneError(
+            f"{where} has a backbone record of format {saved.get('format')!r:.60}, expected {FORMAT!r}: it "
+            "was written by another version of imdb_transformer; export or train it again with this one"
+        )
+    config = typed_record(DecoderConfig, saved.get("config"), f"{where}: config", BackboneError, _SIZES)
     tokenizer = saved.get("tokenizer")
     if tokenizer is None:
-        tokenizer = Tokenizer.from_bytes(saved["tokenizer_model"].numpy().tobytes())
+        model = saved.get("tokenizer_model")
+        if not isinstance(model, torch.Tensor) or model.dtype != torch.uint8 or model.dim() != 1:
+            raise BackboneError(f"{where}: its record holds no tokenizer (tokenizer_model); {_EXPORT_REMEDY}")
+        tokenizer = read_artifact(
+            Path(where),
+            lambda _: Tokenizer.from_bytes(model.numpy().tobytes()),
+            BackboneError,
+            _EXPORT_REMEDY,
+        )
     _check_vocab(tokenizer, config, where)
     return BackboneSpec(config, tokenizer)
+
+
+def decoder_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every weight of a :class:`CausalDecoder` of ``config``, computed without
+    building it (the tied LM head is stored once, as ``wte.weight``)."""
+    with torch.device("meta"):
+        return {
+            k: tuple(v.shape) for k, v in CausalDecoder(config).state_dict().items() if k != "lm_head.weight"
+        }
+
+
+def check_weights(
+    config: DecoderConfig, shapes: dict[str, tuple[int, ...]], where: str | os.PathLike
+) -> None:
+    """Refuse weights that do not have the shape ``config`` describes. The sizes the record states
+    are compared with the weights' first (layer count, vocabulary, width), so a record that claims a
+    huge model is refused before even an empty one is built."""
+    remedy = "the record does not describe these weights; " + _EXPORT_REMEDY
+    layers = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    embedding = shapes.get("wte.weight")
+    if embedding is None:
+        raise BackboneError(f"{where} holds no token embedding (wte.weight); {remedy}")
+    claimed = (config.n_layer, config.vocab_size, config.n_embd)
+    if claimed != (len(layers), *embedding) and len(embedding) == 2:
+        raise BackboneError(
+            f"{where}: the record says {config.n_layer} layers, {config.vocab_size} tokens and width "
+            f"{config.n_embd}, but the weights have {len(layers)} layers and an embedding of "
+            f"{tuple(embedding)}; {remedy}"
+        )
+    check_shapes(decoder_shapes(config), shapes, str(where), BackboneError, remedy)
+
+
+def check_finite(decoder: CausalDecoder, where: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run's): every output would be NaN."""
+    for name, tensor in decoder.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BackboneError(
+                f"{where}: the weight {name} holds NaN or infinite values (a run that diverged); use an "
+                "earlier checkpoint of the run"
+            )
 
 
 def export_backbone(decoder: CausalDecoder, tokenizer: Tokenizer, folder: str | os.PathLike) -> Path:
@@ -116,23 +184,43 @@ def export_backbone(decoder: CausalDecoder, tokenizer: Tokenizer, folder: str | 
 
 
 def load_backbone(path: str | os.PathLike) -> Backbone:
-    """Load a backbone from an export folder or from a ``.ckpt`` that holds one."""
+    """Load a backbone from an export folder or from a ``.ckpt`` that holds one (checked as the
+    module's docstring says)."""
     path = _existing(path)
     if path.is_dir():
         spec = _export_spec(path)
+        shapes = read_artifact(path / WEIGHTS, _safetensors_shapes, BackboneError, _EXPORT_REMEDY)
+        check_weights(spec.config, shapes, path / WEIGHTS)
         decoder = CausalDecoder(spec.config)
         read_artifact(path / WEIGHTS, lambda p: load_model(decoder, str(p)), BackboneError, _EXPORT_REMEDY)
-        return Backbone(decoder.eval(), spec.tokenizer)
-    checkpoint = _read_checkpoint(path)
-    state = checkpoint.get("state_dict", {})
-    weights = {k.removeprefix(WEIGHTS_PREFIX): v for k, v in state.items() if k.startswith(WEIGHTS_PREFIX)}
-    if "wte.weight" not in weights:
-        raise _not_a_backbone(path)
-    spec = spec_from_checkpoint(checkpoint, path)
-    decoder = CausalDecoder(spec.config)
-    weights.setdefault("lm_head.weight", weights["wte.weight"])  # tied: stored once
-    decoder.load_state_dict(weights)
+    else:
+        checkpoint = _read_checkpoint(path)
+        state = checkpoint.get("state_dict")
+        state = state if isinstance(state, dict) else {}
+        weights = {
+            k.removeprefix(WEIGHTS_PREFIX): v
+            for k, v in state.items()
+            if isinstance(k, str) and k.startswith(WEIGHTS_PREFIX) and isinstance(v, torch.Tensor)
+        }
+        if "wte.weight" not in weights:
+            raise _not_a_backbone(path)
+        spec = spec_from_checkpoint(checkpoint, path)
+        weights.pop("lm_head.weight", None)  # tied to wte: stored once
+        check_weights(spec.config, {k: tuple(v.shape) for k, v in weights.items()}, path)
+        decoder = CausalDecoder(spec.config)
+        weights["lm_head.weight"] = weights["wte.weight"]
+        read_artifact(path, lambda _: decoder.load_state_dict(weights), BackboneError, _EXPORT_REMEDY)
+    check_finite(decoder, path)
     return Backbone(decoder.eval(), spec.tokenizer)
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a safetensors file, read from its header alone; the tied
+    embedding under one name, ``wte.weight``, whichever of its two names the file kept."""
+    shapes = safetensors_shapes(path)
+    if "wte.weight" not in shapes and "lm_head.weight" in shapes:
+        shapes["wte.weight"] = shapes.pop("lm_head.weight")
+    return shapes
 
 
 def require_backbone(path: str | os.PathLike | None, who: str) -> Backbone:
@@ -192,12 +280,17 @@ def _export_spec(folder: Path) -> BackboneSpec:
     if missing:
         raise BackboneError(f"{folder} is not a backbone export: {', '.join(missing)} missing")
     meta = read_artifact(folder / CONFIG, lambda p: json.loads(p.read_text()), BackboneError, _EXPORT_REMEDY)
+    if not isinstance(meta, dict):
+        raise BackboneError(
+            f"{folder / CONFIG} holds a {type(meta).__name__}, not an object; {_EXPORT_REMEDY}"
+        )
     tokenizer = read_artifact(folder / TOKENIZER, Tokenizer, BackboneError, _EXPORT_REMEDY)
     spec = spec_from_checkpoint({CHECKPOINT_KEY: {**meta, "tokenizer": tokenizer}}, folder / CONFIG)
-    if tokenizer_fingerprint(tokenizer) != meta["tokenizer_sha256"]:
+    if tokenizer_fingerprint(tokenizer) != meta.get("tokenizer_sha256"):
         raise BackboneError(
             f"{folder / TOKENIZER} is not the tokenizer these weights were trained with "
-            f"(fingerprint {tokenizer_fingerprint(tokenizer)}, expected {meta['tokenizer_sha256']}); "
+            f"(fingerprint {tokenizer_fingerprint(tokenizer)}, expected "
+            f"{meta.get('tokenizer_sha256')!r:.40}); "
             "restore the tokenizer.model exported with them"
         )
     return spec
@@ -209,24 +302,3 @@ def _check_vocab(tokenizer: Tokenizer, config: DecoderConfig, where: str | os.Pa
             f"{where}: the tokenizer has {tokenizer.vocab_size} pieces but the weights only "
             f"{config.vocab_size} embedding rows; use the tokenizer saved with these weights"
         )
-
-
-def _legacy_record(checkpoint: dict, path: Path) -> dict:
-    """The record of a checkpoint written before :data:`CHECKPOINT_KEY` existed: a classifier's kept
-    ``backbone_config`` and ``tokenizer_model`` at the top level; a pretraining run's kept the shape in
-    ``hyper_parameters`` and the tokenizer in its ``LMDataModule`` entry (or beside the run)."""
-    if "backbone_config" in checkpoint:
-        config, tokenizer = checkpoint["backbone_config"], checkpoint.get("tokenizer_model")
-    else:
-        config = checkpoint.get("hyper_parameters", {})
-        tokenizer = checkpoint.get("LMDataModule", {}).get("tokenizer_model")
-    if not {"n_layer", "n_head", "n_embd"} <= config.keys():
-        raise _not_a_backbone(path)
-    if isinstance(tokenizer, torch.Tensor):
-        return {"format": FORMAT, "config": config, "tokenizer_model": tokenizer}
-    beside = path.parent.parent / TOKENIZER  # lightning_logs/version_N/{checkpoints/x.ckpt, tokenizer.model}
-    if not beside.is_file():
-        raise BackboneError(
-            f"{path} holds no tokenizer and there is no {beside}; pass the run's backbone/ folder"
-        )
-    return {"format": FORMAT, "config": config, "tokenizer": Tokenizer(beside)}

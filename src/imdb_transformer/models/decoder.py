@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from imdb_transformer.errors import InputError
 
+MAX_BLOCK_SIZE = 1 << 17  # positions: the rotary tables for this many take 1 MiB per head channel
+
 
 @dataclass
 class DecoderConfig:
@@ -49,6 +51,17 @@ class DecoderConfig:
     a review (classifier data, embedder) reverses the review's tokens first. The layers are the same."""
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)!r} must be a whole number of at least 1")
+        if self.block_size > MAX_BLOCK_SIZE:
+            raise InputError(
+                f"block_size={self.block_size} is above the {MAX_BLOCK_SIZE} positions supported"
+            )
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"dropout={self.dropout!r} must be in [0, 1)")
+        if not self.rope_base > 1:
+            raise InputError(f"rope_base={self.rope_base!r} must be above 1")
         if self.n_embd % self.n_head:
             raise InputError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if (self.n_embd // self.n_head) % 2:

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from imdb_transformer.artifacts import read_artifact
+from imdb_transformer.artifacts import check_shapes, read_artifact
 from imdb_transformer.data.imdb import clean_text
 from imdb_transformer.data.reviews import collate_reviews, length_batches
-from imdb_transformer.errors import InputError
+from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.backbone import load_checkpoint
 from imdb_transformer.models.classifier import SentimentClassifier
 
@@ -95,6 +95,17 @@ def _load(checkpoint: str, device: str) -> SentimentClassifier:
             "`imdb-transformer fit --config configs/classify.yaml`"
         )
     settings["backbone"] = str(path)
-    model = SentimentClassifier(**settings)
+    remedy = "the checkpoint is damaged or was written by another version: pass another, or train it again"
+    try:
+        model = SentimentClassifier(**settings)
+    except ImdbError:
+        raise
+    except (TypeError, ValueError) as err:  # settings of the wrong type
+        raise InputError(f"{checkpoint}: its settings cannot build a classifier ({err}); {remedy}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    check_shapes(expected, found, str(checkpoint), InputError, remedy)
     model.load_state_dict(state)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise InputError(f"{checkpoint} holds NaN or infinite weights (a diverged run); {remedy}")
     return model.eval().to(device)
