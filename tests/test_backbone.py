@@ -116,7 +116,7 @@ def test_checkpoints_without_the_record_are_refused_by_name(pretrained_run: Path
     checkpoint = load_checkpoint(pretrained_run / "checkpoints" / "last.ckpt")
     checkpoint.pop(CHECKPOINT_KEY)
     torch.save(checkpoint, tmp_path / "old.ckpt")
-    with pytest.raises(BackboneError, match="no backbone record.*train or export it again"):
+    with pytest.raises(BackboneError, match="no backbone weights and record.*train or export it again"):
         load_backbone(tmp_path / "old.ckpt")
 
 

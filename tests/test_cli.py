@@ -183,9 +183,10 @@ def test_embed_then_search_prints_a_table(pretrained_run: Path, imdb_dir: Path, 
     )
     out = run_cli("search", "--index", index, "a wonderful superb movie", "-k", "3").stdout
     lines = out.strip().splitlines()
-    assert lines[0].split()[:4] == ["#", "score", "review", "id"] and len(lines) == 2 + 3
+    assert lines[0].split()[:4] == ["#", "score", "review", "key"] and len(lines) == 2 + 3
     assert run_cli("search", "a wonderful superb movie", "--index", index, "--k", "3").stdout == out
-    assert "k=0 is out of range" in fails("search", "--index", index, "x", "-k", "0")
+    err = fails("search", "--index", index, "x", "-k", "0")
+    assert err.startswith("error: ") and '"k"' in err and "PositiveInt" in err and err.count("\n") == 1
 
 
 def test_every_verb_takes_help_config_and_print_config(pretrained_run: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import cli
 
 from imdb_transformer.errors import InputError
 from imdb_transformer.generation import generate, generate_text, in_dtype, next_token
@@ -109,15 +110,57 @@ def test_repetition_penalty_demotes_seen_tokens() -> None:
         ({"strategy": "top_k", "top_k": 0}, "top_k must be >= 1"),
         ({"strategy": "top_p", "top_p": 0.0}, r"top_p must be in \(0, 1\]"),
         ({"strategy": "top_p", "top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-        ({"strategy": "sample", "temperature": -0.5}, "temperature must be > 0"),
+        ({"strategy": "top_p", "top_p": float("nan")}, r"top_p must be in \(0, 1\]"),
+        ({"strategy": "sample", "temperature": -0.5}, "temperature must be a finite number > 0"),
+        ({"strategy": "sample", "temperature": float("nan")}, "temperature must be a finite number > 0"),
+        ({"strategy": "sample", "temperature": float("inf")}, "temperature must be a finite number > 0"),
         ({"strategy": "beam"}, "unknown strategy 'beam'"),
         ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
-        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+        ({"repetition_penalty": 0.0}, r"repetition_penalty must be in \[0.001, 1000\]"),
+        ({"repetition_penalty": -1.0}, r"repetition_penalty must be in \[0.001, 1000\]"),
+        ({"repetition_penalty": float("nan")}, r"repetition_penalty must be in \[0.001, 1000\]"),
+        ({"repetition_penalty": 1e300}, r"repetition_penalty must be in \[0.001, 1000\]"),
     ],
 )
 def test_bad_options_are_clear_errors(model: CausalDecoder, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         generate(model, PROMPTS, **{"max_new_tokens": 5, **options})
+
+
+@pytest.mark.parametrize("strategy", ["sample", "top_k", "top_p"])
+def test_a_vanishing_temperature_or_top_p_decodes_greedily(model: CausalDecoder, strategy: str) -> None:
+    """The limit of sampling as the temperature (or the nucleus) shrinks to 0 is the likeliest token;
+    1e-300 is 0 in float32, where dividing by it gave NaN probabilities."""
+    greedy = generate(model, PROMPTS, max_new_tokens=12, eos_id=None)
+    for options in ({"temperature": 1e-300}, {"temperature": 5e-324}, {"top_p": 1e-300}):
+        if "top_p" in options and strategy != "top_p":
+            continue
+        out = generate(model, PROMPTS, max_new_tokens=12, strategy=strategy, seed=0, eos_id=None, **options)
+        assert out == greedy, options
+
+
+def test_extreme_but_valid_options_sample_without_error(model: CausalDecoder) -> None:
+    kwargs = dict(max_new_tokens=20, seed=4, eos_id=None)
+    flat = generate(model, PROMPTS, strategy="sample", temperature=1e300, **kwargs)  # uniform in the limit
+    assert all(0 <= t < 61 for row in flat for t in row) and len({t for row in flat for t in row}) > 10
+    everything = generate(model, PROMPTS, strategy="top_k", top_k=10**9, **kwargs)  # k above the vocabulary
+    assert everything == generate(model, PROMPTS, strategy="sample", **kwargs)
+    for penalty in (1e-3, 1e3):  # the bounds of the repetition penalty: finite logits, no error
+        out = generate(model, PROMPTS, strategy="top_p", repetition_penalty=penalty, **kwargs)
+        assert all(len(row) == 20 for row in out)
+
+
+def test_generate_cli_takes_a_tiny_temperature_and_refuses_nan_in_one_line(pretrained_run) -> None:
+    backbone = str(pretrained_run / "backbone")
+    base = ["generate", "--checkpoint", backbone, "--prompt", "The film", "--max_new_tokens", "5"]
+    done = cli(*base, "--temperature", "1e-300", "--strategy", "sample")
+    assert done.returncode == 0 and done.stdout.startswith("The film"), done.stderr[-2000:]
+    # YAML's .nan reaches the options' check; a plain nan the parser refuses
+    for option, value in (("--temperature", ".nan"), ("--repetition_penalty", "nan")):
+        result = cli(*base, option, value, "--strategy", "top_p")
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert len(errors) == 1 and option.strip("-") in errors[0], result.stderr
 
 
 def test_an_empty_prompt_is_a_clear_error(model: CausalDecoder, pretrained_run) -> None:

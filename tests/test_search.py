@@ -72,8 +72,9 @@ def test_queries_return_k_results_best_first(embedder: DocumentEmbedder) -> None
     assert [h.rank for h in hits] == [1, 2, 3, 4]
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
     assert hits[0].id == 13 and hits[0].score == pytest.approx(1.0, abs=1e-5)  # itself, first
+    assert hits[0].key == "neg/13"  # named by label folder and id, as the archive names it
     table = format_hits(hits)
-    assert "review id" in table and "neg" in table
+    assert "review key" in table and table.splitlines()[2].split()[2:4] == ["neg/13", "neg"]
 
 
 def test_bad_queries_are_clear_errors(embedder: DocumentEmbedder) -> None:

@@ -11,11 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_cli
+from helpers import REPO, fails, run_cli
 
 pytest.importorskip("litserve", reason="the server needs the serve extra: pip install -e '.[serve]'")
 
-from imdb_transformer.serve import MAX_NEW_TOKENS, MAX_TEXTS  # noqa: E402
+from imdb_transformer.errors import InputError  # noqa: E402
+from imdb_transformer.serve import MAX_NEW_TOKENS, MAX_TEXTS, ServeConfig, allowed_host_names, free_port, run  # noqa: E402
 from imdb_transformer.serve import ServerProcess as Server
 
 
@@ -57,7 +58,7 @@ def test_each_endpoint_answers(server: Server) -> None:
     assert set(info["model"]["endpoints"]) == {"/search", "/sentiment", "/embed", "/generate"}
     status, found = server.call("POST", "/search", {"query": "a good film", "k": 3})
     assert status == 200 and len(found["hits"]) == 3
-    assert set(found["hits"][0]) == {"rank", "score", "id", "label", "snippet"}
+    assert {"rank", "score", "id", "label", "snippet"} <= set(found["hits"][0])
     status, found = server.call("POST", "/search", {"query": "a good film", "k": 2, "mode": "lexical"})
     assert status == 200 and [h["rank"] for h in found["hits"]] == [1, 2]
     status, sentiment = server.call("POST", "/sentiment", {"texts": ["great fun", "awful and dull"]})
@@ -130,27 +131,153 @@ def test_fifty_requests_from_eight_threads_are_answered_as_one_at_a_time(server:
     assert [[h["id"] for h in s["hits"]] for s in single] == [[h["id"] for h in b["hits"]] for b in batched]
 
 
+@pytest.fixture(scope="module")
+def only(served_models: dict[str, Path], tmp_path_factory) -> Server:
+    """A second server: the classifier alone, unbatched, answering two more host names and showing the
+    models' paths in /info."""
+    log = tmp_path_factory.mktemp("only") / "server.log"
+    running = Server(
+        ["--classifier", str(served_models["classifier"]), "--max_batch_size", "1",
+         "--allowed_hosts", "my.example,10.1.2.3", "--info_paths", "true"],
+        log,
+    )  # fmt: skip
+    yield running
+    running.stop()
+
+
 def test_endpoints_without_their_model_answer_404_and_unbatched_serving_agrees(
-    server: Server, served_models: dict[str, Path], tmp_path: Path
+    server: Server, only: Server
 ) -> None:
-    only = Server(
-        ["--classifier", str(served_models["classifier"]), "--max_batch_size", "1"], tmp_path / "log"
+    texts = {"texts": ["great fun", "awful and dull"]}
+    unbatched = only.call("POST", "/sentiment", texts)[1]["results"]  # one request at a time
+    batched = server.call("POST", "/sentiment", texts)[1]["results"]
+    assert [r["label"] for r in unbatched] == [r["label"] for r in batched]
+    assert [r["probability"] for r in unbatched] == pytest.approx(
+        [r["probability"] for r in batched], abs=1e-5
     )
-    try:
-        texts = {"texts": ["great fun", "awful and dull"]}
-        unbatched = only.call("POST", "/sentiment", texts)[1]["results"]  # one request at a time
-        batched = server.call("POST", "/sentiment", texts)[1]["results"]
-        assert [r["label"] for r in unbatched] == [r["label"] for r in batched]
-        assert [r["probability"] for r in unbatched] == pytest.approx(
-            [r["probability"] for r in batched], abs=1e-5
+    status, answer = only.call("POST", "/search", {"query": "film"})
+    assert status == 404 and "--index DIR" in answer["error"]
+    status, answer = only.call("POST", "/generate", {"prompt": "The"})
+    assert status == 404 and "--backbone PATH" in answer["error"]
+    assert only.call("POST", "/sentiment", {"texts": ["good"]})[0] == 200
+
+
+def _log(server: Server) -> str:
+    return Path(server.log.name).read_text()
+
+
+# values JSON cannot carry back in an answer (NaN, infinities, lone surrogates) or that the parser cannot
+# read: per endpoint, a body with a numeric or text field to put them in
+FIELDS = {
+    "/search": b'{"query": "film", "k": %s}',
+    "/generate": b'{"prompt": "The", "max_new_tokens": 2, "temperature": %s}',
+    "/sentiment": b'{"texts": ["fine", %s]}',
+    "/embed": b'{"texts": [%s]}',
+}
+DEEP = 100_000  # far past the JSON reader's recursion limit, within the 1 MB body limit
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"NaN", b"Infinity", b"-Infinity", b"1e400", b'"\\ud800"', b'"a\\udfffb"', b'"\xff\xfe"',
+     b"[" * 500 + b"]" * 500, b"[" * DEEP + b"]" * DEEP],
+    ids=["NaN", "Infinity", "-Infinity", "1e400", "lone-surrogate", "lone-low-surrogate", "invalid-utf8",
+         "nested-500", f"nested-{DEEP}"],
+)  # fmt: skip
+def test_unserialisable_or_malformed_bodies_get_a_short_4xx_and_no_traceback(
+    server: Server, value: bytes
+) -> None:
+    for path, body in FIELDS.items():
+        status, answer = server.call("POST", path, raw=body % value)
+        assert 400 <= status < 500, (path, status, answer)
+        assert isinstance(answer, dict) and "detail" in answer, (path, answer)
+        assert len(json.dumps(answer)) < 600, (path, answer)  # a reason, not the input echoed back
+    assert "Traceback" not in _log(server)
+    assert server.call("POST", "/search", {"query": "film", "k": 1})[0] == 200
+
+
+def test_other_malformed_bodies_get_a_short_4xx(server: Server) -> None:
+    cases = [b"[1, 2]", b'"text"', b"null", b"{" * 1000, b'{"query": "film", "k": 3, ', b'{"\\ud800": 1}',
+             b"\xff" * 1000, b""]  # fmt: skip
+    for path in FIELDS:
+        for raw in cases:
+            status, answer = server.call("POST", path, raw=raw)
+            assert 400 <= status < 500 and len(json.dumps(answer)) < 600, (path, raw[:20], status, answer)
+    status, answer = server.call("POST", "/search", raw=b'{"query": "film", "k": ')
+    assert status == 422 and answer["detail"][0]["msg"].startswith("JSON decode error: Expecting value")
+    status, answer = server.call("POST", "/generate", raw=b'{"prompt": "The", "top_p": NaN}')
+    assert answer["detail"] == [
+        {"type": "finite_number", "loc": ["body", "top_p"], "msg": "Input should be a finite number"}
+    ]
+    assert "Traceback" not in _log(server)
+
+
+def test_tiny_temperatures_and_nuclei_generate_like_greedy(server: Server) -> None:
+    greedy = server.call(
+        "POST", "/generate", {"prompt": "The film", "strategy": "greedy", "max_new_tokens": 6}
+    )
+    assert greedy[0] == 200
+    for options in ({"strategy": "sample", "temperature": 1e-300}, {"strategy": "top_p", "top_p": 1e-300},
+                    {"strategy": "top_k", "temperature": 5e-324, "top_k": 10_000}):  # fmt: skip
+        status, answer = server.call(
+            "POST", "/generate", {"prompt": "The film", "max_new_tokens": 6, **options}
         )
-        status, answer = only.call("POST", "/search", {"query": "film"})
-        assert status == 404 and "--index DIR" in answer["error"]
-        status, answer = only.call("POST", "/generate", {"prompt": "The"})
-        assert status == 404 and "--backbone PATH" in answer["error"]
-        assert only.call("POST", "/sentiment", {"texts": ["good"]})[0] == 200
-    finally:
-        only.stop()
+        assert status == 200 and answer["text"] == greedy[1]["text"], (options, answer)
+    status, answer = server.call(
+        "POST", "/generate", {"prompt": "The film", "strategy": "sample", "temperature": 10, "seed": 3}
+    )
+    assert status == 200 and isinstance(answer["text"], str)
+    assert "Traceback" not in _log(server)
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("evil.example", 400), ("evil.example:{port}", 400), ("127.0.0.1.evil.example:{port}", 400),
+     ("localhost.evil.example", 400), ("my.example", 400), ("localhost", 200), ("LOCALHOST:{port}", 200),
+     ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200), ("localhost.:{port}", 200)],
+)  # fmt: skip
+def test_the_host_header_must_name_this_machine(server: Server, host: str, status: int) -> None:
+    """A page served from another name (DNS rebinding to 127.0.0.1) sends that name as Host."""
+    headers = {"Host": host.format(port=server.port)}
+    for method, path, body in (("GET", "/health", None), ("GET", "/", None), ("GET", "/info", None),
+                               ("POST", "/search", {"query": "film", "k": 1})):  # fmt: skip
+        answer = server.call(method, path, body, headers=headers)
+        assert answer[0] == status, (path, answer)
+        if status == 400:
+            assert "--allowed_hosts" in answer[1]["error"]
+
+
+def test_allowed_hosts_adds_names_and_info_paths_shows_the_paths(
+    only: Server, server: Server, served_models: dict[str, Path]
+) -> None:
+    for host, status in (
+        ("my.example", 200),
+        ("MY.EXAMPLE:80", 200),
+        ("10.1.2.3", 200),
+        ("other.example", 400),
+    ):
+        assert only.call("GET", "/health", headers={"Host": host})[0] == status, host
+    assert server.call("GET", "/health", headers={"Host": "my.example"})[0] == 400  # not given there
+    info = only.call("GET", "/info")[1]["model"]
+    assert info["classifier"][0]["path"] == str(served_models["classifier"])
+
+
+def test_info_shows_fingerprints_and_sizes_but_no_paths(
+    server: Server, served_models: dict[str, Path]
+) -> None:
+    status, info = server.call("GET", "/info")
+    model = info["model"]
+    assert status == 200 and model["backbone"]["fingerprint"] and model["backbone"]["bytes"] > 0
+    assert model["index"]["bytes"] > 0 and model["classifier"][0]["bytes"] > 0
+    assert len(model["classifier"][0]["sha256"]) == 16
+    text = json.dumps(info)
+    assert '"path"' not in text and str(served_models["classifier"].parents[3]) not in text
+
+
+def test_the_generated_api_docs_are_off(server: Server) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        assert server.call("GET", path)[0] == 404, path
+    assert server.call("GET", "/")[0] == 200
 
 
 def test_the_server_listens_on_localhost_only_by_default(server: Server) -> None:
@@ -242,10 +369,53 @@ def test_the_page_reports_bad_input_and_generates(page) -> None:
 
 
 def test_a_wrong_path_stops_serve_with_one_line(tmp_path: Path) -> None:
-    from helpers import fails
-
-    err = fails("serve", "--index", str(tmp_path / "nowhere"), "--port", "1")
+    err = fails("serve", "--index", str(tmp_path / "nowhere"), "--port", str(free_port()))
     assert (
         err.strip().splitlines()[-1].startswith("error:") and "build one with `imdb-transformer embed`" in err
     )
-    assert "nothing to serve" in fails("serve", "--port", "1")
+    assert "nothing to serve" in fails("serve", "--port", str(free_port()))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"port": 0}, "--port must be an integer in 1024..65535"),
+     ({"port": 80}, "--port must be an integer in 1024..65535"),
+     ({"port": 65536}, "--port must be an integer in 1024..65535"),
+     ({"host": "nowhere.invalid"}, "--host must be 127.0.0.1 or localhost"),
+     ({"host": "192.0.2.7"}, "--host must be 127.0.0.1 or localhost"),
+     ({"max_batch_size": 0}, "--max_batch_size must be in 1..1024"),
+     ({"max_batch_size": -3}, "--max_batch_size must be in 1..1024"),
+     ({"batch_timeout": -0.5}, r"--batch_timeout must be a number of seconds in \[0, 10\]"),
+     ({"batch_timeout": float("nan")}, r"--batch_timeout must be a number of seconds in \[0, 10\]"),
+     ({"batch_timeout": float("inf")}, r"--batch_timeout must be a number of seconds in \[0, 10\]"),
+     ({"allowed_hosts": "a.example,b c"}, "--allowed_hosts: 'b c' is not a host name")],
+)  # fmt: skip
+def test_out_of_range_serve_options_are_refused_naming_the_range(options: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        ServeConfig(backbone="unused", **options)
+
+
+def test_serve_refuses_bad_options_and_a_busy_port_in_one_line_before_loading_anything(
+    server: Server,
+) -> None:
+    refused = [
+        (["--port", "0"], "--port must be an integer in 1024..65535 (got 0)"),
+        (["--batch_timeout", ".nan"], "--batch_timeout must be a number of seconds"),
+    ]
+    for options, message in refused:
+        err = fails("serve", "--backbone", "/nowhere", *options)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: " + message), err
+    with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1 port {server.port}"):
+        run(ServeConfig(backbone="/nowhere", port=server.port))  # in use by the test server: refused first
+
+
+def test_the_host_names_answered(tmp_path: Path) -> None:
+    assert allowed_host_names("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_host_names("0.0.0.0", ("Box.Example.", "[fe80::1]")) == {
+        "localhost", "127.0.0.1", "::1", "box.example", "fe80::1"
+    }  # fmt: skip
+    assert allowed_host_names("::", ("*",)) is None  # no check
+    assert ServeConfig(backbone="unused", allowed_hosts="a.example, 10.0.0.2").allowed_hosts == (
+        "a.example", "10.0.0.2"
+    )  # fmt: skip

@@ -8,6 +8,7 @@ docstrings, so ``--help`` is the reference and every verb takes ``--config`` and
 
 from __future__ import annotations
 
+import argparse
 import errno
 import inspect
 import os
@@ -355,7 +356,7 @@ def verb_parser(name: str) -> ArgumentParser:
     """The parser of ``imdb-transformer NAME``, built from the signature and docstring of its function."""
     function = VERBS[name]
     about = inspect.getdoc(function).split("Args:")[0].strip()  # the docstring before its arguments
-    parser = ArgumentParser(prog=f"imdb-transformer {name}", description=about)
+    parser = ArgumentParser(prog=f"imdb-transformer {name}", description=about, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
     parser.add_function_arguments(function, as_positional=True)
     return parser
@@ -371,7 +372,10 @@ def run_verb(name: str, argv: list[str]) -> None:
         at = set(_positionals(argv))
         argv = [a for i, a in enumerate(argv) if i not in at] + [f"--texts+={argv[i]}" for i in sorted(at)]
 
-    options = verb_parser(name).parse_args(argv).as_dict()
+    try:
+        options = verb_parser(name).parse_args(argv).as_dict()
+    except argparse.ArgumentError as err:  # one line naming the option and its type, not the usage
+        raise InputError(f"{' '.join(str(err).split())} (see imdb-transformer {name} --help)") from None
     options.pop("config", None)
     function = VERBS[name]
     positional = [

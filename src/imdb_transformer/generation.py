@@ -18,6 +18,7 @@ bytes per token, which pays even on CPUs that emulate bf16 arithmetic (see the R
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Literal
@@ -33,6 +34,9 @@ from imdb_transformer.models.decoder import CausalDecoder, KVCache
 Strategy = Literal["greedy", "sample", "top_k", "top_p"]
 STRATEGIES: tuple[str, ...] = ("greedy", "sample", "top_k", "top_p")
 DType = Literal["float32", "bfloat16"]
+# The repetition penalty divides or multiplies float32 logits: far outside these bounds it overflows them
+# to infinity (and 0 * inf is NaN); at them, a seen token's logit is already scaled a thousandfold.
+MIN_PENALTY, MAX_PENALTY = 1e-3, 1e3
 
 
 def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecoder:
@@ -59,19 +63,23 @@ def check_options(
     repetition_penalty: float,
     max_new_tokens: int,
 ) -> None:
-    """Raise ``ValueError`` naming the bad option and its valid range."""
+    """Raise ``ValueError`` naming the bad option and its valid range (NaN and infinities are refused)."""
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if not temperature > 0:
+    if not (temperature > 0 and math.isfinite(temperature)):
         raise InputError(
-            f"temperature must be > 0 (got {temperature}); for deterministic output use the greedy strategy"
+            f"temperature must be a finite number > 0 (got {temperature}); for deterministic output use the "
+            "greedy strategy"
         )
     if top_k < 1:
         raise InputError(f"top_k must be >= 1 (got {top_k}); 1 is greedy, larger values sample more widely")
     if not 0 < top_p <= 1:
         raise InputError(f"top_p must be in (0, 1] (got {top_p}); 0.9 keeps the likeliest 90% of the mass")
-    if not repetition_penalty > 0:
-        raise InputError(f"repetition_penalty must be > 0 (got {repetition_penalty}); 1.0 turns it off")
+    if not MIN_PENALTY <= repetition_penalty <= MAX_PENALTY:
+        raise InputError(
+            f"repetition_penalty must be in [{MIN_PENALTY:g}, {MAX_PENALTY:g}] (got {repetition_penalty}); "
+            "1.0 turns it off, above 1 discourages repeats"
+        )
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
 
@@ -98,7 +106,8 @@ def next_token(
         logits = torch.where(seen, penalised, logits)
     if strategy == "greedy":
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = _tempered(logits, temperature)
     if strategy == "top_k":
         kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -107,9 +116,22 @@ def next_token(
         probs = sorted_logits.softmax(dim=-1)
         # drop a token when the tokens before it already hold top_p (the first always stays)
         outside = probs.cumsum(dim=-1) - probs >= top_p
+        outside[:, 0] = False  # a top_p below float32's smallest number would otherwise drop it too
         sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def _tempered(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature`` up to a constant per row, without NaN for any temperature > 0.
+
+    The division runs in float64 on logits shifted so that each row's largest is 0: that one stays 0
+    and every other becomes a negative number or -inf. A temperature so small that it is 0 in
+    float32 (1e-300) thus leaves only the likeliest tokens, the limit of sampling as the temperature
+    goes to 0, instead of the NaN of 0 / 0; a huge one flattens the row towards uniform.
+    """
+    shifted = (logits - logits.amax(dim=-1, keepdim=True)).double()
+    return (shifted / temperature).to(logits.dtype)
 
 
 @torch.inference_mode()

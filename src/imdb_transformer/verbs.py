@@ -8,10 +8,12 @@ and ``--print_config``. They can be called from Python just the same.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Literal
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 
 from imdb_transformer.data.imdb import DEFAULT_SOURCE
 from imdb_transformer.errors import InputError
@@ -23,7 +25,33 @@ Split = Literal["train", "test", "unsupervised"]
 
 
 def _device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` checked (cpu, cuda or cuda:N, the last two only where CUDA is available), or by
+    default cuda when it is available, else cpu."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    gpu = re.fullmatch(r"cuda(?::([0-9]+))?", device)
+    if gpu is None:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N (N: a GPU's number)")
+    if not torch.cuda.is_available():
+        raise InputError(
+            f"--device {device}: CUDA is not available here (no NVIDIA GPU visible, or a PyTorch built "
+            "without CUDA); use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if gpu.group(1) is not None and int(gpu.group(1)) >= count:
+        raise InputError(
+            f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
+    return device
+
+
+def _check_positive(**values: int | None) -> None:
+    """Refuse counts below 1 given from Python (the console script's option types refuse them first)."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"--{name} {value!r}: give a positive whole number")
 
 
 def embed(
@@ -34,10 +62,10 @@ def embed(
     source: str = DEFAULT_SOURCE,
     split: Split = "test",
     pooling: Pooling = "mean",
-    batch_size: int = 64,
-    max_reviews: int | None = None,
+    batch_size: PositiveInt = 64,
+    max_reviews: PositiveInt | None = None,
     lexical: bool = True,
-    alpha: float = 0.5,
+    alpha: ClosedUnitInterval = 0.5,
     device: str | None = None,
 ) -> None:
     """Embed the reviews of an IMDB split and save them as a search index.
@@ -47,7 +75,8 @@ def embed(
 
     Args:
         backbone: A pretraining run's backbone/ folder or one of its checkpoints.
-        out: The index folder to write (replaced atomically if it exists).
+        out: The index folder to write: a new or empty folder, or an index to replace (atomically).
+            Any other existing folder or file is refused, never overwritten.
         adapter: A trained embedding adapter (the adapter/ folder of a `fit --config configs/embed.yaml`
             run): vectors that say what a review is about. Without it, pooled backbone states.
         source: A dataset id for datasets.load_dataset, or a local folder of {split}.parquet files.
@@ -61,20 +90,26 @@ def embed(
             training reviews by benchmarks/retrieval.py.
         device: cpu or cuda (default: cuda when available).
     """
-    from imdb_transformer.data.imdb import load_reviews
+    from imdb_transformer.data.imdb import is_local, load_reviews
     from imdb_transformer.models.adapter import load_adapter
     from imdb_transformer.models.backbone import load_backbone
     from imdb_transformer.models.embedder import DocumentEmbedder
-    from imdb_transformer.search import SemanticIndex
+    from imdb_transformer.search import SemanticIndex, check_alpha, check_out_folder
 
-    loaded = load_backbone(backbone)  # the artifacts first: a wrong one fails before any data loads
+    # every check that needs no model or data first: a mistake fails in a moment, and nothing is written
+    _check_positive(batch_size=batch_size, max_reviews=max_reviews)
+    check_alpha(alpha)
+    device = _device(device)
+    keep = {"source": source if is_local(source) else None, "backbone": backbone, "adapter": adapter}
+    check_out_folder(out, keep)
+    loaded = load_backbone(backbone)  # the artifacts next: a wrong one fails before any data loads
     head = load_adapter(adapter, loaded) if adapter is not None else None
     reviews = load_reviews(source, split, max_reviews)
-    embedder = DocumentEmbedder(loaded, pooling=pooling, head=head).to(_device(device))
+    embedder = DocumentEmbedder(loaded, pooling=pooling, head=head).to(device)
     start = time.perf_counter()
     index = SemanticIndex.build(
         embedder, reviews.texts, reviews.ids, reviews.labels, batch_size, backbone, adapter,
-        lexical=lexical, alpha=alpha,
+        lexical=lexical, alpha=alpha, keys=reviews.keys,
     )  # fmt: skip
     index.embedder.cpu()
     rate = len(index) / (time.perf_counter() - start)
@@ -86,16 +121,16 @@ def search(
     /,
     *,
     index: str,
-    k: int = 5,
+    k: PositiveInt = 5,
     mode: Mode | None = None,
-    like: int | None = None,
+    like: str | None = None,
     backbone: str | None = None,
     adapter: str | None = None,
 ) -> None:
     """Print the k reviews of an index that best match a query, as a table.
 
     Examples: imdb-transformer search --index index/test "classic horror movie" -k 5;
-    imdb-transformer search --index index/test --like 2221 (more like review 2221).
+    imdb-transformer search --index index/test --like test/pos/2221 (more like that review).
 
     Args:
         query: The text to search for (leave it out with --like).
@@ -103,7 +138,9 @@ def search(
         k: How many results.
         mode: hybrid (BM25 and dense vectors fused; the default when the index has both), dense
             (vectors only) or lexical (BM25 only: exact words, names).
-        like: Rank the index against one of its own reviews, by review id, instead of a query.
+        like: Rank the index against one of its own reviews instead of a query: its key, as the
+            results' "review key" column shows it (test/pos/2221), or a review id that only one
+            review of the index has.
         backbone: The backbone that built the index, if it has moved since (default: the one the
             index records, relative to the index folder).
         adapter: Likewise for the index's adapter.
@@ -111,7 +148,8 @@ def search(
     from imdb_transformer.search import SemanticIndex, format_hits
 
     if bool(query) == (like is not None):
-        raise InputError("give either a query or --like REVIEW_ID (not both)")
+        raise InputError("give either a query or --like REVIEW_KEY (not both)")
+    _check_positive(k=k)
     loaded = SemanticIndex.load(index, backbone=backbone, adapter=adapter)
     hits = loaded.like(like, k, mode) if like is not None else loaded.query(query, k, mode)
     print(format_hits(hits))
@@ -154,13 +192,14 @@ def generate(
     from imdb_transformer.generation import generate_text, in_dtype
     from imdb_transformer.models.backbone import load_backbone
 
+    device = _device(device)  # before the model loads: a machine without CUDA says so at once
     loaded = load_backbone(checkpoint)
     if loaded.decoder.config.reverse:
         raise InputError(
             f"{checkpoint} is a backward LM (trained with --data.reverse true): it writes text last word "
             "first; generate with a forward backbone"
         )
-    loaded.decoder = in_dtype(loaded.decoder.to(_device(device)), dtype)
+    loaded.decoder = in_dtype(loaded.decoder.to(device), dtype)
     continuations = generate_text(
         loaded,
         prompt,
@@ -184,8 +223,8 @@ def classify(
     column: str = "text",
     split: Literal["test"] | None = None,
     source: str = DEFAULT_SOURCE,
-    max_reviews: int | None = None,
-    batch_size: int = 64,
+    max_reviews: PositiveInt | None = None,
+    batch_size: PositiveInt = 64,
     device: str | None = None,
 ) -> None:
     """Label texts positive or negative with a trained classifier, or an ensemble of several.
@@ -218,6 +257,8 @@ def classify(
             "give the texts to classify one way: as arguments, with --file PATH, or --split test "
             f"(got {' and '.join(given) if given else 'none'})"
         )
+    _check_positive(max_reviews=max_reviews, batch_size=batch_size)
+    device = _device(device)
     inputs = texts or []
     if file is not None:
         inputs = read_texts(file, column)
@@ -225,7 +266,7 @@ def classify(
     if split is not None:
         reviews = load_reviews(source, split, max_reviews)
         inputs, labels = reviews.texts, torch.tensor(reviews.labels)
-    ensemble = SentimentEnsemble(checkpoint, _device(device))
+    ensemble = SentimentEnsemble(checkpoint, device)
     members = ensemble.member_probabilities(inputs, batch_size, progress=len(inputs) > batch_size)
     mean = members.mean(0)
     if labels is not None:
@@ -253,6 +294,8 @@ def serve(
     port: int = 8000,
     max_batch_size: int = 16,
     batch_timeout: float = 0.01,
+    allowed_hosts: list[str] | str | None = None,
+    info_paths: bool = False,
 ) -> None:
     """Serve the models over HTTP (LitServe) with a web page at /: search, sentiment, embed, generate.
 
@@ -262,23 +305,34 @@ def serve(
     models are given are served; the others answer 404 saying what to pass. Requests that arrive
     within --batch_timeout seconds share one forward pass (up to --max_batch_size).
 
+    The server answers only requests addressed to it by name: the Host header must be localhost,
+    127.0.0.1, [::1], the --host it listens on, or a name of --allowed_hosts (else 400), so that a
+    web page cannot reach it through DNS rebinding. Listening on every interface (--host 0.0.0.0),
+    give the names clients use: --allowed_hosts myhost.example,192.168.1.20. SIGTERM or Ctrl-C
+    stops the server and all its worker processes; if a worker dies, the server stops with one
+    error line naming its endpoint.
+
     Args:
         backbone: A pretraining run's backbone/ folder: /generate and /embed (and the index's
             backbone if it moved).
         adapter: An embedding adapter for /embed (default: the index's own, if any).
         index: An index folder written by `imdb-transformer embed`: /search (and /embed).
         classifier: A classifier checkpoint for /sentiment; repeat for an ensemble.
-        host: The address to listen on; 127.0.0.1 (this machine only) unless you mean to expose it.
-        port: The TCP port.
-        max_batch_size: Most requests batched into one forward pass (1: no batching).
-        batch_timeout: Seconds a request may wait for others to join its batch.
+        host: The address to listen on: 127.0.0.1 or localhost (this machine only), or 0.0.0.0 or ::
+            (every interface: only if you mean to expose it, with --allowed_hosts).
+        port: The TCP port, 1024..65535.
+        max_batch_size: Most requests batched into one forward pass, 1..1024 (1: no batching).
+        batch_timeout: Seconds a request may wait for others to join its batch, 0..10.
+        allowed_hosts: Further names the Host header may give, comma-separated or a list (the host
+            name or address clients reach the server by); * accepts any (no DNS rebinding check).
+        info_paths: Show the models' file paths in GET /info (by default only fingerprints and
+            sizes: the paths tell any client about this machine's folders).
     """
-    from imdb_transformer.serve import ServeConfig, build_server, served
+    from imdb_transformer.serve import ServeConfig, run
 
-    config = ServeConfig(backbone, adapter, index, classifier or [], max_batch_size, batch_timeout)
-    server = build_server(config)
-    print(
-        f"Serving on http://{host}:{port}/ (page), API: {', '.join(served(config))}",
-        flush=True,
-    )
-    server.run(host=host, port=port, generate_client_file=False, num_api_servers=1)
+    config = ServeConfig(
+        backbone=backbone, adapter=adapter, index=index, classifier=classifier or [],
+        max_batch_size=max_batch_size, batch_timeout=batch_timeout, host=host, port=port,
+        allowed_hosts=allowed_hosts or (), info_paths=info_paths,
+    )  # fmt: skip
+    run(config)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from imdb_transformer.errors import InputError
 
@@ -70,13 +71,24 @@ def review_texts(ds: datasets.Dataset, where: str) -> tuple[list[str], list[int]
     return texts, rows
 
 
+LABEL_FOLDERS = {0: "neg", 1: "pos", -1: "unsup"}  # the label folders of the original aclImdb archive
+
+
+def review_key(split: str, label: int, review_id: int) -> str:
+    """A review's unique name, as the original archive's file names give it: ``test/pos/2221`` (the id
+    alone repeats: it is a file number within one label's folder)."""
+    return f"{split}/{LABEL_FOLDERS[label]}/{review_id}"
+
+
 @dataclass
 class Reviews:
-    """The usable reviews of a split: cleaned texts with their review ids and labels (-1: unlabelled)."""
+    """The usable reviews of a split: cleaned texts with their review ids, labels (-1: unlabelled) and
+    unique keys (see :func:`review_key`)."""
 
     texts: list[str]
     ids: list[int]
     labels: list[int]
+    keys: list[str]
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -85,25 +97,45 @@ class Reviews:
 def load_reviews(source: str, split: str, max_reviews: int | None = None, seed: int = 1234) -> Reviews:
     """Load a split's reviews as :class:`Reviews`, skipping unusable texts (see :func:`review_texts`).
 
-    Labels of ``train`` and ``test`` must be 0 or 1. ``max_reviews`` keeps a sample of that many,
-    drawn by ``seed``, in the split's order. Ids are the dataset's ``id`` column, else row numbers.
+    Labels of ``train`` and ``test`` must be 0 or 1 (``unsupervised``: -1, or 0 or 1). ``max_reviews``
+    keeps a sample of that many, drawn by ``seed``, in the split's order. Ids are the dataset's ``id``
+    column, else row numbers; two rows that would get the same key are refused.
     """
+    if max_reviews is not None and (isinstance(max_reviews, bool) or max_reviews < 1):
+        raise InputError(f"max_reviews={max_reviews!r}: give a positive number of reviews, or None for all")
     ds = load_split(source, split)
     where = f"{source}:{split}"
     all_labels = ds["label"]
-    if split != "unsupervised":
-        bad = sorted({lab for lab in all_labels if lab not in (0, 1)})
-        if bad:
-            raise IMDBSourceError(f"{where} has labels {bad} outside {{0, 1}}; fix or drop those rows")
-    texts, rows = review_texts(ds, where)
+    allowed = (0, 1) if split != "unsupervised" else (-1, 0, 1)
+    bad = sorted({lab for lab in all_labels if lab not in allowed})
+    if bad:
+        raise IMDBSourceError(
+            f"{where} has labels {bad} outside {{{', '.join(map(str, allowed))}}}; fix or drop those rows"
+        )
     all_ids = ds["id"] if "id" in ds.column_names else range(len(ds))
+    _check_unique_keys(split, all_ids, all_labels, where)
+    texts, rows = review_texts(ds, where)
     keep = list(range(len(texts)))
     if max_reviews is not None:
         random.Random(seed).shuffle(keep)
         keep = sorted(keep[:max_reviews])
-    return Reviews(
-        [texts[i] for i in keep], [int(all_ids[rows[i]]) for i in keep], [all_labels[rows[i]] for i in keep]
-    )
+    ids = [int(all_ids[rows[i]]) for i in keep]
+    labels = [all_labels[rows[i]] for i in keep]
+    keys = [review_key(split, lab, i) for lab, i in zip(labels, ids, strict=True)]
+    return Reviews([texts[i] for i in keep], ids, labels, keys)
+
+
+def _check_unique_keys(split: str, ids, labels: list[int], where: str) -> None:
+    """Refuse a split where two rows share a label and an id: their keys would name both."""
+    seen: set[tuple[int, int]] = set()
+    for review_id, label in zip(ids, labels, strict=True):
+        if (label, review_id) in seen:
+            raise IMDBSourceError(
+                f"{where} has two reviews with id {review_id} and label {label}: both would be "
+                f"{review_key(split, label, review_id)!r}, so neither could be named; give each review of "
+                "a label its own id"
+            )
+        seen.add((label, review_id))
 
 
 def is_local(source: str) -> bool:
@@ -130,7 +162,7 @@ def load_split(source: str, split: str) -> datasets.Dataset:
                 f"IMDB split {split!r} is missing: {str(path)!r} not found (the folder has {found}); "
                 f"expected {_EXPECTED}."
             )
-        ds = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+        ds = _read_parquet(path, split)
     else:
         try:
             ds = datasets.load_dataset(source, split=split)
@@ -139,8 +171,31 @@ def load_split(source: str, split: str) -> datasets.Dataset:
                 f"could not load split {split!r} of dataset {source!r} with datasets.load_dataset ({err}). "
                 f"Without internet access, pass --data.source {_EXPECTED}."
             ) from err
+    if len(ds) == 0:
+        raise IMDBSourceError(f"{source}:{split} holds no reviews; expected {_EXPECTED}.")
     _check_columns(ds, f"{source}:{split}")
     return ds
+
+
+def _read_parquet(path: Path, split: str) -> datasets.Dataset:
+    """The split at ``path``, its file checked with pyarrow first: a file that is not parquet, or has
+    no rows, is an error naming it, before ``datasets`` logs and raises its own."""
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as err:  # pyarrow's ArrowInvalid, OSError: the file is not readable as parquet
+        raise IMDBSourceError(
+            f"{path} cannot be read as parquet ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"replace it with the split's parquet file: expected {_EXPECTED}."
+        ) from err
+    if rows == 0:
+        raise IMDBSourceError(f"{path} holds no reviews; expected {_EXPECTED}.")
+    try:
+        return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+    except Exception as err:  # a file whose footer reads but whose data does not
+        raise IMDBSourceError(
+            f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"replace it with the split's parquet file: expected {_EXPECTED}."
+        ) from err
 
 
 def _check_columns(ds: datasets.Dataset, where: str) -> None:
@@ -151,10 +206,25 @@ def _check_columns(ds: datasets.Dataset, where: str) -> None:
         raise IMDBSourceError(
             f"{where} needs a string column 'text'; it has columns {dict(features)}. Expected {_EXPECTED}."
         )
-    is_int = isinstance(label, datasets.ClassLabel) or (
-        isinstance(label, datasets.Value) and label.dtype.startswith(("int", "uint"))
-    )
-    if not is_int:
+    if not _is_int(label):
         raise IMDBSourceError(
             f"{where} needs an integer column 'label'; it has columns {dict(features)}. Expected {_EXPECTED}."
         )
+    if "id" in features and not _is_int(features["id"]):
+        raise IMDBSourceError(
+            f"{where} has a column 'id' of {features['id']}; review ids must be integers (the file numbers "
+            "of the original archive), or leave the column out to number the reviews by row"
+        )
+    table = ds.with_format("arrow")
+    for name in ("label", "id"):
+        if name in features and table[name].null_count:
+            raise IMDBSourceError(
+                f"{where} has {table[name].null_count} rows without a {name!r}; fill them in or drop "
+                "those rows"
+            )
+
+
+def _is_int(feature: object) -> bool:
+    return isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    )

@@ -17,14 +17,25 @@ def read_texts(path: str | os.PathLike, column: str = "text") -> list[str]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".parquet"):
+            import pyarrow
             import pyarrow.csv
             import pyarrow.parquet
 
-            table = pyarrow.csv.read_csv(path) if suffix == ".csv" else pyarrow.parquet.read_table(path)
+            if suffix == ".csv":  # every value of the column is text, even one that looks like a number
+                convert = pyarrow.csv.ConvertOptions(column_types={column: pyarrow.string()})
+                table = pyarrow.csv.read_csv(path, convert_options=convert)
+            else:
+                table = pyarrow.parquet.read_table(path)
             if column not in table.column_names:
                 raise InputError(
                     f"{path} has no column {column!r} (it has {', '.join(table.column_names)}); "
                     "name the one holding the texts with --column"
+                )
+            kind = table.schema.field(column).type
+            if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)):
+                raise InputError(
+                    f"{path}: column {column!r} holds {kind}, not text; name the column holding the texts "
+                    "with --column"
                 )
             texts = [str(t) if t is not None else "" for t in table.column(column).to_pylist()]
             where = f"row {{}} of column {column!r}"

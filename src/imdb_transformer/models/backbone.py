@@ -106,11 +106,7 @@ def spec_from_checkpoint(checkpoint: dict, where: str | os.PathLike) -> Backbone
     """The backbone shape and tokenizer recorded in a loaded checkpoint, every field checked."""
     saved = checkpoint.get(CHECKPOINT_KEY)
     if saved is None:
-        raise BackboneError(
-            f"{where} has backbone weights but no backbone record ({CHECKPOINT_KEY}): it was written by "
-            "another program or an earlier version of imdb_transformer; train or export it again with this "
-            "one"
-        )
+        raise _not_a_backbone(Path(where))
     if not isinstance(saved, dict):
         raise BackboneError(f"{where}: its backbone record is a {type(saved).__name__}, not an object")
     if saved.get("format") != FORMAT:
@@ -262,8 +258,9 @@ def _existing(path: str | os.PathLike) -> Path:
 
 def _not_a_backbone(path: Path) -> BackboneError:
     return BackboneError(
-        f"{path} is not a checkpoint of a pretrained CausalLM (it has no backbone weights and config); "
-        "pass a checkpoint written by `imdb-transformer fit --config configs/pretrain.yaml`"
+        f"{path} is not a checkpoint of a pretrained CausalLM (it has no backbone weights and record); "
+        "pass a checkpoint written by `imdb-transformer fit --config configs/pretrain.yaml` (one of an "
+        "earlier version of imdb_transformer: train or export it again)"
     )
 
 
