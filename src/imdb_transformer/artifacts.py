@@ -270,6 +270,24 @@ def cache_key(*parts: object) -> str:
     return h.hexdigest()
 
 
+def weights_fingerprint(*states: dict) -> str:
+    """The one fingerprint of weights: a hash of every tensor's name and bytes in the ``state_dict``s
+    given, in name order. What an adapter, an index or a classifier records of the weights it was
+    built on, and checks again when loaded."""
+    h = hashlib.sha256()
+    for state in states:
+        for name, tensor in sorted(state.items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_uint8()).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _uint8():
+    import torch
+
+    return torch.uint8
+
+
 def corpus_fingerprint(texts: Iterable[str]) -> str:
     """A hash of the exact texts a tokenizer or dataset is built from."""
     h = hashlib.blake2b(digest_size=16)

@@ -29,8 +29,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from imdb_transformer import verbs
 from imdb_transformer.artifacts import read_artifact
 from imdb_transformer.callbacks import AtomicCheckpointIO, FiniteLossGuard, PrecisionAdvice, ShareTokenizer
+from imdb_transformer.core.backbone import load_checkpoint
 from imdb_transformer.errors import ImdbError, InputError
-from imdb_transformer.models.backbone import load_checkpoint
 
 
 class SaveRunFiles(SaveConfigCallback):

@@ -26,10 +26,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from imdb_transformer.data.tokenizer import EOS_ID, PAD_ID
+from imdb_transformer.core.backbone import Backbone
+from imdb_transformer.core.decoder import CausalDecoder, KVCache
 from imdb_transformer.errors import InputError
-from imdb_transformer.models.backbone import Backbone
-from imdb_transformer.models.decoder import CausalDecoder, KVCache
+from imdb_transformer.text.tokenizer import EOS_ID, PAD_ID
 
 Strategy = Literal["greedy", "sample", "top_k", "top_p"]
 STRATEGIES: tuple[str, ...] = ("greedy", "sample", "top_k", "top_p")

@@ -15,11 +15,11 @@ from typing import Literal
 import torch
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 
-from imdb_transformer.data.imdb import DEFAULT_SOURCE
+from imdb_transformer.core.pooling import Pooling
 from imdb_transformer.errors import InputError
 from imdb_transformer.generation import DType, Strategy
-from imdb_transformer.models.pooling import Pooling
 from imdb_transformer.search import Mode
+from imdb_transformer.text.imdb import DEFAULT_SOURCE
 
 Split = Literal["train", "test", "unsupervised"]
 
@@ -90,11 +90,9 @@ def embed(
             training reviews by benchmarks/retrieval.py.
         device: cpu or cuda (default: cuda when available).
     """
-    from imdb_transformer.data.imdb import is_local, load_reviews
-    from imdb_transformer.models.adapter import load_adapter
-    from imdb_transformer.models.backbone import load_backbone
-    from imdb_transformer.models.embedder import DocumentEmbedder
+    from imdb_transformer.embedder import load_embedder
     from imdb_transformer.search import SemanticIndex, check_alpha, check_out_folder
+    from imdb_transformer.text.imdb import is_local, load_reviews
 
     # every check that needs no model or data first: a mistake fails in a moment, and nothing is written
     _check_positive(batch_size=batch_size, max_reviews=max_reviews)
@@ -102,10 +100,9 @@ def embed(
     device = _device(device)
     keep = {"source": source if is_local(source) else None, "backbone": backbone, "adapter": adapter}
     check_out_folder(out, keep)
-    loaded = load_backbone(backbone)  # the artifacts next: a wrong one fails before any data loads
-    head = load_adapter(adapter, loaded) if adapter is not None else None
+    embedder = load_embedder(backbone, adapter, pooling)  # the models next: a wrong one fails before any data
     reviews = load_reviews(source, split, max_reviews)
-    embedder = DocumentEmbedder(loaded, pooling=pooling, head=head).to(device)
+    embedder = embedder.to(device)
     start = time.perf_counter()
     index = SemanticIndex.build(
         embedder, reviews.texts, reviews.ids, reviews.labels, batch_size, backbone, adapter,
@@ -189,8 +186,8 @@ def generate(
             faster even on CPUs without native bf16 (the README's decoding table); its text can
             part from float32's after a while.
     """
+    from imdb_transformer.core.backbone import load_backbone
     from imdb_transformer.generation import generate_text, in_dtype
-    from imdb_transformer.models.backbone import load_backbone
 
     device = _device(device)  # before the model loads: a machine without CUDA says so at once
     loaded = load_backbone(checkpoint)
@@ -247,9 +244,9 @@ def classify(
         batch_size: Texts per forward pass.
         device: cpu or cuda (default: cuda when available).
     """
-    from imdb_transformer.data.imdb import load_reviews
-    from imdb_transformer.data.texts import read_texts
-    from imdb_transformer.models.ensemble import SentimentEnsemble
+    from imdb_transformer.ensemble import SentimentEnsemble
+    from imdb_transformer.text.imdb import load_reviews
+    from imdb_transformer.text.texts import read_texts
 
     given = [name for name, value in (("texts", texts), ("--file", file), ("--split", split)) if value]
     if len(given) != 1:

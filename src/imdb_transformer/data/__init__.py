@@ -1,21 +1,9 @@
-"""IMDB loading, the SentencePiece tokenizer and the LightningDataModules."""
+"""The LightningDataModules: packed blocks for pretraining (:class:`LMDataModule`), labelled reviews
+(:class:`ReviewsDataModule`) and contrastive crops (:class:`ContrastiveDataModule`). Loading and
+tokenising text lives in :mod:`imdb_transformer.text`."""
 
 from imdb_transformer.data.crops import ContrastiveDataModule
-from imdb_transformer.data.imdb import IMDBSourceError, clean_text, load_split
 from imdb_transformer.data.lm import LMDataModule
 from imdb_transformer.data.reviews import ReviewsDataModule
-from imdb_transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
-__all__ = [
-    "BOS_ID",
-    "EOS_ID",
-    "PAD_ID",
-    "UNK_ID",
-    "ContrastiveDataModule",
-    "IMDBSourceError",
-    "LMDataModule",
-    "ReviewsDataModule",
-    "Tokenizer",
-    "clean_text",
-    "load_split",
-]
+__all__ = ["ContrastiveDataModule", "LMDataModule", "ReviewsDataModule"]

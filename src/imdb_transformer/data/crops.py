@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from imdb_transformer.data.imdb import DEFAULT_SOURCE
-from imdb_transformer.data.reviews import ReviewsDataModule, _Reviews, pad
-from imdb_transformer.data.tokenizer import EOS_ID
+from imdb_transformer.data.reviews import ReviewsDataModule, _Reviews
 from imdb_transformer.errors import InputError
+from imdb_transformer.text.batching import pad, reading_order
+from imdb_transformer.text.imdb import DEFAULT_SOURCE
+from imdb_transformer.text.tokenizer import EOS_ID
 
 
 def random_crop(ids: list[int], rng: random.Random, crop_min: int, crop_max: int) -> list[int]:
@@ -41,7 +42,7 @@ def collate_crops(
     a, b = [], []
     for item in items:
         rng = random.Random(int(item["idx"])) if fixed else shared
-        ids = list(item["ids"])[:: -1 if reverse else 1]
+        ids = reading_order(item["ids"], reverse)
         a.append(random_crop(ids, rng, crop_min, crop_max))
         b.append(random_crop(ids, rng, crop_min, crop_max))
     (a_ids, a_mask), (b_ids, b_mask) = pad(a), pad(b)

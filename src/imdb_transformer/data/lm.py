@@ -16,15 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
-from imdb_transformer.data.imdb import DEFAULT_SOURCE, load_split, review_texts
-from imdb_transformer.data.tokenizer import (
-    EOS_ID,
-    ModelType,
-    Tokenizer,
-    fit_or_load,
-    tokenize,
-)
 from imdb_transformer.errors import InputError
+from imdb_transformer.text.imdb import DEFAULT_SOURCE, load_split, review_texts
+from imdb_transformer.text.tokenizer import EOS_ID, ModelType, Tokenizer, fit_or_load, tokenize
 
 _CACHE_VERSION = "1"  # bump when tokenising or packing changes
 
@@ -169,7 +163,7 @@ class LMDataModule(L.LightningDataModule):
 
     def _fit_tokenizer(self) -> Tokenizer:
         train, _ = self.reviews()
-        return fit_or_load(train, self.cache_dir, self.vocab_size, self.tokenizer_type)
+        return fit_or_load(train, self.cache_dir, self.vocab_size, self.tokenizer_type, say=rank_zero_info)
 
     def _blocks_path(self, tokenizer: Tokenizer) -> Path:
         train, val = self.reviews()

@@ -9,125 +9,23 @@ with InfoNCE on in-batch negatives: two random crops of the same review are a po
 (Contriever), every other review in the batch a negative; dropout on the head's input is the noise
 that unsupervised SimCSE relies on. Only the head trains; the backbone's weights never change.
 
-An adapter is saved as a folder: ``adapter.safetensors`` and ``adapter.json`` (its settings and the
-fingerprint of the backbone it was trained on); no pickle.
+The head and its folder format live in :mod:`imdb_transformer.core.head`; this module trains it.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
-from safetensors.torch import load_model, save_model
-from torch import Tensor, nn
+from torch import Tensor
 
-from imdb_transformer.artifacts import (
-    atomic_path,
-    check_shapes,
-    read_artifact,
-    safetensors_shapes,
-    typed_record,
-)
+from imdb_transformer.core.backbone import add_to_checkpoint, require_backbone
+from imdb_transformer.core.head import AdapterPooling, EmbeddingHead, HeadConfig, save_adapter
 from imdb_transformer.errors import InputError
-from imdb_transformer.models.backbone import Backbone, add_to_checkpoint, load_checkpoint, require_backbone
+from imdb_transformer.models.export import export_best, part
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
-
-AdapterPooling = Literal["sparse", "attention", "weighted_mean", "mean"]
-ADAPTER_FORMAT = "imdb_transformer.adapter/1"
-WEIGHTS, CONFIG = "adapter.safetensors", "adapter.json"
-
-
-class AdapterError(InputError):
-    """An adapter folder that is missing, damaged, or trained on another backbone."""
-
-
-@dataclass
-class HeadConfig:
-    """The shape of an :class:`EmbeddingHead`.
-
-    Args:
-        n_states: Layer states it reads: the embedding and the first ``n_states - 1`` blocks (at most
-            the backbone's ``n_layer + 1``; fewer is faster, since the blocks above are never run).
-        n_embd: Width of the backbone.
-        dim: Width of the output vectors of the dense poolings.
-        pooling: ``sparse`` (a learned weight for each token of the review, one dimension per
-            vocabulary entry: uniCOIL / SPLADE's learned sparse vectors without expansion),
-            ``attention`` (learned weight per token over a dense projection), ``weighted_mean``
-            (weights growing with position, as SGPT pools a causal model), or ``mean``.
-        dropout: Dropout on the mixed states while training (SimCSE's noise).
-        vocab_size: The backbone's vocabulary (the width of ``sparse`` vectors).
-    """
-
-    n_states: int
-    n_embd: int
-    dim: int = 256
-    pooling: AdapterPooling = "attention"
-    dropout: float = 0.1
-    vocab_size: int = 0
-
-    @property
-    def out_dim(self) -> int:
-        """Width of the vectors the head returns."""
-        return self.vocab_size if self.pooling == "sparse" else self.dim
-
-
-class EmbeddingHead(nn.Module):
-    """Layer mix -> per-token MLP -> pooling over real tokens -> unit vector (the math, no Lightning).
-
-    ``sparse``: the MLP gives each token a weight ``softplus(.)`` from its context, and the review's
-    vector holds, for each vocabulary entry, the largest weight of its occurrences (zero for tokens the
-    review lacks). Token identity is kept by construction, so names and rare words can match; what is
-    learned is how much each occurrence counts.
-    """
-
-    def __init__(self, config: HeadConfig) -> None:
-        super().__init__()
-        if config.pooling not in ("sparse", "attention", "weighted_mean", "mean"):
-            raise InputError(
-                f"unknown pooling {config.pooling!r}; expected sparse, attention, weighted_mean or mean"
-            )
-        if config.pooling == "sparse" and config.vocab_size < 1:
-            raise InputError("sparse pooling needs the backbone's vocab_size")
-        self.config = config
-        self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
-        self.norm = nn.LayerNorm(config.n_embd, elementwise_affine=False)  # layers differ in scale
-        self.drop = nn.Dropout(config.dropout)
-        out = 1 if config.pooling == "sparse" else config.dim
-        self.token = nn.Sequential(
-            nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, out)
-        )
-        self.score = nn.Linear(config.n_embd, 1) if config.pooling == "attention" else None
-
-    def forward(self, states: list[Tensor], mask: Tensor, ids: Tensor | None = None) -> Tensor:
-        """Unit vectors (B, out_dim) from the backbone's layer states (each (B, T, C)), the mask (B, T)
-        and, for ``sparse``, the token ids (B, T)."""
-        weights = self.mix.softmax(0)
-        x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))  # (B, T, C)
-        x = self.drop(x)
-        if self.config.pooling == "sparse":
-            if ids is None:
-                raise InputError("sparse pooling needs the token ids")
-            weight = F.softplus(self.token(x).squeeze(-1)) * mask  # (B, T), zero on padding
-            vectors = weight.new_zeros(len(ids), self.config.vocab_size)
-            vectors = vectors.scatter_reduce(1, ids, weight, "amax")  # each token's largest weight
-            return F.normalize(vectors, dim=-1)
-        if self.score is not None:
-            logits = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
-            attn = logits.softmax(-1)  # (B, T)
-        else:
-            attn = mask.float()
-            if self.config.pooling == "weighted_mean":
-                attn = attn * torch.arange(1, mask.size(1) + 1, device=mask.device)
-            attn = attn / attn.sum(-1, keepdim=True).clamp(min=1e-9)
-        pooled = torch.einsum("bt,btd->bd", attn, self.token(x))
-        return F.normalize(pooled, dim=-1)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -232,78 +130,12 @@ class EmbeddingAdapter(L.LightningModule):
 
     def on_fit_end(self) -> None:
         """Export the best head (by ``val/loss``) to ``adapter/`` in the run folder."""
-        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
-        if not self.trainer.is_global_zero or log_dir is None:
-            return
-        head = self.head
-        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        if best:
-            state = load_checkpoint(best)["state_dict"]
-            head = EmbeddingHead(self.head.config)
-            head.load_state_dict(
-                {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
-            )
-        folder = save_adapter(
-            head, self.backbone_fingerprint, self.hparams.backbone, Path(log_dir) / "adapter"
-        )
-        rank_zero_info(f"Exported the adapter ({'best' if best else 'last'} weights) to {folder}")
 
+        def save(state: dict | None, folder: Path) -> Path:
+            head = self.head
+            if state is not None:
+                head = EmbeddingHead(self.head.config)
+                head.load_state_dict(part(state, "head."))
+            return save_adapter(head, self.backbone_fingerprint, self.hparams.backbone, folder)
 
-def save_adapter(
-    head: EmbeddingHead, backbone_fingerprint: str, backbone: str | None, folder: str | os.PathLike
-) -> Path:
-    """Write ``head`` to ``folder`` (replaced atomically), with the fingerprint of its backbone and the
-    backbone's path relative to the folder."""
-    where = os.path.relpath(Path(backbone).resolve(), Path(folder).resolve()) if backbone else None
-    meta = {
-        "format": ADAPTER_FORMAT,
-        "head": asdict(head.config),
-        "backbone_fingerprint": backbone_fingerprint,
-        "backbone": where,
-    }
-    with atomic_path(folder, is_dir=True, overwrite=True) as tmp:
-        save_model(head, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
-    return Path(folder)
-
-
-def load_adapter(folder: str | os.PathLike, backbone: Backbone) -> EmbeddingHead:
-    """Load the head saved in ``folder`` for ``backbone``; refused, naming both fingerprints, if it was
-    trained on another backbone."""
-    folder = Path(folder).expanduser()
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise AdapterError(
-            f"{folder} is not an adapter folder ({CONFIG} and {WEIGHTS}): pass the adapter/ folder of an "
-            "`imdb-transformer fit --config configs/embed.yaml` run"
-        )
-    remedy = "the adapter is damaged: export it again from its run's checkpoint"
-    meta = read_artifact(folder / CONFIG, lambda p: json.loads(p.read_text()), AdapterError, remedy)
-    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise AdapterError(f"{folder / CONFIG} has format {found!r:.60}, expected {ADAPTER_FORMAT!r}")
-    if meta.get("backbone_fingerprint") != backbone.fingerprint:
-        raise AdapterError(
-            f"the adapter {folder} was trained on backbone {str(meta.get('backbone_fingerprint'))[:60]}, not "
-            f"on the one given ({backbone.fingerprint}); use the backbone it was trained on, or train an "
-            "adapter for this one"
-        )
-    config = typed_record(HeadConfig, meta.get("head"), f"{folder / CONFIG}: head", AdapterError, ())
-    c = backbone.decoder.config
-    if (
-        config.n_embd != c.n_embd
-        or config.n_states > c.n_layer + 1
-        or config.vocab_size not in (0, c.vocab_size)
-    ):
-        raise AdapterError(
-            f"{folder / CONFIG}: a head over {config.n_states} layer states of width {config.n_embd} does "
-            f"not fit the backbone ({c.n_layer + 1} states of width {c.n_embd}); {remedy}"
-        )
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in EmbeddingHead(config).state_dict().items()}
-    found = read_artifact(folder / WEIGHTS, safetensors_shapes, AdapterError, remedy)
-    check_shapes(expected, found, str(folder / WEIGHTS), AdapterError, remedy)
-    head = EmbeddingHead(config)
-    read_artifact(folder / WEIGHTS, lambda p: load_model(head, str(p)), AdapterError, remedy)
-    if not all(bool(torch.isfinite(t).all()) for t in head.state_dict().values() if t.is_floating_point()):
-        raise AdapterError(f"{folder / WEIGHTS} holds NaN or infinite weights; {remedy}")
-    return head.eval()
+        export_best(self, "adapter", save)

@@ -11,16 +11,16 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from imdb_transformer.errors import InputError
-from imdb_transformer.models.backbone import (
+from imdb_transformer.core.backbone import (
     BackboneError,
     BackboneSpec,
     add_to_checkpoint,
     require_backbone,
     spec_from_checkpoint,
 )
+from imdb_transformer.core.pooling import Pooling, pool, pooled_size
+from imdb_transformer.errors import InputError
 from imdb_transformer.models.optim import Schedule, adamw_warmup_cosine
-from imdb_transformer.models.pooling import Pooling, pool, pooled_size
 
 
 class SentimentClassifier(L.LightningModule):
@@ -92,7 +92,6 @@ class SentimentClassifier(L.LightningModule):
             features *= layers
         self.mix = nn.Parameter(torch.zeros(layers)) if layers > 1 and layer_mix == "scalar" else None
         self.head = nn.Sequential(nn.LayerNorm(features), nn.Dropout(dropout), nn.Linear(features, 1))
-        self.feature_reviews = 0  # reviews the backbone has computed features for (frozen: once each)
         if freeze or unfreeze == "gradual":
             self.backbone.requires_grad_(False)  # gradual: blocks are unfrozen epoch by epoch
         self._features: dict[str, dict[int, Tensor]] = {"train": {}, "val": {}, "test": {}, "predict": {}}
@@ -123,7 +122,6 @@ class SentimentClassifier(L.LightningModule):
             reviews = int(owner.max()) + 1
             total = found.new_zeros(reviews, *found.shape[1:]).index_add_(0, owner, found)
             found = total / torch.bincount(owner, minlength=reviews).view(-1, *[1] * (found.dim() - 1))
-        self.feature_reviews += len(found)
         return found
 
     def _batch_features(self, batch: dict[str, Tensor]) -> Tensor:
@@ -194,8 +192,8 @@ class SentimentClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse weights trained on top of another backbone (shape or tokenizer) with a clear message,
         before ``load_state_dict`` fails on a tensor's size or, worse, silently fits."""
-        saved = spec_from_checkpoint(checkpoint, "the checkpoint").fingerprint
-        mine = BackboneSpec(self.backbone.config, self.tokenizer).fingerprint
+        saved = spec_from_checkpoint(checkpoint, "the checkpoint").signature
+        mine = BackboneSpec(self.backbone.config, self.tokenizer).signature
         if saved != mine:
             raise BackboneError(
                 f"this classifier was trained on another backbone ({saved}) than the one given ({mine}); "

@@ -8,15 +8,15 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
-from imdb_transformer.data.tokenizer import Tokenizer
+from imdb_transformer.core.backbone import add_to_checkpoint, export_backbone
+from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.errors import InputError
-from imdb_transformer.models.backbone import add_to_checkpoint, export_backbone, load_backbone
-from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
+from imdb_transformer.models.export import export_best, part
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
+from imdb_transformer.text.tokenizer import Tokenizer
 
 
 def token_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
@@ -171,13 +171,17 @@ class CausalLM(LanguageModel):
     def on_fit_end(self) -> None:
         """Export the best weights (by ``val/loss``) to ``backbone/`` in the run folder: safetensors,
         config JSON and tokenizer, which the adapters load without pickle."""
-        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
-        if not self.trainer.is_global_zero or log_dir is None or self.tokenizer is None:
+        if self.tokenizer is None:
             return
-        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        decoder = load_backbone(best).decoder if best else self.backbone
-        folder = export_backbone(decoder, self.tokenizer, Path(log_dir) / "backbone")
-        rank_zero_info(f"Exported the backbone ({'best' if best else 'last'} weights) to {folder}")
+
+        def save(state: dict | None, folder: Path) -> Path:
+            decoder = self.backbone
+            if state is not None:
+                decoder = CausalDecoder(self.backbone.config)
+                decoder.load_state_dict(part(state, "backbone."))
+            return export_backbone(decoder, self.tokenizer, folder)
+
+        export_best(self, "backbone", save)
 
     def flops_per_token(self, seq_len: int) -> int:
         """6 per parameter-multiply (forward + backward), including the LM head, plus attention's

@@ -1,0 +1,111 @@
+"""SentimentEnsemble: trained classifier checkpoints, each over its own backbone, as one classifier
+whose probability is the mean of theirs (ULMFiT's forward + backward ensemble)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from imdb_transformer.artifacts import check_shapes, read_artifact
+from imdb_transformer.core.backbone import load_checkpoint
+from imdb_transformer.errors import ImdbError, InputError
+from imdb_transformer.models.classifier import SentimentClassifier
+from imdb_transformer.text.batching import collate_reviews, length_batches
+from imdb_transformer.text.imdb import clean_text
+
+
+class SentimentEnsemble:
+    """Classifier checkpoints (``SentimentClassifier``, e.g. one over a forward and one over a
+    backward backbone) that vote by averaging their probabilities. Each member reads a text with its
+    own tokenizer, context and direction (a backward member sees the review reversed).
+
+    Args:
+        checkpoints: ``.ckpt`` files of `imdb-transformer fit --config configs/classify.yaml` runs.
+        device: Where the members run.
+    """
+
+    def __init__(self, checkpoints: list[str | os.PathLike], device: str = "cpu") -> None:
+        if not checkpoints:
+            raise InputError("an ensemble needs at least one classifier checkpoint (--checkpoint CKPT)")
+        self.checkpoints = [str(c) for c in checkpoints]
+        self.members = [_load(c, device) for c in self.checkpoints]
+        self.device = device
+
+    @property
+    def names(self) -> list[str]:
+        """A short name per member: its file, with its direction."""
+        return [
+            f"{Path(c).name} ({'backward' if m.backbone.config.reverse else 'forward'})"
+            for c, m in zip(self.checkpoints, self.members, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def member_probabilities(
+        self, texts: list[str], batch_size: int = 64, progress: bool = True, max_tokens: int = 8192
+    ) -> Tensor:
+        """Probability that each text is positive, by each member: (members, texts). Texts are sorted
+        by length and batched up to ``batch_size`` texts or ``max_tokens`` padded tokens, so a batch
+        of long and short texts is not padded to its longest."""
+        if not texts:
+            raise InputError("no texts to classify")
+        empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
+        if empty:
+            raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty: give every text some words")
+        out = torch.empty(len(self.members), len(texts))
+        cleaned = [clean_text(t) for t in texts]
+        bar = tqdm(
+            total=len(texts) * len(self.members), desc="Classifying", unit="text", disable=not progress
+        )
+        for m, member in enumerate(self.members):
+            ids = member.tokenizer.encode(cleaned)
+            config = member.backbone.config
+            for chunk in length_batches(ids, batch_size, config.block_size, max_tokens):
+                batch = collate_reviews([{"ids": ids[i]} for i in chunk], config.block_size, config.reverse)
+                logits = member(batch["ids"].to(self.device), batch["mask"].to(self.device))
+                out[m, chunk] = torch.sigmoid(logits.float()).cpu()
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def probabilities(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
+        """Probability that each text is positive: the mean of the members' (texts,)."""
+        return self.member_probabilities(texts, batch_size, progress).mean(0)
+
+
+def _load(checkpoint: str, device: str) -> SentimentClassifier:
+    """A classifier from its checkpoint alone (it holds its backbone), read without pickle."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise InputError(f"classifier checkpoint {checkpoint} not found: pass a .ckpt of a classify run")
+    remedy = "it is truncated, not a checkpoint, or holds code (refused: loaded without unpickling code)"
+    contents = read_artifact(path, load_checkpoint, InputError, remedy)
+    if not isinstance(contents, dict):
+        contents = {}
+    known = inspect.signature(SentimentClassifier).parameters
+    settings = {k: v for k, v in contents.get("hyper_parameters", {}).items() if k in known}
+    state = contents.get("state_dict", {})
+    if "freeze" not in settings or not any(k.startswith("head.") for k in state):
+        raise InputError(
+            f"{checkpoint} is not a sentiment classifier's checkpoint: pass one written by "
+            "`imdb-transformer fit --config configs/classify.yaml`"
+        )
+    settings["backbone"] = str(path)
+    remedy = "the checkpoint is damaged or was written by another version: pass another, or train it again"
+    try:
+        model = SentimentClassifier(**settings)
+    except ImdbError:
+        raise
+    except (TypeError, ValueError) as err:  # settings of the wrong type
+        raise InputError(f"{checkpoint}: its settings cannot build a classifier ({err}); {remedy}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    check_shapes(expected, found, str(checkpoint), InputError, remedy)
+    model.load_state_dict(state)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise InputError(f"{checkpoint} holds NaN or infinite weights (a diverged run); {remedy}")
+    return model.eval().to(device)

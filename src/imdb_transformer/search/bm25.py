@@ -1,0 +1,50 @@
+"""The lexical ranker: BM25 over the reviews' words, with ``bm25s`` (sparse matrices in numpy, saved
+without pickle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class BM25Index:
+    """BM25 over the reviews' words (``bm25s``: sparse matrices in numpy, fast and small).
+
+    Words are lower-cased runs of two or more letters or digits; English stop words are dropped.
+    """
+
+    def __init__(self, retriever) -> None:  # a bm25s.BM25
+        self.retriever = retriever
+
+    @staticmethod
+    def words(texts: list[str]) -> list[list[str]]:
+        import bm25s
+
+        return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+
+    @classmethod
+    def build(cls, texts: list[str]) -> BM25Index:
+        import bm25s
+
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        return cls(retriever)
+
+    def scores(self, text: str) -> np.ndarray:
+        """BM25 score of every review for ``text`` (N,); zero where no word matches."""
+        vocab, stored = self.retriever.vocab_dict, len(self.retriever.scores["indptr"]) - 1
+        # bm25s numbers the empty word past the stored words (it has no scores): only stored words count
+        words = [w for w in self.words([text])[0] if vocab.get(w, stored) < stored]
+        if not words:
+            return np.zeros(self.retriever.scores["num_docs"], dtype=np.float32)
+        return self.retriever.get_scores(words)
+
+    def save(self, folder: Path) -> None:
+        self.retriever.save(str(folder), show_progress=False)
+
+    @classmethod
+    def load(cls, folder: Path) -> BM25Index:
+        import bm25s
+
+        return cls(bm25s.BM25.load(str(folder), mmap=False, show_progress=False))

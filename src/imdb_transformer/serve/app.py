@@ -1,0 +1,413 @@
+"""A local HTTP API and web page over the project's models, served with LitServe.
+
+Each model the server is given becomes one LitServe API with its own worker and dynamic batching:
+requests that arrive within ``batch_timeout`` seconds of each other (up to ``max_batch_size``) share
+one forward pass. Endpoints (JSON in and out):
+
+- ``POST /search`` ``{"query", "k", "mode"}``: ranked hits from a search index (``--index``);
+- ``POST /sentiment`` ``{"texts"}``: label and probability per text (``--classifier``, one or an
+  ensemble);
+- ``POST /embed`` ``{"texts"}``: a unit vector per text (the index's embedder, else the backbone's);
+- ``POST /generate`` ``{"prompt", "strategy", "max_new_tokens", "seed", ...}``: a continuation
+  (``--backbone``);
+- ``GET /health``, ``GET /info`` (what is loaded), and ``GET /``: the web page (one static file, no
+  outside resources, works offline).
+
+Requests are checked before they reach a model (:mod:`~imdb_transformer.serve.schemas`), so one bad
+request is answered 422 alone, with the place and reason of each problem and never the input echoed back,
+and never fails the batch it would have joined; bodies over 1 MB get 413. No field names a file: what a
+client sends cannot make the server load anything or run code. Endpoints whose model was not given
+answer 404 saying what to pass (:data:`ENDPOINTS`, the one table of endpoints).
+
+The surface is that of a local tool (:mod:`~imdb_transformer.serve.hosts`): a request whose ``Host``
+header names another machine is refused (400); FastAPI's generated ``/docs``, ``/redoc`` and
+``/openapi.json`` are off (they load scripts from a CDN; the page at ``/`` is the UI); ``GET /info`` shows
+fingerprints and sizes, not file paths, unless started with ``info_paths``.
+:mod:`~imdb_transformer.serve.supervisor` keeps the processes together.
+
+This module deliberately has no ``from __future__ import annotations``: LitServe reads the request
+type from ``decode_request``'s annotation at run time.
+"""
+
+import hashlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import litserve as ls
+import torch
+from pydantic import BaseModel
+
+from imdb_transformer.errors import ImdbError, InputError
+from imdb_transformer.serve.hosts import HOST_NAME, HOSTS, HostCheck, allowed_host_names, host_name
+from imdb_transformer.serve.schemas import (
+    MAX_BODY,
+    MAX_CHARS,
+    MAX_K,
+    MAX_NEW_TOKENS,
+    MAX_TEXTS,
+    GenerateRequest,
+    SearchRequest,
+    TextsRequest,
+    request_error,
+)
+
+MAX_BATCH = 1024  # requests one forward pass may batch
+
+
+MAX_BATCH_TIMEOUT = 10.0  # seconds a request may wait for others to join its batch
+
+
+@dataclass
+class ServeConfig:
+    """What the server loads, where it listens and how it batches (see
+    :func:`imdb_transformer.verbs.serve`); options out of range raise :class:`InputError` naming the
+    option and its range."""
+
+    backbone: str | None = None
+    adapter: str | None = None
+    index: str | None = None
+    classifier: list[str] = field(default_factory=list)
+    max_batch_size: int = 16
+    batch_timeout: float = 0.01
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allowed_hosts: Sequence[str] = ()  # Host header names answered beyond LOOPBACK and host; "*": any
+    info_paths: bool = False  # GET /info shows the models' file paths
+    failures: str | None = None  # where a worker whose model fails to load writes why (run() sets it)
+
+    def __post_init__(self) -> None:
+        if self.host not in HOSTS:
+            raise InputError(
+                f"--host must be 127.0.0.1 or localhost (this machine only), or 0.0.0.0 or :: (every "
+                f"interface; name the host clients use with --allowed_hosts): LitServe listens on no other "
+                f"address (got {self.host!r})"
+            )
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1024 <= self.port <= 65535:
+            raise InputError(
+                f"--port must be an integer in 1024..65535 (got {self.port!r}); LitServe refuses the ports "
+                "below 1024, which need root"
+            )
+        if not 1 <= self.max_batch_size <= MAX_BATCH:
+            raise InputError(
+                f"--max_batch_size must be in 1..{MAX_BATCH} (got {self.max_batch_size}); 1 is no batching"
+            )
+        if not 0 <= self.batch_timeout <= MAX_BATCH_TIMEOUT:  # NaN fails every comparison
+            raise InputError(
+                f"--batch_timeout must be a number of seconds in [0, {MAX_BATCH_TIMEOUT:g}] (got "
+                f"{self.batch_timeout}); 0.01 lets the requests that arrive within 10 ms share a pass"
+            )
+        names = self.allowed_hosts
+        names = names.split(",") if isinstance(names, str) else list(names)
+        for name in names:
+            if not HOST_NAME.fullmatch(name.strip()):
+                raise InputError(
+                    f"--allowed_hosts: {name!r} is not a host name or address; give names such as "
+                    "myhost.example or 192.168.1.20, separated by commas, or * to answer any Host header"
+                )
+        self.allowed_hosts = tuple(host_name(n) for n in names)
+
+
+class _API(ls.LitAPI):
+    """A LitServe API over the models a :class:`ServeConfig` names (pickled into its worker process,
+    where ``setup`` loads them)."""
+
+    def __init__(self, config: ServeConfig, **options) -> None:
+        super().__init__(**options)
+        self.config = config
+
+    def setup(self, device: str) -> None:
+        """Load the models, in the worker process.
+
+        SIGINT is left to the main process: a terminal's Ctrl-C reaches every process of its group,
+        and the main one stops the workers in order. A model that fails to load ends the worker with
+        the reason written to ``config.failures``, which the main process reports in one line.
+        """
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.load(device)
+        except Exception as err:
+            if self.config.failures is None:
+                raise
+            reason = str(err) if isinstance(err, ImdbError) else f"{type(err).__name__}: {err}"
+            Path(self.config.failures, failure_report_name(self.api_path)).write_text(
+                reason, encoding="utf-8"
+            )
+            sys.exit(3)  # SystemExit passes LitServe's handler, which would log a traceback
+
+    def load(self, device: str) -> None:
+        raise NotImplementedError
+
+    def encode_response(self, output: dict) -> dict:
+        return output
+
+    def predict(self, x: BaseModel | list[BaseModel]) -> dict | list[dict]:
+        """LitServe passes a list of requests when batching (max_batch_size > 1), else one."""
+        if isinstance(x, list):
+            return self.predict_many(x)
+        return self.predict_many([x])[0]
+
+    def predict_many(self, requests: list) -> list[dict]:
+        """One answer per request, computed together."""
+        raise NotImplementedError
+
+
+class SearchAPI(_API):
+    def load(self, device: str) -> None:
+        from imdb_transformer.search import SemanticIndex
+
+        c = self.config
+        self.index = SemanticIndex.load(c.index, backbone=c.backbone, adapter=c.adapter)
+
+    def decode_request(self, request: SearchRequest) -> SearchRequest:  # validated before it queued
+        return request
+
+    def predict_many(self, requests: list[SearchRequest]) -> list[dict]:
+        n = len(self.index)  # k above the index's size: every review, ranked
+        found = self.index.query_many([(r.query, min(r.k, n), r.mode) for r in requests])  # one pass
+        return [
+            {"query": r.query, "hits": [asdict(h) for h in hits]}
+            for r, hits in zip(requests, found, strict=True)
+        ]
+
+
+class SentimentAPI(_API):
+    def load(self, device: str) -> None:
+        from imdb_transformer.ensemble import SentimentEnsemble
+
+        self.ensemble = SentimentEnsemble(self.config.classifier, device)
+
+    def decode_request(self, request: TextsRequest) -> TextsRequest:
+        return request
+
+    def predict_many(self, requests: list[TextsRequest]) -> list[dict]:
+        texts = [t for r in requests for t in r.texts]  # every request's texts in one pass
+        probabilities = iter(self.ensemble.probabilities(texts, progress=False).tolist())
+        return [{"results": [_label(next(probabilities)) for _ in r.texts]} for r in requests]
+
+
+class EmbedAPI(_API):
+    def load(self, device: str) -> None:
+        self.embedder = _embedder(self.config)
+
+    def decode_request(self, request: TextsRequest) -> TextsRequest:
+        return request
+
+    def predict_many(self, requests: list[TextsRequest]) -> list[dict]:
+        vectors = self.embedder.embed([t for r in requests for t in r.texts], progress=False)
+        out, start = [], 0
+        for r in requests:
+            rows = vectors[start : start + len(r.texts)]
+            start += len(r.texts)
+            out.append({"dim": self.embedder.dim, "vectors": _vector_json(rows)})
+        return out
+
+
+class GenerateAPI(_API):
+    def load(self, device: str) -> None:
+        from imdb_transformer.core.backbone import load_backbone
+
+        self.backbone = load_backbone(self.config.backbone)
+
+    def decode_request(self, request: GenerateRequest) -> GenerateRequest:
+        return request
+
+    def predict_many(self, requests: list[GenerateRequest]) -> list[dict]:
+        from imdb_transformer.generation import generate_text
+
+        out = []
+        for r in requests:
+            options = r.model_dump(exclude={"prompt", "max_new_tokens"})
+            text = generate_text(self.backbone, [r.prompt], r.max_new_tokens, **options)[0]
+            out.append({"prompt": r.prompt, "text": text})
+        return out
+
+
+def _label(probability: float) -> dict:
+    return {"label": "pos" if probability > 0.5 else "neg", "probability": probability}
+
+
+def _vector_json(rows) -> list:
+    import scipy.sparse as sp
+
+    if sp.issparse(rows):  # one dimension per vocabulary entry: send the non-zero ones
+        return [{"indices": r.indices.tolist(), "values": r.data.tolist()} for r in rows]
+    return rows.tolist()
+
+
+def _embedder(config: ServeConfig):
+    """The index's embedder (its backbone and adapter, or those given if they moved), else the
+    backbone's (with the adapter, if given)."""
+    from imdb_transformer.embedder import load_embedder
+
+    if config.index is not None:
+        from imdb_transformer.search import SemanticIndex
+
+        return SemanticIndex.load(config.index, backbone=config.backbone, adapter=config.adapter).embedder
+    return load_embedder(config.backbone, config.adapter)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of the API: its path, the LitServe API that answers it, which models it needs, what
+    to pass when they were not given (its 404), and whether its requests share forward passes."""
+
+    path: str
+    api: type
+    needs: Callable[[ServeConfig], bool]
+    missing: str
+    batched: bool = True
+
+
+ENDPOINTS = (
+    Endpoint(
+        "/search", SearchAPI, lambda c: c.index is not None,
+        "start the server with --index DIR (an index written by `imdb-transformer embed`)",
+    ),
+    Endpoint(
+        "/sentiment", SentimentAPI, lambda c: bool(c.classifier),
+        "start the server with --classifier CKPT (a classifier checkpoint; repeat for an ensemble)",
+    ),
+    Endpoint(
+        "/embed", EmbedAPI, lambda c: c.index is not None or c.backbone is not None,
+        "start the server with --backbone PATH or --index DIR",
+    ),
+    Endpoint(  # one request at a time: the sampling options differ per request
+        "/generate", GenerateAPI, lambda c: c.backbone is not None,
+        "start the server with --backbone PATH (a pretraining run's backbone/ folder)", batched=False,
+    ),
+)  # fmt: skip
+
+
+def served(config: ServeConfig) -> list[str]:
+    """The endpoints ``config`` has models for."""
+    return [e.path for e in ENDPOINTS if e.needs(config)]
+
+
+def _apis(config: ServeConfig) -> list[_API]:
+    """One LitServe API per endpoint whose model was given."""
+    batching = {"max_batch_size": config.max_batch_size, "batch_timeout": config.batch_timeout}
+    return [
+        e.api(config, api_path=e.path, **(batching if e.batched else {}))
+        for e in ENDPOINTS
+        if e.needs(config)
+    ]
+
+
+def describe(config: ServeConfig) -> dict:
+    """What ``GET /info`` reports about the loaded models (cheap: fingerprints of files, sizes); file
+    paths only with ``config.info_paths``, as they tell a client about the machine's folders."""
+    info: dict = {"endpoints": served(config)}
+    where = (lambda path: {"path": str(path)}) if config.info_paths else (lambda path: {})
+    if config.backbone is not None:
+        from imdb_transformer.core.backbone import load_spec
+
+        spec = load_spec(config.backbone)
+        info["backbone"] = {
+            **where(config.backbone), "signature": spec.signature, "bytes": _size(config.backbone)
+        }  # fmt: skip
+    if config.index is not None:
+        meta = _index_meta(config.index)
+        info["index"] = {
+            **where(config.index), "reviews": meta.get("count"), "embedder": meta.get("embedder"),
+            "bytes": _size(config.index),
+        }  # fmt: skip
+    if config.classifier:
+        info["classifier"] = [
+            {**where(c), "sha256": _file_hash(c), "bytes": _size(c)} for c in config.classifier
+        ]
+    info["limits"] = {
+        "max_body_bytes": MAX_BODY, "max_texts": MAX_TEXTS, "max_chars": MAX_CHARS, "max_k": MAX_K,
+        "max_new_tokens": MAX_NEW_TOKENS,
+    }  # fmt: skip
+    return info
+
+
+def _size(path: str) -> int:
+    """Bytes of a file, or of the files under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _index_meta(index: str) -> dict:
+    from imdb_transformer.search import SearchIndexError
+
+    path = Path(index) / "index.json"
+    if not path.is_file():
+        raise SearchIndexError(
+            f"{index} is not an index folder (no index.json): build one with `imdb-transformer embed`"
+        )
+    return json.loads(path.read_text())
+
+
+def _file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def page() -> str:
+    """The web page's HTML (one file, its script and style inline)."""
+    return resources.files("imdb_transformer.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def build_server(config: ServeConfig):
+    """A ``litserve.LitServer`` with the endpoints ``config`` has models for, the page at ``/``, a 404
+    naming what to pass for the others, request errors answered without echoing the input, and the
+    ``Host`` header checked (see the module's docstring)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    apis = _apis(config)
+    _preflight(config)
+    if not apis:
+        raise InputError("nothing to serve: give --backbone PATH, --index DIR and/or --classifier CKPT")
+    server = ls.LitServer(
+        apis, accelerator="cpu" if not torch.cuda.is_available() else "auto", max_payload_size=MAX_BODY,
+        model_metadata=describe(config), timeout=60, disable_openapi_url=True,
+    )  # fmt: skip
+    html = page()
+    # the page replaces LitServe's own "/" (a plain "litserve running")
+    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+    server.app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET"], include_in_schema=False)
+    for endpoint in ENDPOINTS:
+        if endpoint.needs(config):
+            continue
+        message = {"error": f"{endpoint.path} is not served: {endpoint.missing}"}
+        server.app.add_api_route(
+            endpoint.path,
+            lambda message=message: JSONResponse(message, status_code=404),
+            methods=["GET", "POST"],
+        )
+    server.app.add_exception_handler(RequestValidationError, request_error)
+    allowed = allowed_host_names(config.host, config.allowed_hosts)
+    if allowed is not None:
+        server.app.add_middleware(HostCheck, allowed=allowed)  # added last: it runs first
+    return server
+
+
+def failure_report_name(api_path: str) -> str:
+    return api_path.strip("/").replace("/", "_") + ".failed"
+
+
+def _preflight(config: ServeConfig) -> None:
+    """Load every model once here, so a wrong path or a damaged file stops the command with one clear
+    line before any worker process starts (a worker's failure would only end the server)."""
+    if config.index is not None:
+        from imdb_transformer.search import SemanticIndex
+
+        SemanticIndex.load(config.index, backbone=config.backbone, adapter=config.adapter)
+    elif config.backbone is not None:
+        _embedder(config)
+    if config.classifier:
+        from imdb_transformer.ensemble import SentimentEnsemble
+
+        SentimentEnsemble(config.classifier)

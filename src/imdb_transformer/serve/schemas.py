@@ -1,0 +1,104 @@
+"""The HTTP API's requests and request errors: strict pydantic models checked before a request joins
+a batch (right JSON types, no unknown fields, finite numbers, texts within limits), and the 422 that
+names each problem's place and reason without echoing the input (NaN, a lone surrogate or a deep
+nesting could not be written back as JSON).
+
+This module deliberately has no ``from __future__ import annotations``: LitServe reads the request
+type from ``decode_request``'s annotation at run time.
+"""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from imdb_transformer.generation import Strategy
+from imdb_transformer.search.ranking import Mode
+
+MAX_BODY = 1_000_000  # bytes of one request body
+
+
+MAX_TEXTS = 64  # texts in one /sentiment or /embed request
+
+
+MAX_CHARS = 20_000  # characters of one text (a long IMDB review is about 14,000)
+
+
+MAX_K = 100  # results of one search
+
+
+MAX_NEW_TOKENS = 256  # tokens one /generate may add
+
+
+# pydantic refuses a string holding a lone surrogate (a "\ud800" escape in the JSON) as not Unicode
+Text = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=MAX_CHARS)]
+
+
+class _Strict(BaseModel):
+    """Fields of the right JSON type only (no coercion of 5 to "5"), no unknown fields, and finite
+    numbers (Python's JSON reader takes NaN, Infinity and 1e400, which is infinite)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _words(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text is empty or whitespace: give some words")
+    return text
+
+
+class SearchRequest(_Strict):
+    query: Text
+    k: int = Field(5, ge=1, le=MAX_K)
+    mode: Mode | None = None
+
+    def model_post_init(self, context: object) -> None:
+        _words(self.query)
+
+
+class TextsRequest(_Strict):
+    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS)
+
+    def model_post_init(self, context: object) -> None:
+        for text in self.texts:
+            _words(text)
+
+
+class GenerateRequest(_Strict):
+    prompt: Text
+    strategy: Strategy = "top_k"
+    max_new_tokens: int = Field(60, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_k: int = Field(50, ge=1, le=10_000)
+    top_p: float = Field(0.9, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+    def model_post_init(self, context: object) -> None:
+        _words(self.prompt)
+
+
+MAX_ERRORS = 20  # problems listed in one 422
+
+
+async def request_error(request, exc) -> object:
+    """422 with each problem's place and reason (a JSON syntax error's too), never its input."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": [_brief(e) for e in exc.errors()[:MAX_ERRORS]]}, status_code=422)
+
+
+def _brief(error: dict) -> dict:
+    message = str(error.get("msg", "invalid"))
+    reason = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "json_invalid" and isinstance(reason, str):  # "Expecting value", ...
+        message = f"{message}: {reason}"
+    return {
+        "type": _printable(error.get("type", ""), 40),
+        "loc": [part if isinstance(part, int) else _printable(part, 40) for part in error.get("loc", ())],
+        "msg": _printable(message, 300),
+    }
+
+
+def _printable(value: object, limit: int) -> str:
+    """``value`` as text that JSON can carry (a lone surrogate escaped), cut to ``limit`` characters."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

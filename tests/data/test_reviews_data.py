@@ -1,0 +1,75 @@
+"""ReviewsDataModule: head-and-tail truncation, padded batches, splits, label checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_imdb
+
+from imdb_transformer.data.reviews import ReviewsDataModule
+from imdb_transformer.text.batching import collate_reviews, fit_to_context
+from imdb_transformer.text.imdb import IMDBSourceError
+from imdb_transformer.text.tokenizer import EOS_ID, PAD_ID
+
+
+def test_long_reviews_keep_head_and_tail() -> None:
+    ids = list(range(10, 110))
+    out = fit_to_context(ids, max_length=22)
+    assert len(out) == 22 and out[0] == out[-1] == EOS_ID
+    assert out[1:6] == ids[:5] and out[6:-1] == ids[-15:]  # a quarter head, the rest tail
+    assert fit_to_context([5, 6], 22) == [EOS_ID, 5, 6, EOS_ID]  # short ones untouched
+
+
+def test_batches_are_padded_to_the_longest_with_a_mask() -> None:
+    batch = collate_reviews(
+        [{"ids": [5, 6, 7], "label": 1, "idx": 0}, {"ids": [8], "label": 0, "idx": 1}], 16
+    )
+    assert batch["ids"].tolist() == [[EOS_ID, 5, 6, 7, EOS_ID], [EOS_ID, 8, EOS_ID, PAD_ID, PAD_ID]]
+    assert batch["mask"].sum(1).tolist() == [5, 3]
+    assert batch["label"].tolist() == [1, 0] and batch["idx"].tolist() == [0, 1]
+
+
+def test_splits_are_disjoint_and_test_is_whole(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:
+    dm = ReviewsDataModule(
+        source=str(imdb_dir), cache_dir=str(cache_dir), tokenizer=str(pretrained_run / "tokenizer.model"),
+        max_length=32, val_fraction=0.25,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    train, val, test = (set(dm.splits[s].order.tolist()) for s in ("train", "val", "test"))
+    assert len(val) == 40 and len(train) == 120 and not train & val
+    assert len(test) == 80
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["ids"].shape[1] <= 32 and set(batch["label"].tolist()) <= {0, 1}
+
+
+def test_labels_outside_0_1_are_refused(tmp_path: Path, cache_dir: Path, pretrained_run: Path) -> None:
+    folder = write_imdb(tmp_path / "imdb", {"train": 20, "test": 20})
+    table = pq.read_table(folder / "train.parquet")
+    pq.write_table(
+        table.set_column(1, "label", pa.array([0, 1, 2] + [0] * 17, pa.int64())), folder / "train.parquet"
+    )
+    dm = ReviewsDataModule(str(folder), str(cache_dir), backbone=str(pretrained_run / "backbone"))
+    with pytest.raises(IMDBSourceError, match=r"labels \[2\] outside \{0, 1\}"):
+        dm.prepare_data()
+
+
+def test_the_backbone_or_a_tokenizer_and_length_are_required(pretrained_run: Path) -> None:
+    with pytest.raises(ValueError, match="needs the backbone it prepares reviews for"):
+        ReviewsDataModule().prepare_data()
+    with pytest.raises(ValueError, match="or both data.tokenizer and data.max_length"):
+        ReviewsDataModule(tokenizer=str(pretrained_run / "tokenizer.model")).prepare_data()
+
+
+def test_built_alone_from_a_backbone_it_reads_with_its_tokenizer_and_context(
+    imdb_dir: Path, cache_dir: Path, pretrained_run: Path
+) -> None:
+    dm = ReviewsDataModule(str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"))
+    dm.prepare_data()
+    dm.setup("test")  # no model and no trainer
+    assert dm.context == 64  # tiny.yaml's block_size
+    assert dm.tokenizer.to_bytes() == (pretrained_run / "tokenizer.model").read_bytes()
+    assert max(len(b["ids"][0]) for b in dm.test_dataloader()) <= 64

@@ -1,0 +1,173 @@
+"""Both directions: a backward LM's data, its backbone, and forward + backward classifier ensembles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from conftest import tiny_pretrain_args
+from helpers import REPO, fails, run_cli, train_blocks
+
+from imdb_transformer.core.backbone import load_backbone, load_spec
+from imdb_transformer.data.lm import pack, reverse_each
+from imdb_transformer.data.reviews import ReviewsDataModule
+from imdb_transformer.ensemble import SentimentEnsemble
+from imdb_transformer.errors import InputError
+from imdb_transformer.text.batching import collate_reviews
+from imdb_transformer.text.imdb import load_reviews
+from imdb_transformer.text.tokenizer import EOS_ID
+
+
+def test_a_reversed_review_round_trips() -> None:
+    reviews = pa.array([[1, 2, 3], [4], [], [5, 6]], pa.list_(pa.int32()))
+    assert reverse_each(reviews).to_pylist() == [[3, 2, 1], [4], [], [6, 5]]
+    assert reverse_each(reverse_each(reviews)).to_pylist() == reviews.to_pylist()
+
+
+def test_the_backward_stream_reverses_each_review_and_keeps_them_in_order() -> None:
+    reviews = [[10, 11, 12], [20, 21], [30, 31, 32, 33]]
+    stream = pack(reviews, block_size=3, reverse=True).reshape(-1).tolist()
+    assert stream == [12, 11, 10, EOS_ID, 21, 20, EOS_ID, 33, 32, 31, 30, EOS_ID]
+    forward = pack(reviews, block_size=3).reshape(-1).tolist()
+    assert forward == [10, 11, 12, EOS_ID, 20, 21, EOS_ID, 30, 31, 32, 33, EOS_ID]
+
+
+def test_a_backward_backbone_reads_reviews_reversed() -> None:
+    items = [{"ids": [5, 6, 7]}]
+    assert collate_reviews(items, 16, reverse=True)["ids"][0].tolist() == [EOS_ID, 7, 6, 5, EOS_ID]
+    assert collate_reviews(items, 16)["ids"][0].tolist() == [EOS_ID, 5, 6, 7, EOS_ID]
+
+
+@pytest.fixture(scope="session")
+def backward_run(imdb_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny backward LM pretrained through the real console script (``--data.reverse true``)."""
+    root = tmp_path_factory.mktemp("backward")
+    run_cli(
+        "fit", *tiny_pretrain_args(imdb_dir, cache_dir, root), "--data.reverse", "true",
+        "--trainer.val_check_interval", "15",
+    )  # fmt: skip
+    return root / "lightning_logs" / "version_0"
+
+
+def test_backward_pretraining_sees_every_review_reversed_and_records_it(
+    backward_run: Path, pretrained_run: Path, imdb_dir: Path, cache_dir: Path
+) -> None:
+    spec = load_spec(backward_run / "backbone")
+    assert spec.config.reverse and "backward" in spec.signature
+    assert not load_spec(pretrained_run / "backbone").config.reverse
+    assert load_spec(pretrained_run / "backbone").tokenizer.to_bytes() == spec.tokenizer.to_bytes()  # shared
+
+    def reviews(run: Path) -> list[list[int]]:
+        stream = train_blocks(run / "config.yaml").reshape(-1).tolist()
+        cut = [i for i, t in enumerate(stream) if t == EOS_ID]
+        return [stream[a + 1 : b] for a, b in zip(cut, cut[1:], strict=False)]  # whole reviews only
+
+    forward, backward = reviews(pretrained_run), reviews(backward_run)
+    assert len(forward) == len(backward) > 100
+    assert all(b == f[::-1] for f, b in zip(forward, backward, strict=True))
+
+
+def _classifier(backbone: Path, imdb_dir: Path, cache_dir: Path, root: Path) -> Path:
+    run_cli(
+        "fit", "--config", str(REPO / "configs/classify.yaml"), "--data.source", str(imdb_dir),
+        "--data.cache_dir", str(cache_dir), "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false", "--model.backbone", str(backbone),
+        "--trainer.max_epochs", "10", "--model.pooling", "concat", "--model.learning_rate", "1e-2",
+    )  # fmt: skip
+    return next((root / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def classifiers(
+    pretrained_run: Path, backward_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path_factory
+) -> tuple[Path, Path]:
+    """A forward and a backward classifier checkpoint, trained through the real console script."""
+    forward = _classifier(pretrained_run / "backbone", imdb_dir, cache_dir, tmp_path_factory.mktemp("fwd"))
+    backward = _classifier(backward_run / "backbone", imdb_dir, cache_dir, tmp_path_factory.mktemp("bwd"))
+    return forward, backward
+
+
+def test_the_backward_classifiers_data_is_reversed(
+    backward_run: Path, imdb_dir: Path, cache_dir: Path
+) -> None:
+    dm = ReviewsDataModule(str(imdb_dir), str(cache_dir), backbone=str(backward_run / "backbone"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.reverse
+    item = dm.splits["val"][0]
+    assert next(iter(dm.val_dataloader()))["ids"][0].tolist()[1 : len(item["ids"]) + 1] == item["ids"][::-1]
+
+
+def test_ensemble_probabilities_are_the_mean_of_the_members(
+    classifiers: tuple[Path, Path], imdb_dir: Path
+) -> None:
+    texts = load_reviews(str(imdb_dir), "test").texts[:12]
+    both = SentimentEnsemble(list(classifiers))
+    alone = [SentimentEnsemble([c]).probabilities(texts, batch_size=5, progress=False) for c in classifiers]
+    members = both.member_probabilities(texts, batch_size=5, progress=False)
+    assert torch.allclose(members, torch.stack(alone))
+    assert torch.allclose(both.probabilities(texts, progress=False), (alone[0] + alone[1]) / 2)
+    assert not torch.allclose(alone[0], alone[1])  # two different models, really averaged
+
+
+def test_a_forward_backward_ensemble_prints_its_test_accuracy(
+    classifiers: tuple[Path, Path], imdb_dir: Path
+) -> None:
+    forward, backward = classifiers
+    out = run_cli(
+        "classify", "--checkpoint", str(forward), "--checkpoint", str(backward), "--split", "test",
+        "--source", str(imdb_dir),
+    ).stdout  # fmt: skip
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()[2:]}
+    assert [name.split(" (")[1] for name in rows] == ["forward)", "backward)", "mean of 2)"]
+    printed = [float(v.rstrip("%")) / 100 for v in rows.values()]
+    test = load_reviews(str(imdb_dir), "test")  # the official split: 80 reviews here
+    members = SentimentEnsemble([forward, backward]).member_probabilities(test.texts, progress=False)
+    labels = torch.tensor(test.labels)
+    expected = [((p > 0.5).long() == labels).float().mean().item() for p in (*members, members.mean(0))]
+    assert printed == pytest.approx(expected, abs=1e-4)
+
+
+def test_classify_labels_texts_from_arguments_and_files(
+    classifiers: tuple[Path, Path], tmp_path: Path
+) -> None:
+    forward, _ = classifiers
+    out = run_cli("classify", "--checkpoint", str(forward), "great", "awful and boring").stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and lines[1].split("\t")[1] in ("pos", "neg") and "awful" in lines[2]
+    (tmp_path / "texts.txt").write_text("great fun\nawful\n")
+    assert len(run_cli("classify", "--checkpoint", str(forward), "--file", str(tmp_path / "texts.txt"))
+               .stdout.strip().splitlines()) == 3  # fmt: skip
+    (tmp_path / "texts.csv").write_text("review,stars\n great fun,5\nawful,1\n")
+    out = run_cli(
+        "classify", "--checkpoint", str(forward), "--file", str(tmp_path / "texts.csv"), "--column", "review"
+    )
+    assert len(out.stdout.strip().splitlines()) == 3
+
+
+def test_classify_refuses_bad_input_clearly(classifiers: tuple[Path, Path], tmp_path: Path) -> None:
+    forward, _ = classifiers
+    (tmp_path / "gap.txt").write_text("fine\n\nalso fine\n")
+    assert "line 2 is empty" in fails(
+        "classify", "--checkpoint", str(forward), "--file", str(tmp_path / "gap.txt")
+    )
+    assert "not found" in fails(
+        "classify", "--checkpoint", str(forward), "--file", str(tmp_path / "none.txt")
+    )
+    (tmp_path / "t.csv").write_text("body\nfine\n")
+    err = fails("classify", "--checkpoint", str(forward), "--file", str(tmp_path / "t.csv"))
+    assert "no column 'text'" in err and "body" in err
+    assert "give the texts to classify one way" in fails("classify", "--checkpoint", str(forward))
+    assert "is empty" in fails("classify", "--checkpoint", str(forward), "   ")
+    err = fails("classify", "--checkpoint", str(tmp_path / "t.csv"), "text")
+    assert err.startswith("error:") and "not a checkpoint" in err
+    with pytest.raises(InputError, match="at least one"):
+        SentimentEnsemble([])
+
+
+def test_a_backward_backbone_is_refused_for_generation(backward_run: Path) -> None:
+    err = fails("generate", "--checkpoint", str(backward_run / "backbone"), "--prompt", "The film")
+    assert "backward" in err
+    assert load_backbone(backward_run / "backbone").decoder.config.reverse

@@ -1,0 +1,89 @@
+"""The benchmark scripts run and print their table (on tiny sizes; timings are never asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_decode_speed_prints_cached_against_recomputed() -> None:
+    tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
+    out = run_script("decode_speed.py", *tiny, "--new_tokens", "8", "40", "--batch_size", "1", "2")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    cells = [[c.strip() for c in row.split("|")[1:3]] for row in rows]
+    assert cells == [["1", "8"], ["1", "40"], ["2", "8"], ["2", "40"]]  # 40 slides past the context
+    speedups = [[c.strip() for c in row.split("|")[5:8:2]] for row in rows]  # fp32 and bf16 cached
+    assert "differ" not in out and all(a.endswith("x") and b.endswith("x") for a, b in speedups)
+    assert "cached and recomputed give the same tokens" in out and "AVX512-BF16" in out
+
+
+def test_train_speed_compares_both_decoders() -> None:
+    tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
+    out = run_script(
+        "train_speed.py", *tiny, "--batch_size", "2", "--steps", "1", "--rounds", "1", "--warmup", "1",
+        "--peak_size", "128",
+    )  # fmt: skip
+    rows = [
+        [c.strip() for c in line.split("|")[1:4]] for line in out.splitlines() if line[:3] in ("| f", "| b")
+    ]
+    expected = [[p, "off", kind] for p in ("fp32", "bf16") for kind in ("original", "ours")]
+    assert rows == expected
+    assert "AVX512-BF16" in out  # the header names the CPU's bf16 features
+
+
+def test_search_speed_times_each_index_size_and_mode(pretrained_run: Path, tmp_path: Path) -> None:
+    from imdb_transformer.core.backbone import load_backbone
+    from imdb_transformer.embedder import DocumentEmbedder
+    from imdb_transformer.search import SemanticIndex
+
+    backbone = str(pretrained_run / "backbone")
+    texts = [f"review number {i} of a film" for i in range(30)]
+    index = SemanticIndex.build(
+        DocumentEmbedder(load_backbone(backbone)), texts, backbone=backbone, progress=False
+    )
+    index.save(tmp_path / "index")
+    args = ["--index", str(tmp_path / "index"), "--queries", "3", "--sizes", "20", "90"]
+    ann = ["--ann_sizes", "300", "--ann", "ivf"] if importlib.util.find_spec("faiss") else ["--ann_sizes"]
+    out = run_script("search_speed.py", *args, *ann)
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    sizes_modes = [(size.strip(), mode.strip()) for size, mode in rows if not size.strip().startswith("300")]
+    assert sizes_modes == [(n, m) for n in ("20", "90") for m in ("dense", "lexical", "hybrid")]
+    agree = [line.split("|")[5].strip() for line in out.splitlines() if line.startswith(("| 20 ", "| 90 "))]
+    assert agree == ["7/7"] * 6  # the fast path's top 10 = the plain computation's
+    if importlib.util.find_spec("faiss"):
+        assert [mode.strip() for size, mode in rows if size.strip() == "300"] == ["exact", "FAISS ivf"]
+
+
+def test_data_prep_times_cold_and_cached(imdb_dir: Path) -> None:
+    out = run_script("data_prep.py", "--source", str(imdb_dir), "--vocab_size", "300", "--block_size", "32")
+    assert "fit the tokenizer (" in out and "tokenize() all 400 reviews" in out
+    assert "LMDataModule.prepare_data" in out and "ReviewsDataModule.prepare_data" in out
+
+
+def test_retrieval_prints_every_method(pretrained_run: Path, adapter_run: Path, imdb_dir: Path) -> None:
+    out = run_script(
+        "retrieval.py", "--backbone", str(pretrained_run / "backbone"),
+        "--adapter", str(adapter_run / "adapter"),
+        "--source", str(imdb_dir), "--knn_reviews", "60", "--speed_reviews", "20", "--rounds", "1",
+        "--val_fraction", "0.2", "--whiten_dims", "16",
+    )  # fmt: skip
+    methods = [
+        line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "|" in line[2:]
+    ]
+    expected = ["BM25 (bm25s)", "TF-IDF cosine (scikit-learn)", "dense: mean", "dense: weighted mean"]
+    expected += ["dense: whitened mean", "dense: adapter", "mean pooling (default)", "adapter"]
+    assert set(expected) <= set(methods)
+    assert any(m.startswith("hybrid: adapter + BM25, alpha") for m in methods)
+    assert "chosen alpha" in out and out.count("| # | dense before") == 5

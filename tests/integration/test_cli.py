@@ -1,0 +1,230 @@
+"""The command line: wiring, and real runs of the ``imdb-transformer`` console script on tiny data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import HELPERS, REPO, fails, read_metrics, run_cli
+
+from imdb_transformer.cli import build_cli, main
+from imdb_transformer.core.backbone import CHECKPOINT_KEY
+from imdb_transformer.models import CausalLM
+
+
+def test_wiring_links_data_sizes_into_the_model(
+    tiny_fit_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["imdb-transformer"])  # only ``args`` is parsed
+    cli = build_cli([*tiny_fit_args, "--data.vocab_size", "333", "--data.block_size", "24"], run=False)
+    assert isinstance(cli.model, CausalLM)
+    assert cli.model.config.vocab_size == 333 and cli.model.config.block_size == 24
+    assert cli.datamodule.vocab_size == 333
+    assert cli.config.seed_everything == 1337  # the seed is fixed in the YAML
+    assert any(type(c).__name__ == "ModelCheckpoint" for c in cli.trainer.callbacks)
+
+
+def test_help_documents_the_arguments() -> None:
+    out = " ".join(run_cli("fit", "--data.help", "imdb_transformer.data.LMDataModule").stdout.split())
+    assert "--data.source" in out and "local folder holding" in out
+    assert "Share of whole reviews held out" in out
+
+
+def test_tiny_fit_writes_a_checkpoint_and_lowers_the_loss(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli("fit", *tiny_fit_args)
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "tokenizer.model").is_file()
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("best-step=") for n in ckpts)
+    metrics = read_metrics(run)
+    val = [v for _, v in metrics["val/loss"]]
+    assert len(val) == 3 and val[-1] < val[0]  # after steps 10, 20 and 30
+    train = [v for _, v in metrics["train/loss"]]
+    assert train[-1] < train[0]
+    assert {"val/ppl", "val/bpb"} <= metrics.keys()
+    # checkpoints hold only tensors and plain values: they load without unpickling code
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 30
+    saved_tokenizer = bytes(ckpt[CHECKPOINT_KEY]["tokenizer_model"].numpy())
+    assert saved_tokenizer == (run / "tokenizer.model").read_bytes()
+    assert ckpt[CHECKPOINT_KEY]["config"]["block_size"] == 32
+
+
+def test_fit_resumes_with_ckpt_path_last(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli("fit", *tiny_fit_args, "--trainer.max_steps", "20")
+    out = run_cli("fit", *tiny_fit_args, "--ckpt_path", "last")
+    assert "version_0/checkpoints/last.ckpt" in out.stdout
+    resumed = tmp_path / "lightning_logs" / "version_1"
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    steps = [s for s, _ in read_metrics(resumed)["train/loss"]]
+    assert min(steps) >= 20  # the step count continues where the first run stopped
+
+
+def test_ckpt_path_last_without_a_run_is_a_clear_error(tiny_fit_args: list[str]) -> None:
+    assert "no last.ckpt under" in fails("fit", *tiny_fit_args, "--ckpt_path", "last")
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16-mixed", "torch.bfloat16"), ("32-true", "torch.float32")]
+)
+def test_the_precision_flag_sets_the_autocast_of_training_steps(
+    tiny_fit_args: list[str], tmp_path: Path, precision: str, dtype: str
+) -> None:
+    record = tmp_path / "dtypes.txt"
+    run_cli(
+        "fit", *tiny_fit_args, "--trainer.precision", precision, "--trainer.max_steps", "4",
+        "--trainer.callbacks+=helpers.RecordLogitsDtype", f"--trainer.callbacks.record={record}", env=HELPERS,
+    )  # fmt: skip
+    assert record.read_text().split() == [dtype] * 4  # every training step's logits
+    assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_and_saves_plain_keys(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli("fit", *tiny_fit_args, "--model.compile", "true", "--trainer.max_steps", "10")
+    ckpt = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert "backbone.wte.weight" in ckpt["state_dict"]  # no "_orig_mod." prefix: loads into a plain model
+
+
+def test_a_missing_source_fails_before_training(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    err = fails("fit", *tiny_fit_args, "--data.source", str(tmp_path / "missing"))
+    assert "does not exist; expected a folder holding train.parquet" in err
+    assert not (tmp_path / "lightning_logs" / "version_0" / "checkpoints").exists()
+
+
+def test_ddp_on_two_cpu_processes_sees_each_block_once(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    record = tmp_path / "seen"
+    run_cli(
+        "fit", *tiny_fit_args,
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.max_steps", "-1", "--trainer.max_epochs", "1",
+        "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.callbacks+=helpers.RecordBatches", f"--trainer.callbacks.record_dir={record}",
+        env=HELPERS,
+    )  # fmt: skip
+    seen = [tuple(row) for f in sorted(record.glob("rank*.pt")) for row in torch.load(f).tolist()]
+    assert len(list(record.glob("rank*.pt"))) == 2
+    from helpers import train_blocks
+
+    blocks = train_blocks(tmp_path / "lightning_logs" / "version_0" / "config.yaml")
+    assert sorted(seen) == sorted(tuple(r) for r in blocks.tolist())  # each block once, across both ranks
+
+
+def classify_args(imdb_dir: Path, cache_dir: Path, root: Path) -> list[str]:
+    return [
+        "--config", str(REPO / "configs/classify.yaml"), "--data.source", str(imdb_dir),
+        "--data.cache_dir", str(cache_dir), "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+
+
+def test_pretrain_classify_test_pipeline_beats_chance(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    common = classify_args(imdb_dir, cache_dir, tmp_path)
+    run_cli(
+        "fit", *common, "--model.backbone", str(pretrained_run / "backbone"), "--trainer.max_epochs", "10",
+        "--model.pooling", "last", "--model.learning_rate", "1e-2",
+    )  # fmt: skip
+    best = next((tmp_path / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
+    out = run_cli("test", *common, "--ckpt_path", str(best)).stdout
+    for metric in ("test/acc", "test/f1", "test/auroc"):
+        assert metric in out
+    accuracy = float(out.split("test/acc")[1].split()[0])
+    assert accuracy >= 0.7  # 80 balanced test reviews: chance is 0.5
+
+
+def test_the_classifier_trains_under_ddp_on_two_cpu_processes(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    run_cli(
+        "fit", *classify_args(imdb_dir, cache_dir, tmp_path),
+        "--model.backbone", str(pretrained_run / "backbone"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.max_epochs", "2", "--data.batch_size", "8",
+    )  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * 9  # 144 training reviews, 72 per rank in batches of 8, two epochs
+    val_acc = [v for _, v in read_metrics(run)["val/acc"]]
+    assert len(val_acc) == 2 and all(v * 16 == round(v * 16) for v in val_acc)  # over all 16, synced
+
+
+def test_a_refused_backbone_is_one_line_not_a_namespace_dump(imdb_dir: Path, tmp_path: Path) -> None:
+    err = fails(
+        "fit", *classify_args(imdb_dir, tmp_path, tmp_path), "--model.backbone", str(tmp_path / "nope")
+    )
+    assert err.strip().splitlines()[-1].startswith(f"error: backbone '{tmp_path / 'nope'}' not found")
+    assert "Namespace" not in err and "Traceback" not in err
+
+
+def test_a_real_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(query: str, /, *, index: str) -> None:
+        """A verb with a bug in it."""
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setitem(sys.modules["imdb_transformer.cli"].VERBS, "search", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["search", "--index", "i", "q"])
+
+
+def test_tiny_yaml_says_what_it_stacks_on() -> None:
+    first = (REPO / "configs/tiny.yaml").read_text().splitlines()[0]
+    assert "pretrain.yaml" in first and "classify" in (REPO / "configs/tiny.yaml").read_text()
+
+
+def test_embed_then_search_prints_a_table(pretrained_run: Path, imdb_dir: Path, tmp_path: Path) -> None:
+    index = str(tmp_path / "i")
+    run_cli(
+        "embed", "--backbone", str(pretrained_run / "backbone"), "--source", str(imdb_dir), "--out", index
+    )
+    out = run_cli("search", "--index", index, "a wonderful superb movie", "-k", "3").stdout
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["#", "score", "review", "key"] and len(lines) == 2 + 3
+    assert run_cli("search", "a wonderful superb movie", "--index", index, "--k", "3").stdout == out
+    err = fails("search", "--index", index, "x", "-k", "0")
+    assert err.startswith("error: ") and '"k"' in err and "PositiveInt" in err and err.count("\n") == 1
+
+
+def test_every_verb_takes_help_config_and_print_config(pretrained_run: Path, tmp_path: Path) -> None:
+    for verb, documented in [("embed", "--max_reviews"), ("search", "--backbone"), ("generate", "--top_p")]:
+        out = " ".join(run_cli(verb, "--help").stdout.split())
+        assert "--config" in out and "--print_config" in out and documented in out
+    assert "sample within this probability mass" in " ".join(run_cli("generate", "--help").stdout.split())
+    args = ["--checkpoint", str(pretrained_run / "backbone"), "--prompt", "A", "--prompt", "B"]
+    printed = yaml.safe_load(run_cli("generate", *args, "--top_k", "7", "--print_config").stdout)
+    assert printed["top_k"] == 7 and printed["prompt"] == ["A", "B"] and printed["strategy"] == "top_k"
+    config = tmp_path / "generate.yaml"
+    config.write_text(yaml.safe_dump({**printed, "max_new_tokens": 3, "seed": 0}))
+    out = run_cli("generate", "--config", str(config)).stdout
+    assert out.startswith("[1] A") and "\n[2] B" in out
+
+
+def test_generate_prints_one_continuation_per_prompt(pretrained_run: Path) -> None:
+    args = ["generate", "--checkpoint", str(pretrained_run / "backbone"), "--strategy", "top_k"]
+    args += ["--top_k", "5", "--max_new_tokens", "8", "--seed", "0"]
+    args += ["--prompt", "A wonderful film", "--prompt", "It was dull"]
+    out = run_cli(*args).stdout
+    assert out.startswith("[1] A wonderful film") and "\n[2] It was dull" in out
+    assert out == run_cli(*args).stdout  # seeded: the same sample again
+    for bad, message in [(["--top_k", "0"], "top_k must be >= 1"), (["--prompt", ""], "prompt 3 is empty")]:
+        assert message in fails(*args, *bad)
+    half = run_cli(*args, "--dtype", "bfloat16").stdout  # decoded by a bf16 copy of the weights
+    assert half.startswith("[1] A wonderful film") and "\n[2] It was dull" in half
+    assert 'Parser key "dtype"' in fails(*args, "--dtype", "float16")
+
+
+def test_lstm_baseline_trains_through_the_same_cli(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    run_cli(
+        "fit", *tiny_fit_args, "--config", str(REPO / "configs/lstm.yaml"),
+        "--model.n_embd", "32", "--trainer.max_steps", "20",
+    )  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    metrics = read_metrics(run)
+    assert len(metrics["val/bpb"]) == 2 and metrics["val/loss"][-1][1] < metrics["val/loss"][0][1]
+    assert "LSTMLM" in (run / "config.yaml").read_text()
+    err = fails("generate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--prompt", "A")
+    assert "is not a checkpoint of a pretrained CausalLM" in err

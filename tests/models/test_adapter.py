@@ -1,0 +1,279 @@
+"""EmbeddingAdapter and hybrid search: frozen backbone, contrastive learning, saving, fusion, FAISS."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO, fails, read_metrics, run_cli
+
+from imdb_transformer.core.backbone import export_backbone, load_backbone
+from imdb_transformer.core.decoder import CausalDecoder
+from imdb_transformer.core.head import AdapterError, EmbeddingHead, HeadConfig, load_adapter
+from imdb_transformer.data.crops import ContrastiveDataModule, random_crop
+from imdb_transformer.embedder import DocumentEmbedder
+from imdb_transformer.errors import InputError
+from imdb_transformer.models.adapter import EmbeddingAdapter, info_nce
+from imdb_transformer.search import SemanticIndex
+from imdb_transformer.search import index as search_index
+from imdb_transformer.text.imdb import load_reviews
+
+
+def test_info_nce_is_low_when_pairs_match_and_chance_when_they_do_not() -> None:
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    loss, accuracy = info_nce(a, a, temperature=0.05)
+    assert accuracy == 1.0 and loss < 0.1
+    loss, _ = info_nce(a, torch.roll(a, 1, 0), temperature=1e6)  # every pair looks alike: uniform
+    assert loss.item() == pytest.approx(math.log(8), rel=1e-3)
+
+
+def test_crops_are_spans_of_the_review_after_an_eos() -> None:
+    ids = list(range(10, 110))
+    rng = random.Random(0)
+    for _ in range(50):
+        crop = random_crop(ids, rng, 5, 20)
+        assert crop[0] == 3 and 5 <= len(crop) - 1 <= 20
+        start = ids.index(crop[1])
+        assert crop[1:] == ids[start : start + len(crop) - 1]
+    assert random_crop([7, 8], rng, 5, 20) == [3, 7, 8]  # shorter than crop_min: the whole review
+
+
+def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:
+    dm = ContrastiveDataModule(str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 160 + 160  # train + unsupervised
+    with pytest.raises(ValueError, match="never reads test reviews"):
+        dm.test_dataloader()
+    val = [next(iter(dm.val_dataloader()))["a_ids"] for _ in range(2)]
+    assert torch.equal(*val)  # validation crops are the same every time
+
+
+def test_a_tiny_sparse_adapter_trains_through_the_cli_and_its_crops_find_each_other(
+    adapter_run: Path,
+) -> None:
+    metrics = read_metrics(adapter_run)
+    assert [v for _, v in metrics["val/acc"]][-1] > 0.5  # in-batch top-1 of held-out pairs; chance 1/32
+    assert sorted(p.name for p in (adapter_run / "adapter").iterdir()) == [
+        "adapter.json",
+        "adapter.safetensors",
+    ]
+
+
+def test_a_tiny_dense_adapter_trains_through_the_cli_and_its_loss_falls(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    run_cli(
+        "fit", "--config", str(REPO / "configs/embed.yaml"),
+        "--config", str(REPO / "configs/embed_tiny.yaml"),
+        "--model.pooling", "attention", "--model.backbone", str(pretrained_run / "backbone"),
+        "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    train = [v for _, v in read_metrics(tmp_path / "lightning_logs" / "version_0")["train/loss_step"]]
+    assert train[-1] < train[0]
+
+
+def test_the_sparse_head_learns_its_token_weights() -> None:
+    """Gradients reach the token weights through the max over each token's occurrences."""
+    torch.manual_seed(0)
+    head = EmbeddingHead(HeadConfig(n_states=1, n_embd=16, pooling="sparse", vocab_size=50, dropout=0.0))
+    ids = torch.randint(0, 50, (16, 12))
+    states = [torch.nn.functional.embedding(ids, torch.randn(50, 16))]  # a token's state is its identity
+    crop = [s.roll(3, 1)[:, :9] for s in states], ids.roll(3, 1)[:, :9]  # 9 of the same tokens, shifted
+    keep = torch.ones(16, 12, dtype=torch.bool)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss, _ = info_nce(head(states, keep, ids), head(crop[0], keep[:, :9], crop[1]), 0.05)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_training_leaves_the_backbone_unchanged_and_crops_find_their_review(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    import lightning as L
+
+    torch.manual_seed(0)
+    model = EmbeddingAdapter(
+        backbone=str(pretrained_run / "backbone"), dim=32, pooling="attention", learning_rate=3e-3
+    )  # dense: the head must learn what the sparse one gets from token identity
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    dm = ContrastiveDataModule(
+        str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"), crop_max=24, batch_size=32,
+        val_fraction=0.1,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))  # 32 held-out reviews, two crops each
+
+    def held_out() -> tuple[float, float]:
+        """InfoNCE loss and in-batch top-1 of the held-out pairs."""
+        model.eval()
+        with torch.no_grad():
+            a = model(batch["a_ids"], batch["a_mask"])
+            b = model(batch["b_ids"], batch["b_mask"])
+        loss, accuracy = info_nce(a, b, 0.05)
+        return loss.item(), accuracy.item()
+
+    untrained = held_out()
+    trainer = L.Trainer(
+        max_steps=40, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    loss, accuracy = held_out()
+    assert loss < untrained[0]  # crops of one review score higher against each other than against others
+    assert accuracy > 0.25  # chance: 1 in 32
+
+
+def test_an_index_with_an_adapter_survives_save_and_load(
+    adapter_run: Path, pretrained_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "index"
+    backbone = pretrained_run / "backbone"
+    run_cli("embed", "--backbone", str(backbone), "--adapter", str(adapter_run / "adapter"),
+            "--source", str(imdb_dir), "--out", str(out))  # fmt: skip
+    loaded = SemanticIndex.load(out)
+    vocab = loaded.embedder.decoder.config.vocab_size
+    assert loaded.embedder.head is not None and loaded.sparse and loaded.vectors.shape == (80, vocab)
+    reviews = load_reviews(str(imdb_dir), "test")
+    for mode in ("dense", "hybrid", "lexical"):
+        assert loaded.query(reviews.texts[7], 1, mode)[0].id == reviews.ids[7]  # a review finds itself
+    like = loaded.like(reviews.ids[7], 3)
+    assert len(like) == 3 and reviews.ids[7] not in [h.id for h in like]
+    out_text = run_cli("search", "--index", str(out), "--like", str(reviews.ids[7]), "-k", "2").stdout
+    assert len(out_text.strip().splitlines()) == 2 + 2
+
+
+def test_sparse_vectors_hold_each_tokens_largest_weight_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    head = EmbeddingHead(HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20)).eval()
+    states = [torch.randn(2, 4, 8) for _ in range(2)]
+    ids = torch.tensor([[5, 5, 7, 0], [9, 3, 3, 3]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    vectors = head(states, mask, ids)
+    assert vectors.shape == (2, 20) and torch.allclose(vectors.norm(dim=-1), torch.ones(2))
+    assert vectors[0].nonzero().flatten().tolist() == [5, 7]  # the padding's id 0 gets nothing
+    assert vectors[1].nonzero().flatten().tolist() == [3, 9]
+    mixed = sum(w * head.norm(s) for w, s in zip(head.mix.softmax(0), states, strict=True))
+    weights = torch.nn.functional.softplus(head.token(mixed).squeeze(-1))
+    raw = torch.zeros(20).index_reduce(0, ids[0, :3], weights[0, :3], "amax", include_self=False)
+    assert torch.allclose(vectors[0], raw.nan_to_num() / raw.nan_to_num().norm())
+
+
+def test_a_sparse_index_ranks_as_the_full_product_and_refuses_ann(
+    adapter_run: Path, pretrained_run: Path
+) -> None:
+    backbone = load_backbone(pretrained_run / "backbone")
+    embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
+    rng = random.Random(0)
+    words = "horror comedy war musical cartoon western drama romance thriller sequel actor".split()
+    texts = [" ".join(rng.choices(words, k=12)) for _ in range(60)]
+    index = SemanticIndex.build(embedder, texts, progress=False)
+    query = embedder.embed(["a western with a great actor"], progress=False)
+    full = (index.vectors @ query.T).toarray().ravel()  # every review, the plain way
+    assert np.allclose(index.cosines(query), full, atol=1e-6)
+    rows, scores = index.dense_top_k(query, 5)
+    assert list(rows) == list(np.argsort(-full, kind="stable")[:5])
+    with pytest.raises(InputError, match="searched exactly through its inverted index"):
+        SemanticIndex(embedder, index.vectors, index.reviews, ann="hnsw")
+
+
+def test_hybrid_finds_the_review_that_holds_a_rare_word(pretrained_run: Path) -> None:
+    embedder = DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+    texts = [f"a film with the actor number {i} and a plot that was really quite dull" for i in range(40)]
+    texts[23] = "a film with Zanzibarovsky in the lead and a plot that was really quite dull"
+    index = SemanticIndex.build(embedder, texts, progress=False)
+    assert index.query("Zanzibarovsky", 1)[0].id == 23  # hybrid, the default
+    assert index.query("Zanzibarovsky", 1, "lexical")[0].id == 23
+
+
+def test_an_adapter_on_another_backbone_is_refused_naming_both(
+    adapter_run: Path, pretrained_run: Path, tmp_path: Path
+) -> None:
+    real = load_backbone(pretrained_run / "backbone")
+    load_adapter(adapter_run / "adapter", real)  # its own backbone: accepted
+    torch.manual_seed(1)
+    other = export_backbone(CausalDecoder(real.decoder.config), real.tokenizer, tmp_path / "other")
+    with pytest.raises(
+        AdapterError,
+        match=rf"trained on backbone {real.fingerprint}, .* \({load_backbone(other).fingerprint}\)",
+    ):
+        load_adapter(adapter_run / "adapter", load_backbone(other))
+    err = fails(
+        "embed",
+        "--backbone",
+        str(other),
+        "--adapter",
+        str(adapter_run / "adapter"),
+        "--out",
+        str(tmp_path / "i"),
+    )
+    assert real.fingerprint in err and "error:" in err
+
+
+def test_faiss_hnsw_agrees_with_exact_search_on_the_top_hit(pretrained_run: Path) -> None:
+    pytest.importorskip("faiss", reason="faiss-cpu is an optional extra: pip install -e '.[faiss]'")
+    embedder = DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+    rng = random.Random(0)
+    words = "horror comedy war musical cartoon western drama romance thriller sequel actor".split()
+    texts = [" ".join(rng.choices(words, k=12)) for _ in range(200)]
+    exact = SemanticIndex.build(embedder, texts, lexical=False, progress=False)
+    approx = SemanticIndex(embedder, exact.vectors, exact.reviews, ann="hnsw")
+    for text in texts[:20]:
+        assert approx.query(text, 1)[0].id == exact.query(text, 1)[0].id
+
+
+@pytest.mark.parametrize("proposals", [4, 100])
+def test_hybrid_fuses_each_rankers_top_proposals_as_the_plain_computation_does(
+    adapter_run: Path, pretrained_run: Path, monkeypatch: pytest.MonkeyPatch, proposals: int
+) -> None:
+    """Fusion min-max scales both rankers' scores over the union of each one's top ``CANDIDATES`` (among
+    reviews it scores above zero) and mixes them by alpha: the ranking of the plain computation."""
+    monkeypatch.setattr(search_index, "CANDIDATES", proposals)  # what the ranking reads
+    backbone = load_backbone(pretrained_run / "backbone")
+    embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
+    rng = random.Random(1)
+    words = "horror comedy war musical cartoon western drama romance thriller sequel actor".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(5, 25))) for _ in range(50)]
+    index = SemanticIndex.build(embedder, texts, progress=False, alpha=0.4)
+    text = "a musical western"
+    query = embedder.embed([text], progress=False)
+    dense = (index.vectors @ query.T).toarray().ravel()
+    lexical = index.lexical.scores(text)
+    for scores in (dense, lexical):  # no tie at the edge of the proposals, so they are well defined
+        assert proposals >= 50 or np.sort(scores)[-proposals] > np.sort(scores)[-proposals - 1]
+    rows = np.union1d(*[np.argsort(-x)[: min(proposals, np.count_nonzero(x))] for x in (dense, lexical)])
+
+    def scaled(x: np.ndarray) -> np.ndarray:
+        return (x - x.min()) / (x.max() - x.min())
+
+    fused = 0.4 * scaled(dense[rows]) + 0.6 * scaled(lexical[rows])
+    top, scores = index.top_k(query, text, "hybrid", 5)
+    assert np.allclose(scores, np.sort(fused)[::-1][:5], atol=1e-6)
+    assert set(top) <= set(rows)
+
+
+def test_hybrid_returns_k_hits_when_fewer_reviews_share_anything_with_the_query(
+    pretrained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+    index = SemanticIndex.build(embedder, [f"review number {i} of a film" for i in range(12)], progress=False)
+    nothing = np.zeros(len(index), dtype=np.float32)  # no review shares a word or a token with the query
+    monkeypatch.setattr(index.lexical, "scores", lambda text: nothing)
+    monkeypatch.setattr(
+        index, "cosines", lambda vector, rows=None: nothing if rows is None else nothing[rows]
+    )
+    hits = index.query("unrelated words", 5)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5] and all(h.score == 0 for h in hits)

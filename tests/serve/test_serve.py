@@ -1,0 +1,423 @@
+"""The HTTP API with the real server (``imdb-transformer serve`` on a free port) and tiny models."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from helpers import REPO, fails, run_cli
+
+pytest.importorskip("litserve", reason="the server needs the serve extra: pip install -e '.[serve]'")
+
+from imdb_transformer.errors import InputError  # noqa: E402
+from imdb_transformer.serve import ServeConfig, free_port, run
+from imdb_transformer.serve import ServerProcess as Server
+from imdb_transformer.serve.hosts import allowed_host_names
+from imdb_transformer.serve.schemas import MAX_NEW_TOKENS, MAX_TEXTS  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def served_models(pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """A tiny backbone, an index of the synthetic test reviews and a classifier checkpoint."""
+    root = tmp_path_factory.mktemp("served")
+    backbone = pretrained_run / "backbone"
+    run_cli("embed", "--backbone", str(backbone), "--source", str(imdb_dir), "--out", str(root / "index"))
+    run_cli(
+        "fit", "--config", str(REPO / "configs/classify.yaml"), "--data.source", str(imdb_dir),
+        "--data.cache_dir", str(cache_dir), "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false", "--model.backbone", str(backbone),
+        "--trainer.max_epochs", "3", "--model.pooling", "last",
+    )  # fmt: skip
+    return {
+        "backbone": backbone,
+        "index": root / "index",
+        "classifier": root / "lightning_logs/version_0/checkpoints/last.ckpt",
+    }
+
+
+@pytest.fixture(scope="session")
+def server(served_models: dict[str, Path], tmp_path_factory) -> Server:
+    m = served_models
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    running = Server(
+        ["--backbone", str(m["backbone"]), "--index", str(m["index"]), "--classifier", str(m["classifier"]),
+         "--max_batch_size", "8", "--batch_timeout", "0.05"],
+        log,
+    )  # fmt: skip
+    yield running
+    running.stop()
+
+
+def test_each_endpoint_answers(server: Server) -> None:
+    status, info = server.call("GET", "/info")
+    assert status == 200 and info["model"]["index"]["reviews"] == 80
+    assert set(info["model"]["endpoints"]) == {"/search", "/sentiment", "/embed", "/generate"}
+    status, found = server.call("POST", "/search", {"query": "a good film", "k": 3})
+    assert status == 200 and len(found["hits"]) == 3
+    assert {"rank", "score", "id", "label", "snippet"} <= set(found["hits"][0])
+    status, found = server.call("POST", "/search", {"query": "a good film", "k": 2, "mode": "lexical"})
+    assert status == 200 and [h["rank"] for h in found["hits"]] == [1, 2]
+    status, sentiment = server.call("POST", "/sentiment", {"texts": ["great fun", "awful and dull"]})
+    assert status == 200 and [r["label"] in ("pos", "neg") for r in sentiment["results"]] == [True, True]
+    assert all(0 <= r["probability"] <= 1 for r in sentiment["results"])
+    status, embedded = server.call("POST", "/embed", {"texts": ["one", "two words"]})
+    assert status == 200 and len(embedded["vectors"]) == 2
+    assert abs(sum(v * v for v in embedded["vectors"][0]) - 1) < 1e-4  # unit vectors
+    body = {"prompt": "This movie", "strategy": "greedy", "max_new_tokens": 5, "seed": 1}
+    status, first = server.call("POST", "/generate", body)
+    assert status == 200 and isinstance(first["text"], str)
+    assert server.call("POST", "/generate", body)[1] == first  # same seed, same text
+    status, html = server.call("GET", "/")
+    assert status == 200 and "<title>imdb_transformer</title>" in html
+    assert "http://" not in html and "https://" not in html  # nothing loaded from elsewhere: works offline
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "why"),
+    [
+        ("/search", {"query": "   "}, "empty"),
+        ("/search", {"query": ""}, "at least 1 character"),
+        ("/search", {"query": 5}, "string"),
+        ("/search", {"query": "film", "k": 0}, "greater than or equal to 1"),
+        ("/search", {"query": "film", "k": 101}, "less than or equal to 100"),
+        ("/search", {"query": "film", "mode": "fuzzy"}, "hybrid"),
+        ("/search", {"query": "film", "path": "/etc/passwd"}, "Extra inputs are not permitted"),
+        ("/sentiment", {"texts": []}, "at least 1 item"),
+        ("/sentiment", {"texts": ["fine", " "]}, "empty"),
+        ("/sentiment", {"texts": ["x"] * (MAX_TEXTS + 1)}, f"at most {MAX_TEXTS} items"),
+        ("/sentiment", {"texts": "not a list"}, "list"),
+        (
+            "/generate",
+            {"prompt": "The", "max_new_tokens": MAX_NEW_TOKENS + 1},
+            f"less than or equal to {MAX_NEW_TOKENS}",
+        ),
+        ("/generate", {"prompt": "The", "strategy": "beam"}, "greedy"),
+        ("/embed", {"texts": [7]}, "string"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(
+    server: Server, path: str, body: dict, why: str
+) -> None:
+    status, answer = server.call("POST", path, body)
+    assert status == 422 and why in json.dumps(answer)
+    assert server.call("POST", "/search", {"query": "film", "k": 1})[0] == 200
+
+
+def test_invalid_json_and_oversized_bodies_are_refused(server: Server) -> None:
+    status, _ = server.call("POST", "/search", raw=b'{"query": "film", ')
+    assert status == 422
+    status, _ = server.call("POST", "/sentiment", raw=json.dumps({"texts": ["a" * 600_000] * 2}).encode())
+    assert status == 413  # over the 1 MB body limit
+    assert server.call("GET", "/health")[0] == 200
+
+
+def test_fifty_requests_from_eight_threads_are_answered_as_one_at_a_time(server: Server) -> None:
+    texts = [f"review number {i} was {'great' if i % 2 else 'awful'}" for i in range(50)]
+    alone = [server.call("POST", "/sentiment", {"texts": [t]})[1]["results"][0] for t in texts[:10]]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda t: server.call("POST", "/sentiment", {"texts": [t]}), texts))
+    assert all(status == 200 for status, _ in answers)
+    together = [body["results"][0] for _, body in answers]
+    for a, b in zip(alone, together[:10], strict=True):  # batched with others == computed alone
+        assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+    queries = [f"film {i}" for i in range(16)]
+    single = [server.call("POST", "/search", {"query": q, "k": 3})[1] for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        batched = list(pool.map(lambda q: server.call("POST", "/search", {"query": q, "k": 3})[1], queries))
+    assert [[h["id"] for h in s["hits"]] for s in single] == [[h["id"] for h in b["hits"]] for b in batched]
+
+
+@pytest.fixture(scope="module")
+def only(served_models: dict[str, Path], tmp_path_factory) -> Server:
+    """A second server: the classifier alone, unbatched, answering two more host names and showing the
+    models' paths in /info."""
+    log = tmp_path_factory.mktemp("only") / "server.log"
+    running = Server(
+        ["--classifier", str(served_models["classifier"]), "--max_batch_size", "1",
+         "--allowed_hosts", "my.example,10.1.2.3", "--info_paths", "true"],
+        log,
+    )  # fmt: skip
+    yield running
+    running.stop()
+
+
+def test_endpoints_without_their_model_answer_404_and_unbatched_serving_agrees(
+    server: Server, only: Server
+) -> None:
+    texts = {"texts": ["great fun", "awful and dull"]}
+    unbatched = only.call("POST", "/sentiment", texts)[1]["results"]  # one request at a time
+    batched = server.call("POST", "/sentiment", texts)[1]["results"]
+    assert [r["label"] for r in unbatched] == [r["label"] for r in batched]
+    assert [r["probability"] for r in unbatched] == pytest.approx(
+        [r["probability"] for r in batched], abs=1e-5
+    )
+    status, answer = only.call("POST", "/search", {"query": "film"})
+    assert status == 404 and "--index DIR" in answer["error"]
+    status, answer = only.call("POST", "/generate", {"prompt": "The"})
+    assert status == 404 and "--backbone PATH" in answer["error"]
+    assert only.call("POST", "/sentiment", {"texts": ["good"]})[0] == 200
+
+
+def _log(server: Server) -> str:
+    return Path(server.log.name).read_text()
+
+
+# values JSON cannot carry back in an answer (NaN, infinities, lone surrogates) or that the parser cannot
+# read: per endpoint, a body with a numeric or text field to put them in
+FIELDS = {
+    "/search": b'{"query": "film", "k": %s}',
+    "/generate": b'{"prompt": "The", "max_new_tokens": 2, "temperature": %s}',
+    "/sentiment": b'{"texts": ["fine", %s]}',
+    "/embed": b'{"texts": [%s]}',
+}
+DEEP = 100_000  # far past the JSON reader's recursion limit, within the 1 MB body limit
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"NaN", b"Infinity", b"-Infinity", b"1e400", b'"\\ud800"', b'"a\\udfffb"', b'"\xff\xfe"',
+     b"[" * 500 + b"]" * 500, b"[" * DEEP + b"]" * DEEP],
+    ids=["NaN", "Infinity", "-Infinity", "1e400", "lone-surrogate", "lone-low-surrogate", "invalid-utf8",
+         "nested-500", f"nested-{DEEP}"],
+)  # fmt: skip
+def test_unserialisable_or_malformed_bodies_get_a_short_4xx_and_no_traceback(
+    server: Server, value: bytes
+) -> None:
+    for path, body in FIELDS.items():
+        status, answer = server.call("POST", path, raw=body % value)
+        assert 400 <= status < 500, (path, status, answer)
+        assert isinstance(answer, dict) and "detail" in answer, (path, answer)
+        assert len(json.dumps(answer)) < 600, (path, answer)  # a reason, not the input echoed back
+    assert "Traceback" not in _log(server)
+    assert server.call("POST", "/search", {"query": "film", "k": 1})[0] == 200
+
+
+def test_other_malformed_bodies_get_a_short_4xx(server: Server) -> None:
+    cases = [b"[1, 2]", b'"text"', b"null", b"{" * 1000, b'{"query": "film", "k": 3, ', b'{"\\ud800": 1}',
+             b"\xff" * 1000, b""]  # fmt: skip
+    for path in FIELDS:
+        for raw in cases:
+            status, answer = server.call("POST", path, raw=raw)
+            assert 400 <= status < 500 and len(json.dumps(answer)) < 600, (path, raw[:20], status, answer)
+    status, answer = server.call("POST", "/search", raw=b'{"query": "film", "k": ')
+    assert status == 422 and answer["detail"][0]["msg"].startswith("JSON decode error: Expecting value")
+    status, answer = server.call("POST", "/generate", raw=b'{"prompt": "The", "top_p": NaN}')
+    assert answer["detail"] == [
+        {"type": "finite_number", "loc": ["body", "top_p"], "msg": "Input should be a finite number"}
+    ]
+    assert "Traceback" not in _log(server)
+
+
+def test_tiny_temperatures_and_nuclei_generate_like_greedy(server: Server) -> None:
+    greedy = server.call(
+        "POST", "/generate", {"prompt": "The film", "strategy": "greedy", "max_new_tokens": 6}
+    )
+    assert greedy[0] == 200
+    for options in ({"strategy": "sample", "temperature": 1e-300}, {"strategy": "top_p", "top_p": 1e-300},
+                    {"strategy": "top_k", "temperature": 5e-324, "top_k": 10_000}):  # fmt: skip
+        status, answer = server.call(
+            "POST", "/generate", {"prompt": "The film", "max_new_tokens": 6, **options}
+        )
+        assert status == 200 and answer["text"] == greedy[1]["text"], (options, answer)
+    status, answer = server.call(
+        "POST", "/generate", {"prompt": "The film", "strategy": "sample", "temperature": 10, "seed": 3}
+    )
+    assert status == 200 and isinstance(answer["text"], str)
+    assert "Traceback" not in _log(server)
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("evil.example", 400), ("evil.example:{port}", 400), ("127.0.0.1.evil.example:{port}", 400),
+     ("localhost.evil.example", 400), ("my.example", 400), ("localhost", 200), ("LOCALHOST:{port}", 200),
+     ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200), ("localhost.:{port}", 200)],
+)  # fmt: skip
+def test_the_host_header_must_name_this_machine(server: Server, host: str, status: int) -> None:
+    """A page served from another name (DNS rebinding to 127.0.0.1) sends that name as Host."""
+    headers = {"Host": host.format(port=server.port)}
+    for method, path, body in (("GET", "/health", None), ("GET", "/", None), ("GET", "/info", None),
+                               ("POST", "/search", {"query": "film", "k": 1})):  # fmt: skip
+        answer = server.call(method, path, body, headers=headers)
+        assert answer[0] == status, (path, answer)
+        if status == 400:
+            assert "--allowed_hosts" in answer[1]["error"]
+
+
+def test_allowed_hosts_adds_names_and_info_paths_shows_the_paths(
+    only: Server, server: Server, served_models: dict[str, Path]
+) -> None:
+    for host, status in (
+        ("my.example", 200),
+        ("MY.EXAMPLE:80", 200),
+        ("10.1.2.3", 200),
+        ("other.example", 400),
+    ):
+        assert only.call("GET", "/health", headers={"Host": host})[0] == status, host
+    assert server.call("GET", "/health", headers={"Host": "my.example"})[0] == 400  # not given there
+    info = only.call("GET", "/info")[1]["model"]
+    assert info["classifier"][0]["path"] == str(served_models["classifier"])
+
+
+def test_info_shows_fingerprints_and_sizes_but_no_paths(
+    server: Server, served_models: dict[str, Path]
+) -> None:
+    status, info = server.call("GET", "/info")
+    model = info["model"]
+    assert status == 200 and model["backbone"]["signature"] and model["backbone"]["bytes"] > 0
+    assert model["index"]["bytes"] > 0 and model["classifier"][0]["bytes"] > 0
+    assert len(model["classifier"][0]["sha256"]) == 16
+    text = json.dumps(info)
+    assert '"path"' not in text and str(served_models["classifier"].parents[3]) not in text
+
+
+def test_the_generated_api_docs_are_off(server: Server) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        assert server.call("GET", path)[0] == 404, path
+    assert server.call("GET", "/")[0] == 200
+
+
+def test_the_server_listens_on_localhost_only_by_default(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5):
+        pass
+    outside = [a for a in _own_addresses() if not a.startswith("127.")]
+    if not outside:
+        pytest.skip("this machine has no address but loopback to try the server from")
+    for address in outside:  # the machine's other addresses do not reach it
+        with pytest.raises(OSError), socket.create_connection((address, server.port), timeout=2):
+            pass
+
+
+def _own_addresses() -> list[str]:
+    """This machine's addresses: its hostname's, and the one it would route outward from (a UDP
+    ``connect`` sends nothing)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, contextlib.suppress(OSError):
+        probe.connect(("10.255.255.255", 1))
+        found.add(probe.getsockname()[0])
+    return sorted(found)
+
+
+def _chromium() -> str | None:
+    """The OS's Chromium (browser downloads are not possible here: Playwright drives the system one)."""
+    for path in ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "/usr/bin/chromium-browser"):
+        if Path(path).is_file():
+            return path
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def page(server: Server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[browser]' (Playwright)")
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed: apt-get install chromium (.ci/run does)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1000, "height": 900})
+        outside: list[str] = []
+        tab.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
+        tab.goto(server.url + "/")
+        tab.outside = outside
+        yield tab
+        browser.close()
+
+
+def test_the_page_searches_and_shows_a_table(page, server: Server) -> None:
+    page.fill("#query", "a good film")
+    page.fill("#k", "4")
+    page.click("#search-form button")
+    page.wait_for_selector("#results tbody tr")
+    rows = page.locator("#results tbody tr")
+    assert rows.count() == 4
+    assert page.locator("#results tbody tr td").first.inner_text() == "1"
+    assert page.outside == []  # everything the page loads comes from the server: it works offline
+
+
+def test_the_page_shows_a_reviews_label_and_probability(page) -> None:
+    page.fill("#review", "great fun, a wonderful film")
+    page.click("#sentiment-form button")
+    page.wait_for_function("document.getElementById('sentiment').textContent.includes('p(positive)')")
+    text = page.inner_text("#sentiment")
+    assert text.startswith(("positive", "negative")) and "p(positive) = " in text
+    probability = float(text.split("= ")[1].rstrip(")"))
+    assert 0 <= probability <= 1
+
+
+def test_the_page_reports_bad_input_and_generates(page) -> None:
+    page.fill("#query", "   ")
+    page.click("#search-form button")
+    page.wait_for_function("document.getElementById('search-error').textContent.length > 0")
+    assert "empty" in page.inner_text("#search-error")
+    page.fill("#prompt", "This movie")
+    page.select_option("#strategy", "greedy")
+    page.fill("#max_new_tokens", "8")
+    page.click("#generate-form button")
+    page.wait_for_function("document.getElementById('generated').textContent.startsWith('This movie')")
+    page.fill("#query", "a good film")
+    page.click("#search-form button")
+    page.wait_for_function("document.getElementById('search-error').textContent === ''")
+    if os.environ.get(
+        "IMDB_SCREENSHOT"
+    ):  # the README's picture: IMDB_SCREENSHOT=docs/page.png pytest -k page
+        page.screenshot(path=os.environ["IMDB_SCREENSHOT"], full_page=True)
+
+
+def test_a_wrong_path_stops_serve_with_one_line(tmp_path: Path) -> None:
+    err = fails("serve", "--index", str(tmp_path / "nowhere"), "--port", str(free_port()))
+    assert (
+        err.strip().splitlines()[-1].startswith("error:") and "build one with `imdb-transformer embed`" in err
+    )
+    assert "nothing to serve" in fails("serve", "--port", str(free_port()))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"port": 0}, "--port must be an integer in 1024..65535"),
+     ({"port": 80}, "--port must be an integer in 1024..65535"),
+     ({"port": 65536}, "--port must be an integer in 1024..65535"),
+     ({"host": "nowhere.invalid"}, "--host must be 127.0.0.1 or localhost"),
+     ({"host": "192.0.2.7"}, "--host must be 127.0.0.1 or localhost"),
+     ({"max_batch_size": 0}, "--max_batch_size must be in 1..1024"),
+     ({"max_batch_size": -3}, "--max_batch_size must be in 1..1024"),
+     ({"batch_timeout": -0.5}, r"--batch_timeout must be a number of seconds in \[0, 10\]"),
+     ({"batch_timeout": float("nan")}, r"--batch_timeout must be a number of seconds in \[0, 10\]"),
+     ({"batch_timeout": float("inf")}, r"--batch_timeout must be a number of seconds in \[0, 10\]"),
+     ({"allowed_hosts": "a.example,b c"}, "--allowed_hosts: 'b c' is not a host name")],
+)  # fmt: skip
+def test_out_of_range_serve_options_are_refused_naming_the_range(options: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        ServeConfig(backbone="unused", **options)
+
+
+def test_serve_refuses_bad_options_and_a_busy_port_in_one_line_before_loading_anything(
+    server: Server,
+) -> None:
+    refused = [
+        (["--port", "0"], "--port must be an integer in 1024..65535 (got 0)"),
+        (["--batch_timeout", ".nan"], "--batch_timeout must be a number of seconds"),
+    ]
+    for options, message in refused:
+        err = fails("serve", "--backbone", "/nowhere", *options)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: " + message), err
+    with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1 port {server.port}"):
+        run(ServeConfig(backbone="/nowhere", port=server.port))  # in use by the test server: refused first
+
+
+def test_the_host_names_answered(tmp_path: Path) -> None:
+    assert allowed_host_names("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_host_names("0.0.0.0", ("Box.Example.", "[fe80::1]")) == {
+        "localhost", "127.0.0.1", "::1", "box.example", "fe80::1"
+    }  # fmt: skip
+    assert allowed_host_names("::", ("*",)) is None  # no check
+    assert ServeConfig(backbone="unused", allowed_hosts="a.example, 10.0.0.2").allowed_hosts == (
+        "a.example", "10.0.0.2"
+    )  # fmt: skip

@@ -1,0 +1,37 @@
+"""Texts to classify from a file: a column of anything but text, or a file that is not what its name
+says, is one clear error; a CSV column of number-like texts stays text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import error_line, main_each
+
+from imdb_transformer.errors import InputError
+from imdb_transformer.text.texts import read_texts
+
+
+def test_a_csv_column_of_number_like_texts_is_read_as_text(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("text,n\n10,1\n007,2\nA fine film,3\n")
+    assert read_texts(tmp_path / "t.csv") == ["10", "007", "A fine film"]  # not 10, 7
+
+
+def test_files_that_hold_no_texts_are_one_error_line(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"text": pa.array([1, 2])}), tmp_path / "ints.parquet")
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet at all")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    cases = {
+        "ints.parquet": "holds int64, not text",
+        "garbage.parquet": "cannot read",
+        "empty.parquet": "no texts",
+    }
+    with pytest.raises(InputError, match="holds int64, not text"):
+        read_texts(tmp_path / "ints.parquet")
+    checkpoint = str(tmp_path / "none.ckpt")  # the file is read before any model loads
+    runs = [["classify", "--checkpoint", checkpoint, "--file", str(tmp_path / name)] for name in cases]
+    for (name, words), result in zip(cases.items(), main_each(runs), strict=True):
+        line = error_line(result)
+        assert name in line and words in line, line
