@@ -106,10 +106,9 @@ class PrecisionAdvice(Callback):
         if not hardware.native_bf16_cpu():
             rank_zero_warn(
                 f"--trainer.precision {trainer.precision} on a CPU without bf16 hardware "
-                f"({hardware.describe_cpu()}): bf16 is emulated here and slower than fp32 (a Xeon without "
-                "AMX or AVX512-BF16 trained configs/pretrain.yaml at about 1,120 tokens/s in bf16-mixed "
-                "against 2,870 in fp32). Use --trainer.precision 32-true (the default) on this machine; bf16 "
-                "pays on CPUs with AMX and on GPUs."
+                f"({hardware.describe_cpu()}): bf16 is emulated here, so expect it to train more slowly than "
+                "fp32, not faster (docs/training.md). Use --trainer.precision 32-true (the default) on this "
+                "machine; bf16 pays on CPUs with AMX and on GPUs."
             )
 
 

@@ -346,10 +346,12 @@ VERB_SUMMARY = {
 # them (--prompt, --checkpoint) or, for classify's texts, as plain words after the options
 _SPELLINGS = {
     "search": {"-k": "--k"},
-    "generate": {"--prompt": "--prompt+"},
-    "classify": {"--checkpoint": "--checkpoint+"},
+    "generate": {"--prompt": "--prompt+", "--checkpoint": "--backbone"},
+    "classify": {"--classifier": "--classifier+", "--checkpoint": "--classifier+"},
     "serve": {"--classifier": "--classifier+"},
 }
+# old option names, still accepted: the same input has the same name in every verb
+_OLD_NAMES = {"generate": {"--checkpoint": "--backbone"}, "classify": {"--checkpoint": "--classifier"}}
 
 
 def verb_parser(name: str) -> ArgumentParser:
@@ -365,6 +367,9 @@ def verb_parser(name: str) -> ArgumentParser:
 def run_verb(name: str, argv: list[str]) -> None:
     """Parse ``argv`` for the verb ``name`` and call its function."""
     spellings = _SPELLINGS.get(name, {})
+    for old, new in _OLD_NAMES.get(name, {}).items():
+        if any(a.partition("=")[0] == old for a in argv):
+            print(f"note: {old} is the old name of {new}", file=sys.stderr)
     argv = [_respell(a, spellings) for a in argv]
     if name == "search" and any(a.split("=")[0] == "--like" for a in argv) and not _positionals(argv):
         argv.append("")  # `search --like ID` needs no query

@@ -154,7 +154,7 @@ def search(
 
 def generate(
     *,
-    checkpoint: str,
+    backbone: str,
     prompt: list[str],
     strategy: Strategy = "top_k",
     max_new_tokens: int = 60,
@@ -172,7 +172,8 @@ def generate(
     fed alone through the model over its KV cache.
 
     Args:
-        checkpoint: A pretraining run's backbone/ folder or one of its .ckpt files.
+        backbone: A pretraining run's backbone/ folder or one of its checkpoints (what `embed
+            --backbone` takes; --checkpoint is its old name).
         prompt: The opening of a review; repeat --prompt for several.
         strategy: How each token is picked: greedy, sample (temperature only), top_k or top_p.
         max_new_tokens: Tokens to add at most (a continuation stops early where the review ends).
@@ -190,10 +191,10 @@ def generate(
     from imdb_transformer.generation import generate_text, in_dtype
 
     device = _device(device)  # before the model loads: a machine without CUDA says so at once
-    loaded = load_backbone(checkpoint)
+    loaded = load_backbone(backbone)
     if loaded.decoder.config.reverse:
         raise InputError(
-            f"{checkpoint} is a backward LM (trained with --data.reverse true): it writes text last word "
+            f"{backbone} is a backward LM (trained with --data.reverse true): it writes text last word "
             "first; generate with a forward backbone"
         )
     loaded.decoder = in_dtype(loaded.decoder.to(device), dtype)
@@ -214,7 +215,7 @@ def generate(
 
 def classify(
     *,
-    checkpoint: list[str],
+    classifier: list[str],
     texts: list[str] | None = None,
     file: str | None = None,
     column: str = "text",
@@ -226,15 +227,16 @@ def classify(
 ) -> None:
     """Label texts positive or negative with a trained classifier, or an ensemble of several.
 
-    Examples: imdb-transformer classify --checkpoint fwd.ckpt "A wonderful film." "Dull and long.";
-    imdb-transformer classify --checkpoint fwd.ckpt --checkpoint bwd.ckpt --file reviews.txt;
-    imdb-transformer classify --checkpoint fwd.ckpt --checkpoint bwd.ckpt --split test --source
+    Examples: imdb-transformer classify --classifier fwd.ckpt "A wonderful film." "Dull and long.";
+    imdb-transformer classify --classifier fwd.ckpt --classifier bwd.ckpt --file reviews.txt;
+    imdb-transformer classify --classifier fwd.ckpt --classifier bwd.ckpt --split test --source
     ../shared/data/imdb (the accuracy of each member and of the ensemble on the official test split).
     With several checkpoints the probability is the mean of theirs.
 
     Args:
-        checkpoint: A classifier's .ckpt (of `fit --config configs/classify.yaml`); repeat for an
-            ensemble (e.g. one over a forward and one over a backward backbone).
+        classifier: A classifier's .ckpt (of `fit --config configs/classify.yaml`; what `serve
+            --classifier` takes; --checkpoint is its old name); repeat for an ensemble (e.g. one over
+            a forward and one over a backward backbone).
         texts: Texts to classify, given after the options.
         file: Texts from a file instead: .txt (one per line), .csv or .parquet (see --column).
         column: The column of a .csv or .parquet file that holds the texts.
@@ -263,7 +265,7 @@ def classify(
     if split is not None:
         reviews = load_reviews(source, split, max_reviews)
         inputs, labels = reviews.texts, torch.tensor(reviews.labels)
-    ensemble = SentimentEnsemble(checkpoint, device)
+    ensemble = SentimentEnsemble(classifier, device)
     members = ensemble.member_probabilities(inputs, batch_size, progress=len(inputs) > batch_size)
     mean = members.mean(0)
     if labels is not None:

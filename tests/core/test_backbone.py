@@ -197,7 +197,7 @@ def test_the_cli_prints_one_line_for_a_crafted_record(pretrained_run: Path, tmp_
     export = _export_copy(pretrained_run, tmp_path)
     _edit(export / "config.json", DAMAGED_RECORDS["a huge layer count"])
     start = time.perf_counter()
-    err = fails("generate", "--checkpoint", str(export), "--prompt", "The film")
+    err = fails("generate", "--backbone", str(export), "--prompt", "The film")
     assert time.perf_counter() - start < 30
     assert "Traceback" not in err and err.strip().count("\n") == 0
     assert err.startswith("error: ") and "10000 layers" in err and "2 layers" in err

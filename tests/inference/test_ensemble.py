@@ -117,7 +117,7 @@ def test_a_forward_backward_ensemble_prints_its_test_accuracy(
 ) -> None:
     forward, backward = classifiers
     out = run_cli(
-        "classify", "--checkpoint", str(forward), "--checkpoint", str(backward), "--split", "test",
+        "classify", "--classifier", str(forward), "--classifier", str(backward), "--split", "test",
         "--source", str(imdb_dir),
     ).stdout  # fmt: skip
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()[2:]}
@@ -134,15 +134,17 @@ def test_classify_labels_texts_from_arguments_and_files(
     classifiers: tuple[Path, Path], tmp_path: Path
 ) -> None:
     forward, _ = classifiers
-    out = run_cli("classify", "--checkpoint", str(forward), "great", "awful and boring").stdout
+    out = run_cli("classify", "--classifier", str(forward), "great", "awful and boring").stdout
+    old = run_cli("classify", "--checkpoint", str(forward), "great", "awful and boring")  # the old name
+    assert old.stdout == out and "note: --checkpoint is the old name of --classifier" in old.stderr
     lines = out.strip().splitlines()
     assert len(lines) == 3 and lines[1].split("\t")[1] in ("pos", "neg") and "awful" in lines[2]
     (tmp_path / "texts.txt").write_text("great fun\nawful\n")
-    assert len(run_cli("classify", "--checkpoint", str(forward), "--file", str(tmp_path / "texts.txt"))
+    assert len(run_cli("classify", "--classifier", str(forward), "--file", str(tmp_path / "texts.txt"))
                .stdout.strip().splitlines()) == 3  # fmt: skip
     (tmp_path / "texts.csv").write_text("review,stars\n great fun,5\nawful,1\n")
     out = run_cli(
-        "classify", "--checkpoint", str(forward), "--file", str(tmp_path / "texts.csv"), "--column", "review"
+        "classify", "--classifier", str(forward), "--file", str(tmp_path / "texts.csv"), "--column", "review"
     )
     assert len(out.stdout.strip().splitlines()) == 3
 
@@ -151,23 +153,23 @@ def test_classify_refuses_bad_input_clearly(classifiers: tuple[Path, Path], tmp_
     forward, _ = classifiers
     (tmp_path / "gap.txt").write_text("fine\n\nalso fine\n")
     assert "line 2 is empty" in fails(
-        "classify", "--checkpoint", str(forward), "--file", str(tmp_path / "gap.txt")
+        "classify", "--classifier", str(forward), "--file", str(tmp_path / "gap.txt")
     )
     assert "not found" in fails(
-        "classify", "--checkpoint", str(forward), "--file", str(tmp_path / "none.txt")
+        "classify", "--classifier", str(forward), "--file", str(tmp_path / "none.txt")
     )
     (tmp_path / "t.csv").write_text("body\nfine\n")
-    err = fails("classify", "--checkpoint", str(forward), "--file", str(tmp_path / "t.csv"))
+    err = fails("classify", "--classifier", str(forward), "--file", str(tmp_path / "t.csv"))
     assert "no column 'text'" in err and "body" in err
-    assert "give the texts to classify one way" in fails("classify", "--checkpoint", str(forward))
-    assert "is empty" in fails("classify", "--checkpoint", str(forward), "   ")
-    err = fails("classify", "--checkpoint", str(tmp_path / "t.csv"), "text")
+    assert "give the texts to classify one way" in fails("classify", "--classifier", str(forward))
+    assert "is empty" in fails("classify", "--classifier", str(forward), "   ")
+    err = fails("classify", "--classifier", str(tmp_path / "t.csv"), "text")
     assert err.startswith("error:") and "not a checkpoint" in err
     with pytest.raises(InputError, match="at least one"):
         SentimentEnsemble([])
 
 
 def test_a_backward_backbone_is_refused_for_generation(backward_run: Path) -> None:
-    err = fails("generate", "--checkpoint", str(backward_run / "backbone"), "--prompt", "The film")
+    err = fails("generate", "--backbone", str(backward_run / "backbone"), "--prompt", "The film")
     assert "backward" in err
     assert load_backbone(backward_run / "backbone").decoder.config.reverse

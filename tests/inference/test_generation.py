@@ -152,7 +152,7 @@ def test_extreme_but_valid_options_sample_without_error(model: CausalDecoder) ->
 
 def test_generate_cli_takes_a_tiny_temperature_and_refuses_nan_in_one_line(pretrained_run) -> None:
     backbone = str(pretrained_run / "backbone")
-    base = ["generate", "--checkpoint", backbone, "--prompt", "The film", "--max_new_tokens", "5"]
+    base = ["generate", "--backbone", backbone, "--prompt", "The film", "--max_new_tokens", "5"]
     done = cli(*base, "--temperature", "1e-300", "--strategy", "sample")
     assert done.returncode == 0 and done.stdout.startswith("The film"), done.stderr[-2000:]
     # YAML's .nan reaches the options' check; a plain nan the parser refuses

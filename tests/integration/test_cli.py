@@ -194,7 +194,7 @@ def test_every_verb_takes_help_config_and_print_config(pretrained_run: Path, tmp
         out = " ".join(run_cli(verb, "--help").stdout.split())
         assert "--config" in out and "--print_config" in out and documented in out
     assert "sample within this probability mass" in " ".join(run_cli("generate", "--help").stdout.split())
-    args = ["--checkpoint", str(pretrained_run / "backbone"), "--prompt", "A", "--prompt", "B"]
+    args = ["--backbone", str(pretrained_run / "backbone"), "--prompt", "A", "--prompt", "B"]
     printed = yaml.safe_load(run_cli("generate", *args, "--top_k", "7", "--print_config").stdout)
     assert printed["top_k"] == 7 and printed["prompt"] == ["A", "B"] and printed["strategy"] == "top_k"
     config = tmp_path / "generate.yaml"
@@ -204,7 +204,7 @@ def test_every_verb_takes_help_config_and_print_config(pretrained_run: Path, tmp
 
 
 def test_generate_prints_one_continuation_per_prompt(pretrained_run: Path) -> None:
-    args = ["generate", "--checkpoint", str(pretrained_run / "backbone"), "--strategy", "top_k"]
+    args = ["generate", "--backbone", str(pretrained_run / "backbone"), "--strategy", "top_k"]
     args += ["--top_k", "5", "--max_new_tokens", "8", "--seed", "0"]
     args += ["--prompt", "A wonderful film", "--prompt", "It was dull"]
     out = run_cli(*args).stdout
@@ -226,5 +226,5 @@ def test_lstm_baseline_trains_through_the_same_cli(tiny_fit_args: list[str], tmp
     metrics = read_metrics(run)
     assert len(metrics["val/bpb"]) == 2 and metrics["val/loss"][-1][1] < metrics["val/loss"][0][1]
     assert "LSTMLM" in (run / "config.yaml").read_text()
-    err = fails("generate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--prompt", "A")
+    err = fails("generate", "--backbone", str(run / "checkpoints" / "last.ckpt"), "--prompt", "A")
     assert "is not a checkpoint of a pretrained CausalLM" in err

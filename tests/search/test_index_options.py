@@ -18,7 +18,7 @@ from imdb_transformer.text.imdb import load_reviews
 
 def test_out_of_range_options_are_refused_before_anything_runs(tmp_path: Path) -> None:
     embed = ["embed", "--backbone", str(tmp_path / "none"), "--out", str(tmp_path / "index")]
-    classify = ["classify", "--checkpoint", str(tmp_path / "none.ckpt")]
+    classify = ["classify", "--classifier", str(tmp_path / "none.ckpt")]
     bad = {  # argv: the option the error names
         "max_reviews -5": [*embed, "--max_reviews", "-5"],
         "max_reviews 0": [*embed, "--max_reviews", "0"],
@@ -55,8 +55,8 @@ def test_a_device_without_cuda_or_unknown_is_one_clear_line(tmp_path: Path) -> N
     nowhere = str(tmp_path / "none")
     runs = {
         "embed": ["embed", "--backbone", nowhere, "--out", str(tmp_path / "i"), "--device", "cuda"],
-        "classify": ["classify", "--checkpoint", nowhere, "--device", "cuda:0", "good"],
-        "generate": ["generate", "--checkpoint", nowhere, "--prompt", "The", "--device", "cuda"],
+        "classify": ["classify", "--classifier", nowhere, "--device", "cuda:0", "good"],
+        "generate": ["generate", "--backbone", nowhere, "--prompt", "The", "--device", "cuda"],
         "unknown": ["embed", "--backbone", nowhere, "--out", str(tmp_path / "i"), "--device", "tpu"],
     }
     results = main_each(list(runs.values()), env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, whatever the machine

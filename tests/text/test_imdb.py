@@ -108,7 +108,7 @@ def test_a_broken_source_is_one_error_line_for_embed_and_classify(
             ["embed", "--backbone", str(pretrained_run / "backbone"), "--source", source, "--out", out]
         )
         runs.append(
-            ["classify", "--checkpoint", str(tmp_path / "none.ckpt"), "--split", "test", "--source", source]
+            ["classify", "--classifier", str(tmp_path / "none.ckpt"), "--split", "test", "--source", source]
         )
     results = main_each(runs)
     for n, (case, (_, words)) in enumerate(BROKEN.items()):
@@ -122,6 +122,6 @@ def test_the_console_script_reports_a_file_that_is_not_parquet_in_one_line(tmp_p
     from helpers import cli
 
     source = _split(tmp_path / "imdb", raw=b"not parquet at all")
-    result = cli("classify", "--checkpoint", "none.ckpt", "--split", "test", "--source", source)
+    result = cli("classify", "--classifier", "none.ckpt", "--split", "test", "--source", source)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: ") and "test.parquet cannot be read as parquet" in result.stderr

@@ -31,7 +31,7 @@ def test_files_that_hold_no_texts_are_one_error_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="holds int64, not text"):
         read_texts(tmp_path / "ints.parquet")
     checkpoint = str(tmp_path / "none.ckpt")  # the file is read before any model loads
-    runs = [["classify", "--checkpoint", checkpoint, "--file", str(tmp_path / name)] for name in cases]
+    runs = [["classify", "--classifier", checkpoint, "--file", str(tmp_path / name)] for name in cases]
     for (name, words), result in zip(cases.items(), main_each(runs), strict=True):
         line = error_line(result)
         assert name in line and words in line, line
