@@ -6,20 +6,20 @@
 
 The halves task of ``benchmarks/retrieval.py`` built from the reviews the adapters held out (train +
 unsupervised, their validation split): MRR@10 and recall@10 of each adapter alone, and MRR@10 of hybrid
-search (adapter + BM25) at each weight ``alpha``.
+search (adapter + BM25) at each weight ``alpha``. The evaluation helpers are in ``common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from retrieval import dense_top, encode, halves, index_top, mrr_recall
+from common import Record, add_out_argument, dense_top, encode, halves, index_top, mrr_recall
 
+from imdb_transformer.core.backbone import load_backbone
+from imdb_transformer.core.head import load_adapter
 from imdb_transformer.data.crops import held_out
-from imdb_transformer.data.imdb import load_reviews
-from imdb_transformer.models.adapter import load_adapter
-from imdb_transformer.models.backbone import load_backbone
-from imdb_transformer.search import Lexical, SemanticIndex, review_table
+from imdb_transformer.search import BM25Index, SemanticIndex, review_table
+from imdb_transformer.text.imdb import load_reviews
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,19 +32,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=1234, help="as the adapters' data module split")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])
+    add_out_argument(parser)
     args = parser.parse_args(argv)
+    record = Record("adapter_choice")
 
     backbone = load_backbone(args.backbone)
     texts = load_reviews(args.source, "train").texts + load_reviews(args.source, "unsupervised").texts
     val = [texts[i] for i in held_out(len(texts), args.val_fraction, args.seed)]
     queries, docs = (list(half) for half in zip(*(halves(t) for t in val), strict=True))
-    lexical = Lexical.build(docs)
-    print(
-        "\n| adapter | blocks read | alone MRR@10 | alone recall@10 | "
-        + " | ".join(f"hybrid MRR@10, alpha {a}" for a in args.alphas)
-        + " |\n|"
-        + " --- |" * (4 + len(args.alphas))
-    )
+    lexical = BM25Index.build(docs)
+    print()
+    columns = ["adapter", "blocks read", "alone MRR@10", "alone recall@10"]
+    table = record.table("adapters", columns + [f"hybrid MRR@10, alpha {a}" for a in args.alphas])
     for path in args.adapters:
         head = load_adapter(path, backbone)
         q = encode(backbone, head, queries, 64)["adapter"]
@@ -55,12 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         for alpha in args.alphas:
             index.alpha = alpha
             fused.append(mrr_recall(index_top(index, q, queries, "hybrid", 10))[0])
-        print(
-            f"| {path} | {head.config.n_states - 1} | {alone[0]:.3f} | {alone[1]:.3f} | "
-            + " | ".join(f"{m:.3f}" for m in fused)
-            + " |",
-            flush=True,
-        )
+        scores = [f"{alone[0]:.3f}", f"{alone[1]:.3f}", *(f"{m:.3f}" for m in fused)]
+        table.add(path, head.config.n_states - 1, *scores)
+    record.save(args.out)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 
 import datasets
+from common import Record, add_out_argument
 
-from imdb_transformer.data.imdb import DEFAULT_SOURCE, clean_text, load_split
 from imdb_transformer.data.lm import LMDataModule
 from imdb_transformer.data.reviews import ReviewsDataModule
-from imdb_transformer.data.tokenizer import tokenize
+from imdb_transformer.text.imdb import DEFAULT_SOURCE, clean_text, load_split
+from imdb_transformer.text.tokenizer import tokenize
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -37,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block_size", type=int, default=512)
     parser.add_argument("--max_reviews", type=int, default=None, help="per split, for a quick run")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenising processes")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     datasets.disable_progress_bars()
+    record = Record("data_prep")
 
     rows = []
     with tempfile.TemporaryDirectory() as cache:
@@ -77,10 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(("ReviewsDataModule.prepare_data: tokenise train + test", cold, cached))
 
     print(f"{args.num_proc} tokenising processes, source {args.source}")
-    print("| step | cold (s) | cached (s) |")
-    print("| --- | --- | --- |")
+    record.notes["num_proc"] = args.num_proc
+    table = record.table("data preparation", ["step", "cold (s)", "cached (s)"])
     for name, cold, cached in rows:
-        print(f"| {name} | {cold:.1f} | {'' if cached is None else f'{cached:.1f}'} |")
+        table.add(name, f"{cold:.1f}", "" if cached is None else f"{cached:.1f}")
+    record.save(args.out)
 
 
 if __name__ == "__main__":

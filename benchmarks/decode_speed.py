@@ -21,11 +21,12 @@ import statistics
 import time
 
 import torch
+from common import Record, add_out_argument
 
+from imdb_transformer.core.backbone import load_backbone
+from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.generation import generate, in_dtype
 from imdb_transformer.hardware import describe_cpu
-from imdb_transformer.models.backbone import load_backbone
-from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 
 
 def timed(decoder: CausalDecoder, prompts: list[list[int]], new_tokens: int, use_cache: bool) -> tuple:
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     shape.add_argument("--n_embd", type=int, default=256)
     shape.add_argument("--block_size", type=int, default=512)
     shape.add_argument("--vocab_size", type=int, default=8192)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
+    record = Record("decode_speed")
 
     if args.checkpoint:
         decoder = load_backbone(args.checkpoint).decoder
@@ -82,15 +85,19 @@ def main(argv: list[str] | None = None) -> None:
     half_rate, half_cached = timed(half, one, n, use_cache=True)
     half_full_rate, half_full = timed(half, one, n, use_cache=False)
     verdict = "the same tokens" if half_cached == half_full else "DIFFERENT tokens"
+    record.notes["bf16_check"] = {
+        "new_tokens": n,
+        "cached_equals_recomputed": half_cached == half_full,
+        "cached_tok_s": round(half_rate, 1),
+        "recomputed_tok_s": round(half_full_rate, 1),
+    }
     print(
         f"bf16 check, 1 prompt, {n} new tokens: cached and recomputed give {verdict}; "
         f"{half_rate:,.1f} against {half_full_rate:,.1f} tok/s\n"
     )
-    print(
-        "| batch | new tokens | recomputed fp32 (tok/s) | cached fp32 (tok/s) | speedup "
-        "| cached bf16 (tok/s) | speedup | bf16 text parts from fp32's at |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    columns = ["batch", "new tokens", "recomputed fp32 (tok/s)", "cached fp32 (tok/s)", "speedup"]
+    columns += ["cached bf16 (tok/s)", "speedup", "bf16 text parts from fp32's at"]
+    table = record.table("decoding", columns)
     for batch in args.batch_size:
         prompts = prompts_of(batch)
         generate(decoder, prompts, 8, eos_id=None)  # warm-up (allocator, kernels)
@@ -106,9 +113,10 @@ def main(argv: list[str] | None = None) -> None:
             full_rate, cached_rate, half_rate = (statistics.median(rates[name]) for name in paths)
             full, cached, half_cached = (outs[name] for name in paths)
             same = "" if cached == full else " (outputs differ!)"
-            fp32 = f"{full_rate:,.1f} | {cached_rate:,.1f} | {cached_rate / full_rate:.1f}x{same}"
-            bf16 = f"{half_rate:,.1f} | {half_rate / full_rate:.1f}x | {parted(half_cached, full)}"
-            print(f"| {batch} | {n:,} | {fp32} | {bf16} |")
+            fp32 = [f"{full_rate:,.1f}", f"{cached_rate:,.1f}", f"{cached_rate / full_rate:.1f}x{same}"]
+            bf16 = [f"{half_rate:,.1f}", f"{half_rate / full_rate:.1f}x", parted(half_cached, full)]
+            table.add(batch, f"{n:,}", *fp32, *bf16)
+    record.save(args.out)
 
 
 if __name__ == "__main__":

@@ -25,19 +25,17 @@ import statistics
 import time
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from common import Record, add_out_argument, dense_top, encode, halves, index_top, mrr_recall
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from imdb_transformer.core.backbone import load_backbone
+from imdb_transformer.core.head import load_adapter
 from imdb_transformer.data.crops import held_out
-from imdb_transformer.data.imdb import load_reviews
-from imdb_transformer.data.reviews import collate_reviews
-from imdb_transformer.models.adapter import load_adapter
-from imdb_transformer.models.backbone import load_backbone
-from imdb_transformer.models.embedder import DocumentEmbedder
-from imdb_transformer.models.pooling import pool
-from imdb_transformer.search import Lexical, SemanticIndex, Vectors, review_table
+from imdb_transformer.embedder import DocumentEmbedder
+from imdb_transformer.search import BM25Index, SemanticIndex, review_table
+from imdb_transformer.text.imdb import load_reviews
 
 TOPICS = [
     "classic horror movie that is terrifying",
@@ -48,67 +46,11 @@ TOPICS = [
 ]
 
 
-def halves(text: str) -> tuple[str, str]:
-    """A review split at the word boundary nearest its middle."""
-    words = text.split()
-    middle = len(words) // 2
-    return " ".join(words[:middle]), " ".join(words[middle:])
-
-
-@torch.no_grad()
-def encode(backbone, head, texts: list[str], batch_size: int) -> dict[str, Vectors]:
-    """Unit vectors of ``texts`` by every method, from one backbone pass per batch (a sparse adapter's
-    as a CSR matrix)."""
-    decoder, tokenizer = backbone.decoder, backbone.tokenizer
-    ids = tokenizer.encode(texts)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: dict[str, torch.Tensor] = {}
-    sparse_rows = []
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = collate_reviews([{"ids": ids[i]} for i in chunk], decoder.config.block_size)
-        states = decoder.layer_states(batch["ids"], batch["mask"])
-        found = {
-            "mean": pool(states[-1], batch["mask"], "mean"),
-            "weighted_mean": pool(states[-1], batch["mask"], "weighted_mean"),
-        }
-        if head is not None:
-            vectors = head(states[: head.config.n_states], batch["mask"], batch["ids"])
-            if head.config.pooling == "sparse":
-                sparse_rows.append(sp.csr_matrix(vectors.numpy()))
-            else:
-                found["adapter"] = vectors
-        for name, vectors in found.items():
-            out.setdefault(name, torch.empty(len(texts), vectors.size(1)))[chunk] = F.normalize(
-                vectors.float(), dim=-1
-            )
-        print(f"\rencoded {min(start + batch_size, len(order)):,}/{len(order):,}", end="", flush=True)
-    print()
-    if sparse_rows:
-        out["adapter"] = sp.vstack(sparse_rows, format="csr")[np.argsort(order)]
-    return out
-
-
 def whitening(vectors: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT-whitening (Su et al. 2021): centre, then rotate and scale to unit covariance, top ``dims``."""
     mean = vectors.mean(0, keepdim=True)
     u, s, _ = torch.linalg.svd(torch.cov((vectors - mean).T))
     return mean, u[:, :dims] / s[:dims].sqrt()
-
-
-def dense_top(queries: Vectors, docs: Vectors, k: int, exclude_self: bool = False) -> np.ndarray:
-    """Top ``k`` documents per query by dot product (dense tensors or sparse CSR matrices)."""
-    out = []
-    for start in range(0, queries.shape[0], 1024):
-        if sp.issparse(queries):
-            scores = torch.from_numpy((queries[start : start + 1024] @ docs.T).toarray())
-        else:
-            scores = queries[start : start + 1024] @ docs.T
-        if exclude_self:
-            rows = torch.arange(start, start + len(scores))
-            scores[torch.arange(len(scores)), rows] = float("-inf")
-        out.append(scores.topk(k, dim=1).indices.numpy())
-    return np.concatenate(out)
 
 
 def tfidf_top(queries: list[str], docs: list[str], k: int, exclude_self: bool = False) -> np.ndarray:
@@ -122,25 +64,6 @@ def tfidf_top(queries: list[str], docs: list[str], k: int, exclude_self: bool = 
             scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf
         out.append(np.argsort(-scores, axis=1)[:, :k])
     return np.concatenate(out)
-
-
-def index_top(
-    index: SemanticIndex, vectors, texts: list[str], mode: str, k: int, exclude_self=False
-) -> np.ndarray:
-    """Top ``k`` rows per query through :meth:`SemanticIndex.scores` (the ranking search uses)."""
-    out = []
-    for i, text in enumerate(texts):
-        rows, _ = index.scores(vectors[i] if vectors is not None else None, text, mode, k + exclude_self)
-        out.append([r for r in rows if not (exclude_self and r == i)][:k])
-    return np.array(out)
-
-
-def mrr_recall(top: np.ndarray) -> tuple[float, float]:
-    """MRR@10 and recall@10 when query i's only relevant document is document i."""
-    hits = top[:, :10] == np.arange(len(top))[:, None]
-    first = hits.argmax(1)
-    found = hits.any(1)
-    return float(np.where(found, 1 / (first + 1), 0).mean()), float(found.mean())
 
 
 def agreement(top: np.ndarray, labels: np.ndarray) -> float:
@@ -174,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--speed_reviews", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    record = Record("retrieval")
 
     backbone = load_backbone(args.backbone)
     head = load_adapter(args.adapter, backbone) if args.adapter else None
@@ -209,13 +134,15 @@ def main(argv: list[str] | None = None) -> None:
         enc["whitened_mean"] = F.normalize((enc["mean"] - mean) @ w, dim=-1)
 
     dense = "adapter" if head is not None else "mean"
-    val_lex, test_lex = Lexical.build(list(val_d)), Lexical.build(list(test_d))
+    val_lex, test_lex = BM25Index.build(list(val_d)), BM25Index.build(list(test_d))
     val_index = SemanticIndex(None, vd[dense], review_table([""] * len(val_d)), lexical=val_lex)
     scores = {}
     for alpha in [round(a * 0.1, 1) for a in range(11)]:
         val_index.alpha = alpha
         scores[alpha] = mrr_recall(index_top(val_index, vq[dense], list(val_q), "hybrid", 10))[0]
     alpha = max(scores, key=scores.get)
+    record.notes["alpha_mrr10_held_out"] = {str(a): round(s, 4) for a, s in scores.items()}
+    record.notes["chosen_alpha"] = alpha
     print(
         "alpha on held-out training reviews (MRR@10): "
         + ", ".join(f"{a}: {s:.3f}" for a, s in scores.items())
@@ -251,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         "TF-IDF cosine (scikit-learn)": agreement(tfidf_top(knn.texts, knn.texts, 10, True), labels),
     }
     knn_index = SemanticIndex(
-        None, kw[dense], review_table([""] * len(knn.texts)), lexical=Lexical.build(knn.texts), alpha=alpha
+        None, kw[dense], review_table([""] * len(knn.texts)), lexical=BM25Index.build(knn.texts), alpha=alpha
     )
     knn_rows["BM25 (bm25s)"] = agreement(index_top(knn_index, None, knn.texts, "lexical", 10, True), labels)
     for name in ("mean", "weighted_mean", "whitened_mean", "adapter"):
@@ -263,23 +190,21 @@ def main(argv: list[str] | None = None) -> None:
         index_top(knn_index, kw[dense], knn.texts, "hybrid", 10, True), labels
     )
 
-    print(
-        f"\n| method | halves MRR@10 | halves recall@10 | kNN-10 sentiment agreement "
-        f"({len(knn.texts):,} reviews) |"
-    )
-    print("| --- | --- | --- | --- |")
+    print()
+    knn_column = f"kNN-10 sentiment agreement ({len(knn.texts):,} reviews)"
+    table = record.table("methods", ["method", "halves MRR@10", "halves recall@10", knn_column])
     for name, (mrr, recall) in rows.items():
-        print(f"| {name} | {mrr:.3f} | {recall:.3f} | {knn_rows[name]:.3f} |")
+        table.add(name, f"{mrr:.3f}", f"{recall:.3f}", f"{knn_rows[name]:.3f}")
 
     # top 5 for topical queries, over the same whole reviews: dense before, dense after, hybrid
     print()
     before = DocumentEmbedder(backbone)
     after = DocumentEmbedder(backbone, head=head) if head is not None else None
     for query in TOPICS:
-        print(
-            f"**{query}**\n\n| # | dense before (mean pooling) | dense after (adapter) | hybrid |\n"
-            "| --- | --- | --- | --- |"
-        )
+        print(f"**{query}**\n")
+        columns = ["#", "dense before (mean pooling)"]
+        columns += ["dense after (adapter)", "hybrid"] if after is not None else []
+        table = record.table(f"top 5: {query}", columns)
         cols = [dense_top(before.embed([query], progress=False), kw["mean"], 5)[0]]
         if after is not None:
             vector = after.embed([query], progress=False)
@@ -289,16 +214,17 @@ def main(argv: list[str] | None = None) -> None:
             cells = [
                 _short(knn.texts[col[rank]]) + f" ({'pos' if labels[col[rank]] else 'neg'})" for col in cols
             ]
-            print(f"| {rank + 1} | " + " | ".join(cells) + " |")
+            table.add(rank + 1, *cells)
         print()
 
     embedders = {"mean pooling (default)": before}
     if after is not None:
         embedders["adapter"] = after
     rates = throughput(embedders, train.texts[: args.speed_reviews], args.rounds)
-    print("| embedder | reviews/s |\n| --- | --- |")
+    table = record.table("embedding throughput", ["embedder", "reviews/s"])
     for name, rate in rates.items():
-        print(f"| {name} | {rate:.1f} |")
+        table.add(name, f"{rate:.1f}")
+    record.save(args.out)
 
 
 def _short(text: str, width: int = 70) -> str:

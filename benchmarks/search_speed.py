@@ -26,9 +26,10 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 import torch
+from common import Record, add_out_argument
 
 from imdb_transformer.hardware import describe_cpu
-from imdb_transformer.search import CANDIDATES, Lexical, SemanticIndex, minmax, review_table
+from imdb_transformer.search import CANDIDATES, BM25Index, SemanticIndex, minmax, review_table
 
 QUERIES = [
     "classic horror movie that is terrifying",
@@ -47,7 +48,9 @@ def grown(index: SemanticIndex, size: int, lexical: bool) -> SemanticIndex:
     rows = [i % len(index) for i in range(size)]
     vectors = index.vectors[rows] if index.sparse else perturbed(index.vectors, size, len(index))
     reviews = index.reviews.take(pa.array(rows))
-    words = Lexical.build(reviews.column("text").to_pylist()) if lexical and index.lexical else None
+    keys = pa.array([str(i) for i in range(size)])  # the repeats need keys of their own
+    reviews = reviews.set_column(reviews.schema.get_field_index("key"), "key", keys)
+    words = BM25Index.build(reviews.column("text").to_pylist()) if lexical and index.lexical else None
     return SemanticIndex(index.embedder, vectors, reviews, lexical=words, alpha=index.alpha)
 
 
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ann_sizes", type=int, nargs="*", default=[100000, 1000000], help="for FAISS")
     parser.add_argument("--ann", nargs="*", default=["hnsw", "ivf"], choices=["hnsw", "ivf"])
     parser.add_argument("--hnsw_max", type=int, default=200000, help="largest size to build HNSW for")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
+    record = Record("search_speed")
 
     index = SemanticIndex.load(args.index)
     modes = ["dense", "lexical", "hybrid"] if index.lexical is not None else ["dense"]
@@ -115,29 +120,36 @@ def main(argv: list[str] | None = None) -> None:
         f"{'sparse' if index.sparse else 'dense'} vectors ({index.embedder.pooling}), exact search; "
         f"alpha {index.alpha}"
     )
-    print("| indexed reviews | mode | query median (ms) | query p95 (ms) | top 10 as computed plainly |")
-    print("| --- | --- | --- | --- | --- |")
+    record.notes["index"] = {
+        "dims": index.vectors.shape[1], "sparse": index.sparse, "pooling": index.embedder.pooling,
+        "alpha": index.alpha, "reviews": len(index),
+    }  # fmt: skip
+    columns = ["indexed reviews", "mode", "query median (ms)", "query p95 (ms)", "top 10 as computed plainly"]
+    table = record.table("queries", columns)
     for size in args.sizes:
         sized = grown(index, size, lexical=True)
         for mode in modes:
             timing = latency(
                 lambda i, ix=sized, m=mode: ix.query(QUERIES[i % len(QUERIES)], 10, m), args.queries
             )
-            print(f"| {size:,} | {mode} | {timing[0]:.2f} | {timing[1]:.2f} | {agreement(sized, mode)} |")
+            table.add(f"{size:,}", mode, f"{timing[0]:.2f}", f"{timing[1]:.2f}", agreement(sized, mode))
 
     if not args.ann_sizes or index.sparse:
+        record.save(args.out)
         return  # FAISS indexes dense vectors
-    print("\n| vectors | search | build (s) | recall@10 vs exact | search median (ms) | search p95 (ms) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print()
+    columns = ["vectors", "search", "build (s)", "recall@10 vs exact"]
+    columns += ["search median (ms)", "search p95 (ms)"]
+    table = record.table("approximate search", columns)
     for size in args.ann_sizes:
         vectors = perturbed(index.vectors, size, len(index))
         queries = perturbed(
             vectors[: args.queries], args.queries, 0, seed=1
         )  # near, not equal, to indexed ones
         exact = SemanticIndex(index.embedder, vectors, review_table([""] * size))
-        truth = [set(exact.dense_top(q, 10)[0].tolist()) for q in queries]
-        timing = latency(lambda i, ix=exact, qs=queries: ix.dense_top(qs[i % len(qs)], 10), args.queries)
-        print(f"| {size:,} | exact | 0 | 1.000 | {timing[0]:.2f} | {timing[1]:.2f} |")
+        truth = [set(exact.dense_top_k(q, 10)[0].tolist()) for q in queries]
+        timing = latency(lambda i, ix=exact, qs=queries: ix.dense_top_k(qs[i % len(qs)], 10), args.queries)
+        table.add(f"{size:,}", "exact", 0, "1.000", f"{timing[0]:.2f}", f"{timing[1]:.2f}")
         for ann in args.ann:
             if ann == "hnsw" and size > args.hnsw_max:
                 continue
@@ -145,12 +157,14 @@ def main(argv: list[str] | None = None) -> None:
             approx = SemanticIndex(index.embedder, vectors, review_table([""] * size), ann=ann)
             built = time.perf_counter() - start
             recall = statistics.mean(
-                len(truth[i] & set(approx.dense_top(q, 10)[0].tolist())) / 10 for i, q in enumerate(queries)
+                len(truth[i] & set(approx.dense_top_k(q, 10)[0].tolist())) / 10 for i, q in enumerate(queries)
             )
-            timing = latency(lambda i, ix=approx, qs=queries: ix.dense_top(qs[i % len(qs)], 10), args.queries)
-            print(
-                f"| {size:,} | FAISS {ann} | {built:.1f} | {recall:.3f} | {timing[0]:.2f} | {timing[1]:.2f} |"
+            timing = latency(
+                lambda i, ix=approx, qs=queries: ix.dense_top_k(qs[i % len(qs)], 10), args.queries
             )
+            figures = [f"{built:.1f}", f"{recall:.3f}", f"{timing[0]:.2f}", f"{timing[1]:.2f}"]
+            table.add(f"{size:,}", f"FAISS {ann}", *figures)
+    record.save(args.out)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from imdb_transformer.data.imdb import load_reviews
+from common import Record, add_out_argument
+
 from imdb_transformer.hardware import describe_cpu
 from imdb_transformer.serve import ServerProcess
+from imdb_transformer.text.imdb import load_reviews
 
 QUERIES = [
     "classic horror movie that is terrifying",
@@ -66,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max_batch_size", type=int, default=32)
     parser.add_argument("--batch_timeout", type=float, default=0.01)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
+    record = Record("serve_load")
+    record.notes["batched"] = {"max_batch_size": args.max_batch_size, "batch_timeout_s": args.batch_timeout}
 
     reviews = load_reviews(args.source, "train", max_reviews=args.requests).texts  # train: test stays unread
     work = {
@@ -89,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{describe_cpu()}; batched: up to {args.max_batch_size} requests, "
         f"{args.batch_timeout * 1000:.0f} ms wait"
     )
-    print("\n| endpoint | clients | serving | requests/s | p50 (ms) | p95 (ms) | p99 (ms) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print()
+    columns = ["endpoint", "clients", "serving", "requests/s", "p50 (ms)", "p95 (ms)", "p99 (ms)"]
+    table = record.table("load", columns)
     ratios = {}
     try:
         for path, bodies in work.items():
@@ -105,18 +111,18 @@ def main(argv: list[str] | None = None) -> None:
                 for name, rounds in found.items():
                     rate, latencies = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]  # median round
                     rates[name] = rate
-                    print(
-                        f"| {path} | {clients} | {name} | {rate:.1f} | {statistics.median(latencies):.0f} | "
-                        f"{percentile(latencies, 0.95):.0f} | {percentile(latencies, 0.99):.0f} |",
-                        flush=True,
-                    )
+                    p95, p99 = percentile(latencies, 0.95), percentile(latencies, 0.99)
+                    ms = [f"{statistics.median(latencies):.0f}", f"{p95:.0f}", f"{p99:.0f}"]
+                    table.add(path, clients, name, f"{rate:.1f}", *ms)
                 ratios[(path, clients)] = rates["batched"] / rates["one at a time"]
     finally:
         for server in servers.values():
             server.stop()
-    print("\n| endpoint | clients | batched / one at a time (requests/s) |\n| --- | --- | --- |")
+    print()
+    table = record.table("batching gain", ["endpoint", "clients", "batched / one at a time (requests/s)"])
     for (path, clients), ratio in ratios.items():
-        print(f"| {path} | {clients} | {ratio:.2f}x |")
+        table.add(path, clients, f"{ratio:.2f}x")
+    record.save(args.out)
 
 
 if __name__ == "__main__":

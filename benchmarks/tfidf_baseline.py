@@ -14,12 +14,13 @@ import argparse
 import time
 
 import numpy as np
+from common import Record, add_out_argument
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 
-from imdb_transformer.data.imdb import clean_text, load_split
+from imdb_transformer.text.imdb import clean_text, load_split
 
 
 def tfidf_logreg(c: float):
@@ -29,14 +30,16 @@ def tfidf_logreg(c: float):
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="stanfordnlp/imdb", help="dataset id or local parquet folder")
     parser.add_argument(
         "--seed", type=int, default=1234, help="seed of the validation split (as ReviewsDataModule)"
     )
     parser.add_argument("--val_fraction", type=float, default=0.1)
-    args = parser.parse_args()
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    record = Record("tfidf_baseline")
 
     train, test = load_split(args.source, "train"), load_split(args.source, "test")
     x_train, y_train = [clean_text(t) for t in train["text"]], np.array(train["label"])
@@ -57,14 +60,14 @@ def main() -> None:
     prob = model.predict_proba(x_test)[:, 1]
     pred = (prob > 0.5).astype(int)
 
-    print("| model | C (chosen on val) | val acc | test acc | test F1 | test AUROC | fit time |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    record.notes["val_accuracy_by_C"] = {f"{c:g}": round(acc, 4) for c, acc in rows}
+    columns = ["model", "C (chosen on val)", "val acc", "test acc", "test F1", "test AUROC", "fit time"]
+    table = record.table("sentiment", columns)
     val_acc = dict(rows)[best_c]
     acc, f1, auroc = accuracy_score(y_test, pred), f1_score(y_test, pred), roc_auc_score(y_test, prob)
-    print(
-        f"| TF-IDF (1-2 grams) + logistic regression | {best_c:g} | {val_acc:.4f} | "
-        f"{acc:.4f} | {f1:.4f} | {auroc:.4f} | {seconds:.0f} s |"
-    )
+    scores = [f"{val_acc:.4f}", f"{acc:.4f}", f"{f1:.4f}", f"{auroc:.4f}", f"{seconds:.0f} s"]
+    table.add("TF-IDF (1-2 grams) + logistic regression", f"{best_c:g}", *scores)
+    record.save(args.out)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import Record, add_out_argument
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.hardware import describe_cpu
-from imdb_transformer.models.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.models.lm import token_cross_entropy
 
 KINDS = ("original", "ours")
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="matrix size of the peak-FLOP/s matmul (8192 on GPU, 2048 on CPU)",
     )
+    add_out_argument(parser)
     args = parser.parse_args(argv)
+    record = Record("train_speed")
     peak_size = args.peak_size or (8192 if args.device.startswith("cuda") else 2048)
     config = DecoderConfig(
         vocab_size=args.vocab_size,
@@ -198,17 +201,22 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch_size}, vocab {args.vocab_size}; {device_name}; peak matmul "
         + ", ".join(f"{p} {peaks[p] / 1e9:,.0f} GFLOP/s" for p in args.precision)
     )
-    print("| precision | compile | decoder | tokens/s | MFU | speedup over original |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    record.notes["shape"] = {
+        k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+    }
+    record.notes["peak_matmul_gflops"] = {p: round(peaks[p] / 1e9, 1) for p in args.precision}
+    table = record.table(
+        "throughput", ["precision", "compile", "decoder", "tokens/s", "MFU", "speedup over original"]
+    )
     for precision in args.precision:
         for compiled in args.compile:
             results = measure(config, args, precision, compiled == "on")
             for kind, r in results.items():
                 speedup = r["tokens_per_s"] / results["original"]["tokens_per_s"]
-                print(
-                    f"| {precision} | {compiled} | {kind} | {r['tokens_per_s']:,.0f} | "
-                    f"{100 * r['flops_per_s'] / peaks[precision]:.1f}% | {speedup:.2f}x |"
-                )
+                mfu = 100 * r["flops_per_s"] / peaks[precision]
+                figures = [f"{r['tokens_per_s']:,.0f}", f"{mfu:.1f}%", f"{speedup:.2f}x"]
+                table.add(precision, compiled, kind, *figures)
+    record.save(args.out)
 
 
 if __name__ == "__main__":

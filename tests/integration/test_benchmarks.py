@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +19,22 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
-def test_decode_speed_prints_cached_against_recomputed() -> None:
+def test_decode_speed_prints_cached_against_recomputed(tmp_path: Path) -> None:
     tiny = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
-    out = run_script("decode_speed.py", *tiny, "--new_tokens", "8", "40", "--batch_size", "1", "2")
+    record = tmp_path / "results" / "decode_speed.json"
+    out = run_script(
+        "decode_speed.py", *tiny, "--new_tokens", "8", "40", "--batch_size", "1", "2", "--out", str(record)
+    )
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     cells = [[c.strip() for c in row.split("|")[1:3]] for row in rows]
     assert cells == [["1", "8"], ["1", "40"], ["2", "8"], ["2", "40"]]  # 40 slides past the context
     speedups = [[c.strip() for c in row.split("|")[5:8:2]] for row in rows]  # fp32 and bf16 cached
     assert "differ" not in out and all(a.endswith("x") and b.endswith("x") for a, b in speedups)
     assert "cached and recomputed give the same tokens" in out and "AVX512-BF16" in out
+    saved = json.loads(record.read_text())  # --out: the printed table as a record, and where it came from
+    assert [row[:2] for row in saved["tables"]["decoding"]["rows"]] == cells
+    assert saved["benchmark"] == "decode_speed" and "decode_speed.py" in saved["command"]
+    assert {"date", "commit", "torch"} <= saved.keys() and "AVX512-BF16" in saved["hardware"]["cpu"]
 
 
 def test_train_speed_compares_both_decoders() -> None:

@@ -1,0 +1,218 @@
+"""What the benchmark scripts share: printing their tables, writing them as a JSON record (``--out``),
+and the retrieval evaluation (``retrieval.py`` and ``adapter_choice.py``).
+
+A record is one JSON object: ``benchmark`` (the script's name), ``tables`` (each table's ``columns``
+and ``rows``, the cells as printed), ``notes`` (other figures the script prints), and what says where
+the figures came from: ``command``, ``date`` (UTC), ``commit`` (``git rev-parse HEAD``, null outside a
+checkout), ``hardware`` (the CPU's bf16 features, the GPU's name) and the ``torch`` version.
+
+    python benchmarks/decode_speed.py --checkpoint RUN/backbone --out docs/results/decode_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from imdb_transformer.core.pooling import pool
+from imdb_transformer.hardware import describe_cpu
+from imdb_transformer.search import SemanticIndex, Vectors
+from imdb_transformer.text.batching import collate_reviews
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = "imdb_transformer.benchmark/1"
+
+
+def add_out_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--out PATH`` option every benchmark takes."""
+    parser.add_argument(
+        "--out", default=None, help="also write the figures as a JSON record here (docs/results/NAME.json)"
+    )
+
+
+class Table:
+    """A markdown table, printed row by row as it is measured, and kept for the record."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = list(columns)
+        self.rows: list[list[str]] = []
+        print("| " + " | ".join(self.columns) + " |")
+        print("|" + " --- |" * len(self.columns))
+
+    def add(self, *cells: object) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
+        row = [str(cell) for cell in cells]
+        self.rows.append(row)
+        print("| " + " | ".join(row) + " |", flush=True)
+
+    def as_dict(self) -> dict:
+        return {"columns": self.columns, "rows": self.rows}
+
+
+class Record:
+    """The tables and notes of one benchmark run, written by :meth:`save` where ``--out`` says."""
+
+    def __init__(self, benchmark: str) -> None:
+        self.benchmark = benchmark
+        self.tables: dict[str, Table] = {}
+        self.notes: dict[str, object] = {}
+
+    def table(self, name: str, columns: list[str]) -> Table:
+        """A new table, printed now and kept under ``name``."""
+        self.tables[name] = Table(columns)
+        return self.tables[name]
+
+    def as_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "benchmark": self.benchmark,
+            "command": shlex.join(["python", *sys.argv]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": git_commit(),
+            "hardware": hardware(),
+            "torch": torch.__version__,
+            "tables": {name: table.as_dict() for name, table in self.tables.items()},
+            "notes": self.notes,
+        }
+
+    def save(self, path: str | Path | None) -> None:
+        """Write the record to ``path`` (nothing when it is None): beside it first, then renamed into
+        place, so an interrupted run leaves the previous record whole."""
+        if path is None:
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(dumps(self.as_dict()) + "\n")
+        os.replace(partial, path)
+        print(f"record: {path}")
+
+
+def dumps(record: dict) -> str:
+    """``record`` as indented JSON, with each list of plain values (a table's columns, a row) on one line."""
+    flat: dict[str, str] = {}
+
+    def mark(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, list):
+            if all(v is None or isinstance(v, str | int | float | bool) for v in value):
+                key = f"\0{len(flat)}\0"
+                flat[json.dumps(key)] = json.dumps(value, ensure_ascii=False)
+                return key
+            return [mark(v) for v in value]
+        return value
+
+    text = json.dumps(mark(record), indent=2, ensure_ascii=False)
+    for key, line in flat.items():
+        text = text.replace(key, line, 1)
+    return text
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (``git rev-parse HEAD``), or None where there is no git or no checkout."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if found.returncode != 0:
+        return None
+    return found.stdout.strip() or None
+
+
+def hardware() -> dict[str, str | None]:
+    """The CPU with its SIMD level and bf16 features, and the GPU's name where there is one."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": describe_cpu(), "gpu": gpu}
+
+
+# --- retrieval evaluation: the halves task and ranking through the index ---------------------------
+
+
+def halves(text: str) -> tuple[str, str]:
+    """A review split at the word boundary nearest its middle."""
+    words = text.split()
+    middle = len(words) // 2
+    return " ".join(words[:middle]), " ".join(words[middle:])
+
+
+@torch.no_grad()
+def encode(backbone, head, texts: list[str], batch_size: int) -> dict[str, Vectors]:
+    """Unit vectors of ``texts`` by every method, from one backbone pass per batch (a sparse adapter's
+    as a CSR matrix)."""
+    decoder, tokenizer = backbone.decoder, backbone.tokenizer
+    ids = tokenizer.encode(texts)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: dict[str, torch.Tensor] = {}
+    sparse_rows = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = collate_reviews([{"ids": ids[i]} for i in chunk], decoder.config.block_size)
+        states = decoder.layer_states(batch["ids"], batch["mask"])
+        found = {
+            "mean": pool(states[-1], batch["mask"], "mean"),
+            "weighted_mean": pool(states[-1], batch["mask"], "weighted_mean"),
+        }
+        if head is not None:
+            vectors = head(states[: head.config.n_states], batch["mask"], batch["ids"])
+            if head.config.pooling == "sparse":
+                sparse_rows.append(sp.csr_matrix(vectors.numpy()))
+            else:
+                found["adapter"] = vectors
+        for name, vectors in found.items():
+            out.setdefault(name, torch.empty(len(texts), vectors.size(1)))[chunk] = F.normalize(
+                vectors.float(), dim=-1
+            )
+        print(f"\rencoded {min(start + batch_size, len(order)):,}/{len(order):,}", end="", flush=True)
+    print()
+    if sparse_rows:
+        out["adapter"] = sp.vstack(sparse_rows, format="csr")[np.argsort(order)]
+    return out
+
+
+def dense_top(queries: Vectors, docs: Vectors, k: int, exclude_self: bool = False) -> np.ndarray:
+    """Top ``k`` documents per query by dot product (dense tensors or sparse CSR matrices)."""
+    out = []
+    for start in range(0, queries.shape[0], 1024):
+        if sp.issparse(queries):
+            scores = torch.from_numpy((queries[start : start + 1024] @ docs.T).toarray())
+        else:
+            scores = queries[start : start + 1024] @ docs.T
+        if exclude_self:
+            rows = torch.arange(start, start + len(scores))
+            scores[torch.arange(len(scores)), rows] = float("-inf")
+        out.append(scores.topk(k, dim=1).indices.numpy())
+    return np.concatenate(out)
+
+
+def index_top(
+    index: SemanticIndex, vectors, texts: list[str], mode: str, k: int, exclude_self=False
+) -> np.ndarray:
+    """Top ``k`` rows per query through :meth:`SemanticIndex.scores` (the ranking search uses)."""
+    out = []
+    for i, text in enumerate(texts):
+        rows, _ = index.top_k(vectors[i] if vectors is not None else None, text, mode, k + exclude_self)
+        out.append([r for r in rows if not (exclude_self and r == i)][:k])
+    return np.array(out)
+
+
+def mrr_recall(top: np.ndarray) -> tuple[float, float]:
+    """MRR@10 and recall@10 when query i's only relevant document is document i."""
+    hits = top[:, :10] == np.arange(len(top))[:, None]
+    first = hits.argmax(1)
+    found = hits.any(1)
+    return float(np.where(found, 1 / (first + 1), 0).mean()), float(found.mean())
