@@ -13,6 +13,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from imdb_transformer import hardware
@@ -94,6 +95,19 @@ class ShareTokenizer(Callback):
         use = getattr(pl_module, "use_tokenizer", None)
         if tokenizer is not None and use is not None:
             use(tokenizer)
+
+
+class SaveOnTerm(Callback):
+    """On SIGTERM (a scheduler's preemption, ``kill``), writes the run's ``last.ckpt`` at the step it
+    reached before Lightning ends the run, so ``--ckpt_path last`` resumes from there rather than from
+    the last validation."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(exception, SIGTERMException) and checkpoint is not None and checkpoint.dirpath:
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
 
 
 class PrecisionAdvice(Callback):

@@ -13,6 +13,7 @@ import errno
 import inspect
 import os
 import shutil
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -25,10 +26,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from imdb_transformer import verbs
 from imdb_transformer.artifacts import read_artifact
-from imdb_transformer.callbacks import AtomicCheckpointIO, FiniteLossGuard, PrecisionAdvice, ShareTokenizer
+from imdb_transformer.callbacks import (
+    AtomicCheckpointIO,
+    FiniteLossGuard,
+    PrecisionAdvice,
+    SaveOnTerm,
+    ShareTokenizer,
+)
 from imdb_transformer.core.backbone import load_checkpoint
 from imdb_transformer.errors import ImdbError, InputError
 
@@ -139,7 +147,7 @@ class ImdbCLI(LightningCLI):
         written beside their final path (:class:`AtomicCheckpointIO`)."""
         trainer = super().instantiate_trainer(**kwargs)
         # before the run-files callback, which saves the tokenizer ShareTokenizer hands over
-        trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard(), PrecisionAdvice()]
+        trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard(), PrecisionAdvice(), SaveOnTerm()]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         logger = trainer.logger
@@ -166,7 +174,7 @@ class ImdbCLI(LightningCLI):
         try:
             ckpt_path = self.config_init[subcommand].get("ckpt_path")
             if ckpt_path:
-                check_resumable(Path(ckpt_path), self.model, self.datamodule)
+                check_resumable(Path(ckpt_path), self.model, self.datamodule, resuming=subcommand == "fit")
             super()._run_subcommand(subcommand)
         except BaseException:
             forget_unused_run(getattr(self, "claimed_run", None))
@@ -214,9 +222,9 @@ def find_last_checkpoint(root: Path, class_path: str | None = None) -> Path:
     others = []
     for path in reversed(found):
         kind = _class_name(_checkpoint_class(path))
-        if wanted is None or kind == wanted:
+        if kind != "damaged" and (wanted is None or kind == wanted):
             return path
-        others.append(f"{path} ({kind or 'unknown module'})")
+        others.append(f"{path} ({'damaged: unreadable' if kind == 'damaged' else kind or 'unknown module'})")
     raise CheckpointError(
         f"--ckpt_path last: no checkpoint of a {wanted} run under {root.resolve()}/lightning_logs; found "
         f"only {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}. Pass the checkpoint to resume "
@@ -225,10 +233,13 @@ def find_last_checkpoint(root: Path, class_path: str | None = None) -> Path:
 
 
 def _checkpoint_class(path: Path) -> str | None:
+    """The module class a checkpoint records, ``"damaged"`` if it cannot be read (no candidate then),
+    None if it records none."""
     try:
-        hparams = load_checkpoint(path).get("hyper_parameters", {})
-    except Exception:  # a damaged file is no candidate; check_checkpoint names it if it is chosen
-        return None
+        contents = load_checkpoint(path)
+    except Exception:
+        return "damaged"
+    hparams = contents.get("hyper_parameters", {}) if isinstance(contents, dict) else None
     return hparams.get("_class_path") if isinstance(hparams, dict) else None
 
 
@@ -268,10 +279,15 @@ def _same_setting(asked: Any, recorded: Any) -> bool:
     return asked == recorded
 
 
-def check_resumable(path: Path, model: LightningModule, datamodule: LightningDataModule | None) -> None:
+def check_resumable(
+    path: Path, model: LightningModule, datamodule: LightningDataModule | None, resuming: bool = True
+) -> None:
     """Refuse, naming the difference, a checkpoint whose data settings differ from the run's or whose
-    weights do not fit ``model`` (Lightning would otherwise fail deep inside with a traceback)."""
+    weights do not fit ``model``, and (``resuming``) one whose training state is damaged (Lightning would
+    otherwise fail deep inside with a traceback, or resume at a step past the end)."""
     checkpoint = load_checkpoint(path)
+    if resuming:
+        _check_training_state(checkpoint, path)
     differences = []
     data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
     ours = dict(datamodule.hparams) if datamodule is not None else {}
@@ -290,6 +306,33 @@ def check_resumable(path: Path, model: LightningModule, datamodule: LightningDat
         raise CheckpointError(
             f"{path} does not fit the run asked for: {'; '.join(differences[:3])}. Resume with the config "
             "it was trained with (its run folder's config.yaml), or leave --ckpt_path out to start afresh"
+        )
+
+
+def _check_training_state(checkpoint: dict, path: Path) -> None:
+    def count(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**12
+
+    optimizers = checkpoint.get("optimizer_states", [])
+    schedulers = checkpoint.get("lr_schedulers", [])
+    problem = None
+    if not count(checkpoint.get("global_step", 0)) or not count(checkpoint.get("epoch", 0)):
+        problem = (
+            f"its step or epoch ({checkpoint.get('global_step')!r:.40}, {checkpoint.get('epoch')!r:.40})"
+        )
+    elif not isinstance(optimizers, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("state"), dict) and isinstance(o.get("param_groups"), list)
+        for o in optimizers
+    ):
+        problem = "its optimizer state"
+    elif not isinstance(schedulers, list) or not all(isinstance(o, dict) for o in schedulers):
+        problem = "its learning-rate schedule"
+    elif not isinstance(checkpoint.get("loops", {}), dict):
+        problem = "its loop state"
+    if problem:
+        raise CheckpointError(
+            f"{path}: {problem} is damaged, so training cannot resume from it; resume from another "
+            "checkpoint of the run (a best-*.ckpt beside it), or leave --ckpt_path out to start afresh"
         )
 
 
@@ -423,6 +466,13 @@ def main(argv: list[str] | None = None) -> None:
             build_cli(argv)  # None: LightningCLI reads sys.argv itself
     except ImdbError as err:
         sys.exit(f"error: {err}")
+    except SIGTERMException:  # Lightning ends a run that got SIGTERM with a SystemExit of status 0
+        print(
+            "error: stopped by SIGTERM; its last.ckpt holds the step it reached: resume with the same "
+            "command and --ckpt_path last",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         reason = disk_problem(err)
         if reason is None:

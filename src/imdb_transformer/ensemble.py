@@ -78,32 +78,45 @@ class SentimentEnsemble:
 
 
 def _load(checkpoint: str, device: str) -> SentimentClassifier:
-    """A classifier from its checkpoint alone (it holds its backbone), read without pickle."""
+    """A classifier from its checkpoint alone (it holds its backbone), read without pickle; its settings
+    and weights are checked before the classifier is built from them."""
     path = Path(checkpoint).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"classifier checkpoint {checkpoint} not found: pass a .ckpt of a classify run")
+    if not path.is_file():
+        raise InputError(
+            f"{checkpoint} is a folder, not a classifier checkpoint: pass a .ckpt of a classify run"
+        )
     remedy = "it is truncated, not a checkpoint, or holds code (refused: loaded without unpickling code)"
     contents = read_artifact(path, load_checkpoint, InputError, remedy)
-    if not isinstance(contents, dict):
-        contents = {}
+    hparams = contents.get("hyper_parameters") if isinstance(contents, dict) else None
+    state = contents.get("state_dict") if isinstance(contents, dict) else None
+    hparams = hparams if isinstance(hparams, dict) else {}
+    state = state if isinstance(state, dict) else {}
     known = inspect.signature(SentimentClassifier).parameters
-    settings = {k: v for k, v in contents.get("hyper_parameters", {}).items() if k in known}
-    state = contents.get("state_dict", {})
-    if "freeze" not in settings or not any(k.startswith("head.") for k in state):
+    settings = {k: v for k, v in hparams.items() if k in known}
+    if "freeze" not in settings or not any(isinstance(k, str) and k.startswith("head.") for k in state):
         raise InputError(
             f"{checkpoint} is not a sentiment classifier's checkpoint: pass one written by "
             "`imdb-transformer fit --config configs/classify.yaml`"
         )
     settings["backbone"] = str(path)
     remedy = "the checkpoint is damaged or was written by another version: pass another, or train it again"
+    odd = [
+        k
+        for k, v in state.items()
+        if not isinstance(v, torch.Tensor) or v.layout != torch.strided or v.is_complex()
+    ]
+    if odd:
+        raise InputError(f"{checkpoint}: {odd[0]} is not a dense real-valued tensor; {remedy}")
     try:
         model = SentimentClassifier(**settings)
     except ImdbError:
         raise
-    except (TypeError, ValueError) as err:  # settings of the wrong type
+    except (TypeError, ValueError, RuntimeError) as err:  # settings of the wrong type or range
         raise InputError(f"{checkpoint}: its settings cannot build a classifier ({err}); {remedy}") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    found = {k: tuple(v.shape) for k, v in state.items()}
     check_shapes(expected, found, str(checkpoint), InputError, remedy)
     model.load_state_dict(state)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):

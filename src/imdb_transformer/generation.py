@@ -55,6 +55,10 @@ def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecode
     return cast
 
 
+MOST_NEW_TOKENS = 100_000  # tokens one call may add to each prompt
+MAX_SEED = 2**32 - 1
+
+
 def check_options(
     strategy: str,
     temperature: float,
@@ -80,8 +84,11 @@ def check_options(
             f"repetition_penalty must be in [{MIN_PENALTY:g}, {MAX_PENALTY:g}] (got {repetition_penalty}); "
             "1.0 turns it off, above 1 discourages repeats"
         )
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
+    if not 1 <= max_new_tokens <= MOST_NEW_TOKENS:
+        raise InputError(
+            f"max_new_tokens must be in 1..{MOST_NEW_TOKENS:,} (got {max_new_tokens}): the new tokens of "
+            "every prompt are held in memory"
+        )
 
 
 def next_token(
@@ -158,6 +165,8 @@ def generate(
     of the context), with or without the cache alike.
     """
     check_options(strategy, temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be in 0..{MAX_SEED} (got {seed})")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise InputError("every prompt needs at least one token")
     block = decoder.config.block_size

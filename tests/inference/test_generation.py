@@ -115,7 +115,7 @@ def test_repetition_penalty_demotes_seen_tokens() -> None:
         ({"strategy": "sample", "temperature": float("nan")}, "temperature must be a finite number > 0"),
         ({"strategy": "sample", "temperature": float("inf")}, "temperature must be a finite number > 0"),
         ({"strategy": "beam"}, "unknown strategy 'beam'"),
-        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be in 1..100,000"),
         ({"repetition_penalty": 0.0}, r"repetition_penalty must be in \[0.001, 1000\]"),
         ({"repetition_penalty": -1.0}, r"repetition_penalty must be in \[0.001, 1000\]"),
         ({"repetition_penalty": float("nan")}, r"repetition_penalty must be in \[0.001, 1000\]"),

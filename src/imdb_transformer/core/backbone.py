@@ -100,8 +100,11 @@ def add_to_checkpoint(checkpoint: dict, config: DecoderConfig, tokenizer: Tokeni
     checkpoint[CHECKPOINT_KEY] = {**record(config, tokenizer), "tokenizer_model": model}
 
 
-def spec_from_checkpoint(checkpoint: dict, where: str | os.PathLike) -> BackboneSpec:
-    """The backbone shape and tokenizer recorded in a loaded checkpoint, every field checked."""
+def spec_from_checkpoint(
+    checkpoint: dict, where: str | os.PathLike, tokenizer: Tokenizer | None = None
+) -> BackboneSpec:
+    """The backbone shape and tokenizer recorded in a loaded checkpoint, every field checked (an export
+    passes its ``tokenizer.model`` as ``tokenizer``; a checkpoint carries the tokenizer's bytes)."""
     saved = checkpoint.get(CHECKPOINT_KEY)
     if saved is None:
         raise _not_a_backbone(Path(where))
@@ -113,7 +116,6 @@ def spec_from_checkpoint(checkpoint: dict, where: str | os.PathLike) -> Backbone
             "was written by another version of imdb_transformer; export or train it again with this one"
         )
     config = typed_record(DecoderConfig, saved.get("config"), f"{where}: config", BackboneError, _SIZES)
-    tokenizer = saved.get("tokenizer")
     if tokenizer is None:
         model = saved.get("tokenizer_model")
         if not isinstance(model, torch.Tensor) or model.dtype != torch.uint8 or model.dim() != 1:
@@ -280,7 +282,7 @@ def _export_spec(folder: Path) -> BackboneSpec:
             f"{folder / CONFIG} holds a {type(meta).__name__}, not an object; {_EXPORT_REMEDY}"
         )
     tokenizer = read_artifact(folder / TOKENIZER, Tokenizer, BackboneError, _EXPORT_REMEDY)
-    spec = spec_from_checkpoint({CHECKPOINT_KEY: {**meta, "tokenizer": tokenizer}}, folder / CONFIG)
+    spec = spec_from_checkpoint({CHECKPOINT_KEY: meta}, folder / CONFIG, tokenizer)
     if tokenizer_fingerprint(tokenizer) != meta.get("tokenizer_sha256"):
         raise BackboneError(
             f"{folder / TOKENIZER} is not the tokenizer these weights were trained with "
@@ -292,6 +294,8 @@ def _export_spec(folder: Path) -> BackboneSpec:
 
 
 def _check_vocab(tokenizer: Tokenizer, config: DecoderConfig, where: str | os.PathLike) -> None:
+    if tokenizer.vocab_size < 4:  # an empty or unparsed model: not even the special pieces
+        raise BackboneError(f"{where}: its tokenizer is empty (no pieces); {_EXPORT_REMEDY}")
     if tokenizer.vocab_size > config.vocab_size:
         raise BackboneError(
             f"{where}: the tokenizer has {tokenizer.vocab_size} pieces but the weights only "

@@ -197,7 +197,7 @@ class SemanticIndex:
         """The row of the review named by ``review``: its key, or a review id that only it has."""
         name = str(review).strip()
         if isinstance(review, str):
-            found = pc.index(self.reviews.column("key"), review).as_py()
+            found = pc.index(self.reviews.column("key"), name).as_py()
             if found >= 0:
                 return found
         if not re.fullmatch(r"-?[0-9]+", name):

@@ -130,6 +130,12 @@ def check_out_folder(
     guarded.update({f"the {name}": Path(p).expanduser() for name, p in (keep or {}).items() if p is not None})
     for what, guarded_path in guarded.items():
         guarded_path = guarded_path.resolve()
+        inputs = what not in ("the root folder", "the current folder", "your home folder")
+        if inputs and guarded_path.is_dir() and guarded_path in path.parents:
+            raise InputError(
+                f"{str(given)!r} is inside {what} ({guarded_path}); an index written there would mix with "
+                f"its files: {fix}"
+            )
         if path == guarded_path or path in guarded_path.parents:
             where = "is" if path == guarded_path else "holds"
             raise InputError(
@@ -156,12 +162,23 @@ def _not_an_index(folder: Path) -> str | None:
     if not is_index:
         return f"is a folder that is not a search index (it holds {_listing(entries)})"
     foreign = [name for name in entries if name not in INDEX_ENTRIES]
+    # an index's files are plain files (lexical/ a folder of them): a folder or a link of the same name
+    # holds something else
+    foreign += [
+        name
+        for name in entries
+        if name in INDEX_ENTRIES
+        and name != "lexical"
+        and ((folder / name).is_symlink() or not (folder / name).is_file())
+    ]
     lexical = folder / "lexical"
-    if lexical.is_dir():
+    if lexical.is_symlink():
+        foreign.append("lexical")
+    elif lexical.is_dir():
         foreign += [
             f"lexical/{p.name}"
             for p in sorted(lexical.iterdir())
-            if not (p.is_file() and p.name.endswith((".index.json", ".index.npy")))
+            if p.is_symlink() or not (p.is_file() and p.name.endswith((".index.json", ".index.npy")))
         ]
     elif lexical.exists():
         foreign.append("lexical")

@@ -31,7 +31,10 @@ def host_name(value: str) -> str:
     an IPv6 address or a trailing dot."""
     value = value.strip().lower()
     if value.startswith("["):
-        value = value[1:].partition("]")[0]
+        inside, _, rest = value[1:].partition("]")
+        if rest and not re.fullmatch(r":[0-9]{1,5}", rest):  # "[::1]evil.com": no host this server has
+            return value
+        value = inside
     elif value.count(":") == 1:  # name:port (an IPv6 address without brackets has several)
         value = value.partition(":")[0]
     return value.rstrip(".")
@@ -52,8 +55,9 @@ class HostCheck:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host")
-            if host is not None and host_name(host.decode("latin-1")) not in self.allowed:
+            hosts = [value for name, value in scope["headers"] if name == b"host"]
+            # one Host header naming an allowed host; several (which may disagree) are refused too
+            if len(hosts) > 1 or (hosts and host_name(hosts[0].decode("latin-1")) not in self.allowed):
                 from fastapi.responses import JSONResponse
 
                 names = ", ".join(sorted(self.allowed))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imdb_transformer.errors import InputError
@@ -221,6 +222,13 @@ def _check_columns(ds: datasets.Dataset, where: str) -> None:
             raise IMDBSourceError(
                 f"{where} has {table[name].null_count} rows without a {name!r}; fill them in or drop "
                 "those rows"
+            )
+    if "id" in features and len(table):
+        low, high = pc.min(table["id"]).as_py(), pc.max(table["id"]).as_py()
+        if low < 0 or high >= 2**63:
+            raise IMDBSourceError(
+                f"{where} has review ids from {low} to {high}; ids must be whole numbers from 0 to 2**63 - 1 "
+                "(the file numbers of the original archive)"
             )
 
 
