@@ -274,18 +274,14 @@ def weights_fingerprint(*states: dict) -> str:
     """The one fingerprint of weights: a hash of every tensor's name and bytes in the ``state_dict``s
     given, in name order. What an adapter, an index or a classifier records of the weights it was
     built on, and checks again when loaded."""
+    import torch  # here, not at the top: the writers above are used (and tested) without torch loaded
+
     h = hashlib.sha256()
     for state in states:
         for name, tensor in sorted(state.items()):
             h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_uint8()).numpy().tobytes())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _uint8():
-    import torch
-
-    return torch.uint8
 
 
 def corpus_fingerprint(texts: Iterable[str]) -> str:
