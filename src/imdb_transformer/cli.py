@@ -1,9 +1,10 @@
 """The ``imdb-transformer`` console script.
 
 Training and evaluation (``fit / validate / test / predict``) are Lightning's CLI over the
-LightningModules and DataModules; the other verbs (``embed / search / generate``) are the functions of
-:mod:`imdb_transformer.verbs`. Both are built by jsonargparse from type-hinted signatures and their
-docstrings, so ``--help`` is the reference and every verb takes ``--config`` and ``--print_config``.
+LightningModules and DataModules; the other verbs (``embed / search / generate / classify / serve``)
+are the functions of :mod:`imdb_transformer.verbs`. Both are built by jsonargparse from type-hinted
+signatures and their docstrings, so ``--help`` is the reference and every verb takes ``--config`` and
+``--print_config``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
+import docstring_parser
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -365,61 +367,87 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
         parser_kwargs={
             "description": "Pretrain a causal transformer on IMDB and reuse it. Training and evaluation: "
             "fit, validate, test, predict. Also: "
-            + ", ".join(f"`imdb-transformer {name} --help` ({what})" for name, what in VERB_SUMMARY.items())
+            + "; ".join(f"`imdb-transformer {name} --help` ({_summary(f)})" for name, f in VERBS.items())
             + "."
         },
     )
 
 
-VERBS: dict[str, Callable[..., None]] = {
-    "embed": verbs.embed,
-    "search": verbs.search,
-    "generate": verbs.generate,
-    "classify": verbs.classify,
-    "serve": verbs.serve,
-}
-VERB_SUMMARY = {
-    "embed": "build a search index",
-    "search": "query it",
-    "generate": "continue a prompt",
-    "classify": "label texts with a classifier or an ensemble",
-    "serve": "an HTTP API and web page",
-}
-# spellings the verbs accept beyond their signatures: a short -k, and list options given by repeating
-# them (--prompt, --checkpoint) or, for classify's texts, as plain words after the options
-_SPELLINGS = {
-    "search": {"-k": "--k"},
-    "generate": {"--prompt": "--prompt+", "--checkpoint": "--backbone"},
-    "classify": {"--classifier": "--classifier+", "--checkpoint": "--classifier+"},
-    "serve": {"--classifier": "--classifier+"},
-}
-# old option names, still accepted: the same input has the same name in every verb
-_OLD_NAMES = {"generate": {"--checkpoint": "--backbone"}, "classify": {"--checkpoint": "--classifier"}}
+VERBS: dict[str, Callable[..., None]] = {function.__name__: function for function in verbs.VERBS}
+
+
+def _summary(function: Callable[..., None]) -> str:
+    """The first sentence of ``function``'s docstring, as --help lists the verb."""
+    return inspect.getdoc(function).split(".")[0].split(":")[0]
 
 
 def verb_parser(name: str) -> ArgumentParser:
-    """The parser of ``imdb-transformer NAME``, built from the signature and docstring of its function."""
+    """The parser of ``imdb-transformer NAME``, built from the signature and docstring of its function.
+
+    Parameters annotated with :class:`~imdb_transformer.verbs.Spelled` get the spelling it declares
+    (a short alias, an old name, a list given by repeating the option, plain words after the options);
+    jsonargparse builds the others from their type hints.
+    """
     function = VERBS[name]
-    about = inspect.getdoc(function).split("Args:")[0].strip()  # the docstring before its arguments
-    parser = ArgumentParser(prog=f"imdb-transformer {name}", description=about, exit_on_error=False)
+    doc = inspect.getdoc(function)
+    parser = ArgumentParser(
+        prog=f"imdb-transformer {name}", description=doc.split("Args:")[0].strip(), exit_on_error=False
+    )
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
-    parser.add_function_arguments(function, as_positional=True)
+    hints = get_type_hints(function, include_extras=True)
+    spelled = {
+        key: spelling
+        for key, hint in hints.items()
+        for spelling in getattr(hint, "__metadata__", ())
+        if isinstance(spelling, verbs.Spelled)
+    }
+    parser.add_function_arguments(function, as_positional=True, skip=set(spelled))
+    helps = {param.arg_name: param.description for param in docstring_parser.parse(doc).params}
+    parameters = inspect.signature(function).parameters
+    for key, spelling in spelled.items():
+        _add_spelled(parser, key, hints[key].__origin__, parameters[key].default, spelling, helps[key])
     return parser
+
+
+def _add_spelled(
+    parser: ArgumentParser, key: str, hint: Any, default: Any, spelling: verbs.Spelled, about: str
+) -> None:
+    """Add the parameter ``key`` to ``parser`` as ``spelling`` declares."""
+    required = default is inspect.Parameter.empty
+    listed = get_origin(hint) is list or any(get_origin(arg) is list for arg in get_args(hint))
+    about = " ".join(about.split())  # jsonargparse adds "(required)" or the default
+    if spelling.words:
+        parser.add_argument(key, nargs="*" if listed else "?", default=default, help=about)
+        return
+    names = [f"--{key}", *([spelling.short] if spelling.short else [])]
+    kind = {"action": _Given, "repeat": True} if spelling.repeat else {"type": hint}
+    parser.add_argument(*names, required=required, default=None if required else default, help=about, **kind)
+    if spelling.old:
+        parser.add_argument(
+            spelling.old, dest=key, action=_Given, repeat=spelling.repeat, new=names[0],
+            help=f"The old name of {names[0]}, still accepted.", default=argparse.SUPPRESS,
+        )  # fmt: skip
+
+
+class _Given(argparse.Action):
+    """Stores an option's value; with ``repeat``, each occurrence adds one item to a list. Under an
+    old name (``new`` set), it first prints a note naming the new one."""
+
+    def __init__(self, *args: Any, repeat: bool = False, new: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.repeat, self.new = repeat, new
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        if self.new is not None:
+            print(f"note: {option_string} is the old name of {self.new}", file=sys.stderr)
+        if self.repeat:
+            have = getattr(namespace, self.dest, None)
+            values = [*(have if isinstance(have, list) else []), values]
+        setattr(namespace, self.dest, values)
 
 
 def run_verb(name: str, argv: list[str]) -> None:
     """Parse ``argv`` for the verb ``name`` and call its function."""
-    spellings = _SPELLINGS.get(name, {})
-    for old, new in _OLD_NAMES.get(name, {}).items():
-        if any(a.partition("=")[0] == old for a in argv):
-            print(f"note: {old} is the old name of {new}", file=sys.stderr)
-    argv = [_respell(a, spellings) for a in argv]
-    if name == "search" and any(a.split("=")[0] == "--like" for a in argv) and not _positionals(argv):
-        argv.append("")  # `search --like ID` needs no query
-    if name == "classify":
-        at = set(_positionals(argv))
-        argv = [a for i, a in enumerate(argv) if i not in at] + [f"--texts+={argv[i]}" for i in sorted(at)]
-
     try:
         options = verb_parser(name).parse_args(argv).as_dict()
     except argparse.ArgumentError as err:  # one line naming the option and its type, not the usage
@@ -432,26 +460,6 @@ def run_verb(name: str, argv: list[str]) -> None:
         if p.kind is inspect.Parameter.POSITIONAL_ONLY
     ]
     function(*positional, **options)
-
-
-def _respell(word: str, spellings: dict[str, str]) -> str:
-    """``word`` (``--name`` or ``--name=value``) with its option name as the verb's parser spells it."""
-    name, sep, value = word.partition("=")
-    return spellings.get(name, name) + sep + value
-
-
-def _positionals(argv: list[str]) -> list[int]:
-    """Where ``argv`` holds words that are not options or their values (every verb option takes a
-    value)."""
-    at, skip = [], False
-    for i, a in enumerate(argv):
-        if skip:
-            skip = False
-        elif a.startswith("-"):
-            skip = "=" not in a
-        else:
-            at.append(i)
-    return at
 
 
 def main(argv: list[str] | None = None) -> None:

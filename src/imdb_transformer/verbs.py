@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
@@ -22,6 +23,17 @@ from imdb_transformer.search import Mode
 from imdb_transformer.text.imdb import DEFAULT_SOURCE
 
 Split = Literal["train", "test", "unsupervised"]
+
+
+@dataclass(frozen=True)
+class Spelled:
+    """How ``imdb-transformer VERB`` spells a parameter beyond ``--name VALUE``, declared in the
+    signature as ``Annotated[type, Spelled(...)]`` (Python callers see the plain type)."""
+
+    short: str | None = None  # a short alias, such as -k
+    old: str | None = None  # an old name, still accepted with a note that says it is old
+    repeat: bool = False  # a list given by repeating the option: --prompt A --prompt B
+    words: bool = False  # given as plain words after the options (a positional argument)
 
 
 def _device(device: str | None) -> str:
@@ -114,11 +126,11 @@ def embed(
 
 
 def search(
-    query: str,
+    query: Annotated[str, Spelled(words=True)] = "",
     /,
     *,
     index: str,
-    k: PositiveInt = 5,
+    k: Annotated[PositiveInt, Spelled(short="-k")] = 5,
     mode: Mode | None = None,
     like: str | None = None,
     backbone: str | None = None,
@@ -154,8 +166,8 @@ def search(
 
 def generate(
     *,
-    backbone: str,
-    prompt: list[str],
+    backbone: Annotated[str, Spelled(old="--checkpoint")],
+    prompt: Annotated[list[str], Spelled(repeat=True)],
     strategy: Strategy = "top_k",
     max_new_tokens: int = 60,
     temperature: float = 1.0,
@@ -173,7 +185,7 @@ def generate(
 
     Args:
         backbone: A pretraining run's backbone/ folder or one of its checkpoints (what `embed
-            --backbone` takes; --checkpoint is its old name).
+            --backbone` takes).
         prompt: The opening of a review; repeat --prompt for several.
         strategy: How each token is picked: greedy, sample (temperature only), top_k or top_p.
         max_new_tokens: Tokens to add at most (a continuation stops early where the review ends).
@@ -184,7 +196,7 @@ def generate(
         seed: Fix the sampling, for repeatable output.
         device: cpu or cuda (default: cuda when available).
         dtype: Weights for decoding. bfloat16 reads half the bytes per token, so one prompt decodes
-            faster even on CPUs without native bf16 (the README's decoding table); its text can
+            faster even on CPUs without native bf16 (docs/generation.md); its text can
             part from float32's after a while.
     """
     from imdb_transformer.core.backbone import load_backbone
@@ -215,8 +227,8 @@ def generate(
 
 def classify(
     *,
-    classifier: list[str],
-    texts: list[str] | None = None,
+    classifier: Annotated[list[str], Spelled(repeat=True, old="--checkpoint")],
+    texts: Annotated[list[str] | None, Spelled(words=True)] = None,
     file: str | None = None,
     column: str = "text",
     split: Literal["test"] | None = None,
@@ -235,7 +247,7 @@ def classify(
 
     Args:
         classifier: A classifier's .ckpt (of `fit --config configs/classify.yaml`; what `serve
-            --classifier` takes; --checkpoint is its old name); repeat for an ensemble (e.g. one over
+            --classifier` takes); repeat for an ensemble (e.g. one over
             a forward and one over a backward backbone).
         texts: Texts to classify, given after the options.
         file: Texts from a file instead: .txt (one per line), .csv or .parquet (see --column).
@@ -288,7 +300,7 @@ def serve(
     backbone: str | None = None,
     adapter: str | None = None,
     index: str | None = None,
-    classifier: list[str] | None = None,
+    classifier: Annotated[list[str] | None, Spelled(repeat=True)] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     max_batch_size: int = 16,
@@ -335,3 +347,8 @@ def serve(
         allowed_hosts=allowed_hosts or (), info_paths=info_paths,
     )  # fmt: skip
     run(config)
+
+
+# The verbs of the console script, in the order its --help lists them; each one's name, options and
+# help come from its signature and docstring.
+VERBS = (embed, search, generate, classify, serve)

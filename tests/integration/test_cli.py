@@ -10,7 +10,7 @@ import torch
 import yaml
 from helpers import HELPERS, REPO, fails, read_metrics, run_cli
 
-from imdb_transformer.cli import build_cli, main
+from imdb_transformer.cli import VERBS, build_cli, main, verb_parser
 from imdb_transformer.core.backbone import CHECKPOINT_KEY
 from imdb_transformer.models import CausalLM
 
@@ -169,6 +169,28 @@ def test_a_real_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules["imdb_transformer.cli"].VERBS, "search", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["search", "--index", "i", "q"])
+
+
+def test_verbs_spell_their_options_as_their_signatures_declare(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert list(VERBS) == ["embed", "search", "generate", "classify", "serve"]
+    parse = {name: (lambda argv, name=name: verb_parser(name).parse_args(argv).as_dict()) for name in VERBS}
+    # a list given by repeating its option, under its name or its old one (which says so)
+    generate = parse["generate"](["--checkpoint", "b", "--prompt", "one", "--prompt=two"])
+    assert generate["backbone"] == "b" and generate["prompt"] == ["one", "two"]
+    assert "note: --checkpoint is the old name of --backbone" in capsys.readouterr().err
+    classify = parse["classify"](["--classifier", "f.ckpt", "--checkpoint", "g.ckpt", "a text", "another"])
+    assert classify["classifier"] == ["f.ckpt", "g.ckpt"] and classify["texts"] == ["a text", "another"]
+    assert "note: --checkpoint is the old name of --classifier" in capsys.readouterr().err
+    # a short alias; a positional that --like makes optional
+    assert parse["search"](["--index", "i", "-k", "3", "film"])["k"] == 3
+    assert parse["search"](["--index", "i", "--like", "test/pos/1"])["query"] == ""
+    # the same lists from a config file
+    config = tmp_path / "g.yaml"
+    config.write_text("backbone: b\nprompt: [one, two]\n")
+    assert parse["generate"](["--config", str(config)])["prompt"] == ["one", "two"]
+    assert parse["serve"]([])["classifier"] is None
 
 
 def test_tiny_yaml_says_what_it_stacks_on() -> None:
