@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -162,6 +163,31 @@ def read_artifact(path: Path, read: Callable[[Path], T], error: type[Exception],
         if "weights_only" in detail:  # torch's advice to unpickle code: never taken here
             detail = "it holds objects other than tensors and plain values"
         raise error(f"{path} cannot be read ({type(err).__name__}: {detail[:300]}); {remedy}") from err
+
+
+def read_folder_record(
+    folder: Path,
+    files: Iterable[str],
+    record: str,
+    *,
+    error: type[Exception],
+    kind: str,
+    fix: str,
+    remedy: str,
+) -> dict[str, Any]:
+    """The JSON object in ``folder / record``, after checking that ``folder`` holds every one of
+    ``files``. A missing folder or file is ``error`` saying what ``folder`` should be (``kind``) and
+    ``fix``; an unreadable record, or one that is not a JSON object, is ``error`` naming it and
+    ``remedy``. Exports, adapters and indexes (a folder of files and its JSON record) all open so."""
+    if not folder.is_dir():
+        raise error(f"{kind} {str(folder)!r} not found; {fix}")
+    missing = [name for name in files if not (folder / name).is_file()]
+    if missing:
+        raise error(f"{folder} is not {kind}: {', '.join(missing)} missing; {fix}")
+    meta = read_artifact(folder / record, lambda p: json.loads(p.read_text()), error, remedy)
+    if not isinstance(meta, dict):
+        raise error(f"{folder / record} holds a {type(meta).__name__}, not an object; {remedy}")
+    return meta
 
 
 def typed_record(cls: type[T], data: Any, where: str, error: type[Exception], required: Iterable[str]) -> T:

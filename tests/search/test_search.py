@@ -103,7 +103,7 @@ def test_a_moved_index_finds_its_backbone_or_says_how_to_re_point_it(
 
 
 def test_missing_or_foreign_indexes_are_clear_errors(embedder: DocumentEmbedder, tmp_path: Path) -> None:
-    with pytest.raises(SearchIndexError, match="not found: build one"):
+    with pytest.raises(SearchIndexError, match="not found; build one"):
         SemanticIndex.load(tmp_path / "nope", embedder)
     SemanticIndex.build(embedder, TEXTS).save(tmp_path / "idx")
     other = DocumentEmbedder(embedder_backbone(embedder), pooling="max")

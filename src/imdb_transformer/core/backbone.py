@@ -29,6 +29,7 @@ from imdb_transformer.artifacts import (
     atomic_path,
     check_shapes,
     read_artifact,
+    read_folder_record,
     safetensors_shapes,
     typed_record,
     weights_fingerprint,
@@ -273,14 +274,10 @@ def _read_checkpoint(path: Path) -> dict:
 
 
 def _export_spec(folder: Path) -> BackboneSpec:
-    missing = [name for name in (WEIGHTS, CONFIG, TOKENIZER) if not (folder / name).is_file()]
-    if missing:
-        raise BackboneError(f"{folder} is not a backbone export: {', '.join(missing)} missing")
-    meta = read_artifact(folder / CONFIG, lambda p: json.loads(p.read_text()), BackboneError, _EXPORT_REMEDY)
-    if not isinstance(meta, dict):
-        raise BackboneError(
-            f"{folder / CONFIG} holds a {type(meta).__name__}, not an object; {_EXPORT_REMEDY}"
-        )
+    meta = read_folder_record(
+        folder, (WEIGHTS, CONFIG, TOKENIZER), CONFIG, error=BackboneError, kind="a backbone export",
+        fix="pass a pretraining run's backbone/ folder or one of its checkpoints", remedy=_EXPORT_REMEDY,
+    )  # fmt: skip
     tokenizer = read_artifact(folder / TOKENIZER, Tokenizer, BackboneError, _EXPORT_REMEDY)
     spec = spec_from_checkpoint({CHECKPOINT_KEY: meta}, folder / CONFIG, tokenizer)
     if tokenizer_fingerprint(tokenizer) != meta.get("tokenizer_sha256"):

@@ -28,6 +28,7 @@ from imdb_transformer.artifacts import (
     atomic_path,
     check_shapes,
     read_artifact,
+    read_folder_record,
     safetensors_shapes,
     typed_record,
 )
@@ -147,15 +148,13 @@ def load_adapter(folder: str | os.PathLike, backbone: Backbone) -> EmbeddingHead
     """Load the head saved in ``folder`` for ``backbone``; refused, naming both fingerprints, if it was
     trained on another backbone."""
     folder = Path(folder).expanduser()
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise AdapterError(
-            f"{folder} is not an adapter folder ({CONFIG} and {WEIGHTS}): pass the adapter/ folder of an "
-            "`imdb-transformer fit --config configs/embed.yaml` run"
-        )
     remedy = "the adapter is damaged: export it again from its run's checkpoint"
-    meta = read_artifact(folder / CONFIG, lambda p: json.loads(p.read_text()), AdapterError, remedy)
-    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    meta = read_folder_record(
+        folder, (CONFIG, WEIGHTS), CONFIG, error=AdapterError, kind="an adapter folder", remedy=remedy,
+        fix="pass the adapter/ folder of an `imdb-transformer fit --config configs/embed.yaml` run",
+    )  # fmt: skip
+    if meta.get("format") != ADAPTER_FORMAT:
+        found = meta.get("format")
         raise AdapterError(f"{folder / CONFIG} has format {found!r:.60}, expected {ADAPTER_FORMAT!r}")
     if meta.get("backbone_fingerprint") != backbone.fingerprint:
         raise AdapterError(

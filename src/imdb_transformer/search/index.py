@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 
-from imdb_transformer.artifacts import atomic_path, read_artifact
+from imdb_transformer.artifacts import atomic_path, read_artifact, read_folder_record
 from imdb_transformer.embedder import DocumentEmbedder, load_embedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.search.ann import Ann, build_faiss
@@ -337,17 +337,11 @@ class SemanticIndex:
         Every file is checked before it is used: a damaged or crafted one is a :class:`SearchIndexError`
         naming it."""
         folder = Path(folder)
-        if not folder.is_dir():
-            raise SearchIndexError(
-                f"index folder {str(folder)!r} not found: build one with `imdb-transformer embed`"
-            )
-        names = ("vectors.safetensors", "reviews.parquet", "index.json")
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise SearchIndexError(f"{folder} is not a complete index: {', '.join(missing)} missing")
-        meta = read_artifact(
-            folder / "index.json", lambda p: json.loads(p.read_text()), SearchIndexError, REMEDY
-        )
+        meta = read_folder_record(
+            folder, ("vectors.safetensors", "reviews.parquet", "index.json"), "index.json",
+            error=SearchIndexError, kind="an index folder", fix="build one with `imdb-transformer embed`",
+            remedy=REMEDY,
+        )  # fmt: skip
         check_meta(meta, folder / "index.json")
         backbone = backbone if backbone is not None else _recorded(meta["backbone"], folder)
         adapter = adapter if adapter is not None else _recorded(meta["adapter"], folder)
