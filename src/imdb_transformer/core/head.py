@@ -58,7 +58,8 @@ class HeadConfig:
             ``attention`` (learned weight per token over a dense projection), ``weighted_mean``
             (weights growing with position, as SGPT pools a causal model), or ``mean``.
         dropout: Dropout on the mixed states while training (SimCSE's noise).
-        vocab_size: The backbone's vocabulary (the width of ``sparse`` vectors).
+        vocab_size: The backbone's vocabulary (the width of ``sparse`` vectors; None for the dense
+            poolings, which do not use it).
     """
 
     n_states: int
@@ -66,7 +67,7 @@ class HeadConfig:
     dim: int = 256
     pooling: AdapterPooling = "attention"
     dropout: float = 0.1
-    vocab_size: int = 0
+    vocab_size: int | None = None
 
     @property
     def out_dim(self) -> int:
@@ -89,7 +90,7 @@ class EmbeddingHead(nn.Module):
             raise InputError(
                 f"unknown pooling {config.pooling!r}; expected sparse, attention, weighted_mean or mean"
             )
-        if config.pooling == "sparse" and config.vocab_size < 1:
+        if config.pooling == "sparse" and (config.vocab_size or 0) < 1:
             raise InputError("sparse pooling needs the backbone's vocab_size")
         self.config = config
         self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
@@ -167,7 +168,7 @@ def load_adapter(folder: str | os.PathLike, backbone: Backbone) -> EmbeddingHead
     if (
         config.n_embd != c.n_embd
         or config.n_states > c.n_layer + 1
-        or config.vocab_size not in (0, c.vocab_size)
+        or config.vocab_size not in (None, c.vocab_size)
     ):
         raise AdapterError(
             f"{folder / CONFIG}: a head over {config.n_states} layer states of width {config.n_embd} does "

@@ -62,12 +62,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
-    def encode(self, text: str | list[str], num_threads: int = -1) -> list[int] | list[list[int]]:
-        """Token ids of one text, or of each text in a list (encoded in parallel threads, except a list
-        of one: a single query is encoded without starting sentencepiece's thread pool)."""
+    def encode(self, text: str | list[str], num_threads: int | None = None) -> list[int] | list[list[int]]:
+        """Token ids of one text, or of each text in a list (encoded in ``num_threads`` threads, by
+        default one per core; a list of one is encoded without starting sentencepiece's thread pool)."""
         if isinstance(text, list) and len(text) == 1:
             return [self.sp.encode(text[0])]
-        return self.sp.encode(text, num_threads=num_threads)
+        return self.sp.encode(text, num_threads=num_threads or os.cpu_count() or 1)
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """The piece each id stands for (``▁`` marks a leading space), for showing tokens."""
