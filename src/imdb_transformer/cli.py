@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import docstring_parser
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from imdb_transformer import verbs
+from imdb_transformer import hardware, verbs
 from imdb_transformer.artifacts import read_artifact
 from imdb_transformer.callbacks import (
     AtomicCheckpointIO,
@@ -112,15 +114,23 @@ class ImdbCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        """To evaluate an adapter (``validate``/``test``/``predict --ckpt_path``), its backbone is
-        built from that checkpoint."""
-        config = self.config.get(self.subcommand)
+        """Without ``--trainer.precision``, choose it from the hardware (:func:`hardware.default_precision`:
+        bf16 autocast where bf16 matrix hardware exists, fp32 elsewhere) and say so. To evaluate an
+        adapter (``validate``/``test``/``predict --ckpt_path``), its backbone is built from that
+        checkpoint."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is None:
             return
+        if config.trainer.get("precision") is None:
+            config.trainer.precision = hardware.default_precision(config.trainer.get("accelerator", "auto"))
+            rank_zero_info(
+                f"Precision {config.trainer.precision}, chosen for this hardware ({_hardware_line()}); "
+                "set --trainer.precision to choose another"
+            )
         init_args = config.model.get("init_args")
         if (
             self.subcommand != "fit"
-            and config.ckpt_path
+            and config.get("ckpt_path")
             and init_args is not None
             and "backbone" in init_args
         ):
@@ -181,6 +191,13 @@ class ImdbCLI(LightningCLI):
         except BaseException:
             forget_unused_run(getattr(self, "claimed_run", None))
             raise
+
+
+def _hardware_line() -> str:
+    """The device a run uses by default, in a few words."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return hardware.describe_cpu()
 
 
 class CheckpointError(InputError):

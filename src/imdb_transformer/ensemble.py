@@ -95,7 +95,7 @@ def _load(checkpoint: str, device: str) -> SentimentClassifier:
     state = state if isinstance(state, dict) else {}
     known = inspect.signature(SentimentClassifier).parameters
     settings = {k: v for k, v in hparams.items() if k in known}
-    if "freeze" not in settings or not any(isinstance(k, str) and k.startswith("head.") for k in state):
+    if "freeze" not in settings or not any(isinstance(k, str) and k.startswith(("head.", "lexical.")) for k in state):
         raise InputError(
             f"{checkpoint} is not a sentiment classifier's checkpoint: pass one written by "
             "`imdb-transformer fit --config configs/classify.yaml`"

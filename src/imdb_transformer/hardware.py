@@ -31,3 +31,15 @@ def describe_cpu() -> str:
         f"{cpu_name()}, {torch.get_num_threads()} threads, SIMD {torch.backends.cpu.get_cpu_capability()}, "
         f"AMX {'yes' if amx else 'no'}, AVX512-BF16 {'yes' if avx512_bf16 else 'no'}"
     )
+
+
+def default_precision(accelerator: object = "auto") -> str:
+    """The Trainer precision to use when none is asked for: ``bf16-mixed`` where the hardware multiplies
+    bf16 natively (a GPU that supports it; a CPU with AMX tiles or AVX512-BF16), ``32-true`` elsewhere,
+    where bf16 is emulated and trains more slowly than fp32."""
+    name = str(accelerator).lower()
+    if name in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    if name in ("auto", "cpu"):
+        return "bf16-mixed" if native_bf16_cpu() else "32-true"
+    return "32-true"  # other accelerators (mps, tpu...): Lightning's own default

@@ -12,6 +12,7 @@ from helpers import HELPERS, REPO, fails, read_metrics, run_cli
 
 from imdb_transformer.cli import VERBS, build_cli, main, verb_parser
 from imdb_transformer.core.backbone import CHECKPOINT_KEY
+from imdb_transformer.hardware import describe_cpu
 from imdb_transformer.models import CausalLM
 
 
@@ -65,6 +66,38 @@ def test_fit_resumes_with_ckpt_path_last(tiny_fit_args: list[str], tmp_path: Pat
 
 def test_ckpt_path_last_without_a_run_is_a_clear_error(tiny_fit_args: list[str]) -> None:
     assert "no last.ckpt under" in fails("fit", *tiny_fit_args, "--ckpt_path", "last")
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "asked", "chosen"),
+    [
+        (True, False, None, "bf16-mixed"),  # AMX tiles: bf16 in hardware
+        (False, True, None, "bf16-mixed"),  # AVX512-BF16
+        (False, False, None, "32-true"),  # neither: bf16 is emulated, fp32 is faster
+        (True, True, "32-true", "32-true"),  # asked for: kept
+        (False, False, "bf16-mixed", "bf16-mixed"),
+    ],
+)
+def test_precision_follows_the_cpu_unless_asked_for(
+    tiny_fit_args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    amx: bool,
+    avx512_bf16: bool,
+    asked: str | None,
+    chosen: str,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(sys, "argv", ["imdb-transformer"])  # only ``args`` is parsed
+    args = [*tiny_fit_args, *(["--trainer.precision", asked] if asked else [])]
+    with caplog.at_level("INFO"):
+        cli = build_cli(args, run=False)
+    assert cli.trainer.precision == chosen
+    said = [r.getMessage() for r in caplog.records if "chosen for this hardware" in r.getMessage()]
+    assert said == ([f"Precision {chosen}, chosen for this hardware ({describe_cpu()}); set "
+                     "--trainer.precision to choose another"] if asked is None else [])  # fmt: skip
 
 
 @pytest.mark.parametrize(

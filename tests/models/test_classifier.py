@@ -10,6 +10,7 @@ import torch
 
 from imdb_transformer.core.backbone import BackboneError
 from imdb_transformer.data.reviews import ReviewsDataModule
+from imdb_transformer.errors import InputError
 from imdb_transformer.models.classifier import SentimentClassifier
 
 
@@ -140,12 +141,11 @@ def test_layer_mix_features_are_computed_once_and_leave_the_backbone_unchanged(
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     assert sum(read) == 144 + 16  # every training and validation review once, in 3 epochs
     assert not torch.equal(mix_before, model.mix)  # the layer weights did learn
-    features = model.features(*_batch(model))
+    features = model.features(*_batch(model)).pooled
     assert features.shape == (2, 3, 3 * model.backbone.config.n_embd)  # concat pooling of 3 layers
-    last = model.features(*_batch(model))[:, -1]
-    assert torch.allclose(
-        last, SentimentClassifier(backbone=str(pretrained_run / "backbone")).features(*_batch(model))
-    )
+    last = model.features(*_batch(model)).pooled[:, -1]
+    one_layer = SentimentClassifier(backbone=str(pretrained_run / "backbone"))
+    assert torch.allclose(last, one_layer.features(*_batch(model)).pooled)
 
 
 def _batch(model: SentimentClassifier) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +204,59 @@ def test_a_long_review_is_read_as_all_its_windows_and_their_features_averaged(pr
     rows = [r[m].tolist() for r, m in zip(batch["ids"], batch["mask"], strict=True)]
     assert [t for r in rows[:3] for t in r if t != 3] == long  # every token once, in order
     with torch.no_grad():
-        averaged = model.features(batch["ids"], batch["mask"], batch["owner"])
-        each = model.features(batch["ids"], batch["mask"])
+        averaged = model.features(batch["ids"], batch["mask"], batch["owner"]).pooled
+        each = model.features(batch["ids"], batch["mask"]).pooled
     assert torch.allclose(averaged[0], each[:3].mean(0), atol=1e-6) and torch.allclose(averaged[1], each[3])
+
+
+@pytest.mark.parametrize(("pooled", "lexical"), [(True, "context"), (False, "context"), (False, "bag")])
+def test_word_votes_are_computed_once_per_review_and_leave_the_backbone_unchanged(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path, pooled: bool, lexical: str
+) -> None:
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), pooled=pooled, lexical=lexical)
+    assert (model.head is not None) == pooled and model.lexical.uses_states == (lexical == "context")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    votes_before = model.lexical.votes.weight.clone()
+    read = []  # the reviews the backbone reads: its token embedding sees each batch once
+    model.backbone.wte.register_forward_hook(lambda module, args, out: read.append(args[0].shape[0]))
+    fit(model, imdb_dir, cache_dir, tmp_path, epochs=3)
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+    assert not torch.equal(votes_before, model.lexical.votes.weight)  # the word votes did learn
+    # every training and validation review once in 3 epochs; a plain bag never runs the backbone
+    assert sum(read) == (144 + 16 if lexical == "context" else 0)
+    if lexical == "context":
+        assert not torch.equal(model.lexical.gate.weight, torch.zeros_like(model.lexical.gate.weight))
+    # the cached features give the logits the model computes afresh (token states kept in bf16)
+    model.eval()
+    batch = next(iter(DataLoader_of(model, imdb_dir, cache_dir)))
+    cached = model.classify(model._cached_features(batch, "val"))
+    fresh = model(batch["ids"], batch["mask"])
+    assert torch.allclose(cached, fresh, atol=0.05)
+
+
+def DataLoader_of(model: SentimentClassifier, imdb_dir: Path, cache_dir: Path):  # noqa: N802
+    dm = ReviewsDataModule(str(imdb_dir), str(cache_dir), backbone=model.hparams.backbone, batch_size=16)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm.val_dataloader()
+
+
+def test_explain_splits_the_word_votes_among_the_tokens(pretrained_run: Path) -> None:
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), lexical="context").eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.lexical.votes.weight)
+        torch.nn.init.normal_(model.lexical.gate.weight, std=0.1)
+    ids, mask = _batch(model)
+    logits, shares = model.explain(ids, mask)
+    assert shares.shape == ids.shape and bool((shares[~mask] == 0).all())
+    pooled_part = model.head(model.features(ids, mask).pooled).squeeze(-1)
+    lexical_part = logits - pooled_part - model.lexical.votes.bias
+    assert torch.allclose(shares.sum(1), lexical_part, atol=1e-5)
+    assert SentimentClassifier(backbone=str(pretrained_run / "backbone")).explain(ids, mask)[1] is None
+
+
+def test_word_votes_need_a_known_kind_and_some_head(pretrained_run: Path) -> None:
+    with pytest.raises(InputError, match="unknown lexical 'words'"):
+        SentimentClassifier(backbone=str(pretrained_run / "backbone"), lexical="words")
+    with pytest.raises(InputError, match="pooled false needs word votes"):
+        SentimentClassifier(backbone=str(pretrained_run / "backbone"), pooled=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
@@ -18,9 +19,12 @@ from imdb_transformer.core.backbone import (
     require_backbone,
     spec_from_checkpoint,
 )
+from imdb_transformer.core.lexical import LexicalHead
 from imdb_transformer.core.pooling import Pooling, pool, pooled_size
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.optim import Schedule, adamw_warmup_cosine
+
+Lexical = Literal["off", "bag", "context"]
 
 
 class SentimentClassifier(L.LightningModule):
@@ -38,6 +42,12 @@ class SentimentClassifier(L.LightningModule):
     Features can come from more than the last layer: ``layers k`` pools each of the top ``k`` layer
     states; ``layer_mix concat`` puts them side by side, ``scalar`` learns a softmax-weighted sum
     (ELMo's scalar mix). Frozen, they are still computed once per review and reused every epoch.
+
+    Beside the pooled features, ``lexical`` adds word votes (:class:`LexicalHead`): a linear model over
+    a bag of the review's pieces in the backbone's vocabulary, each occurrence weighted by its context
+    (``context``: from the backbone's last-layer state at that token) or counted 1 (``bag``: no
+    backbone at all with ``pooled false``). The logits of the two heads add up. Frozen, the token
+    states too are computed once per review (kept in bf16) and the backbone runs once per review.
 
     Args:
         backbone: A pretraining run's ``backbone/`` export, or a checkpoint holding a backbone (required).
@@ -58,6 +68,9 @@ class SentimentClassifier(L.LightningModule):
         unfreeze: When fine-tuning: ``all`` blocks train from the start, or ``gradual`` (one more
             block each epoch, top first; the embedding last).
         schedule: ``cosine`` (warmup, then cosine decay) or ``stlr`` (ULMFiT's slanted triangle).
+        pooled: Classify from the pooled backbone features (``false``: from the word votes alone).
+        lexical: Word votes beside the pooled features: ``off``, ``bag`` (each occurrence counts 1) or
+            ``context`` (weighted by the backbone's state at each token).
     """
 
     def __init__(
@@ -76,6 +89,8 @@ class SentimentClassifier(L.LightningModule):
         layer_mix: Literal["concat", "scalar"] = "concat",
         unfreeze: Literal["all", "gradual"] = "all",
         schedule: Schedule = "cosine",
+        pooled: bool = True,
+        lexical: Lexical = "off",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -91,10 +106,22 @@ class SentimentClassifier(L.LightningModule):
         if layers > 1 and layer_mix == "concat":
             features *= layers
         self.mix = nn.Parameter(torch.zeros(layers)) if layers > 1 and layer_mix == "scalar" else None
-        self.head = nn.Sequential(nn.LayerNorm(features), nn.Dropout(dropout), nn.Linear(features, 1))
+        if lexical not in ("off", "bag", "context"):
+            raise InputError(f"unknown lexical {lexical!r}; expected off, bag or context")
+        if not pooled and lexical == "off":
+            raise InputError("pooled false needs word votes: add --model.lexical context (or bag)")
+        self.head = (
+            nn.Sequential(nn.LayerNorm(features), nn.Dropout(dropout), nn.Linear(features, 1))
+            if pooled
+            else None
+        )
+        self.lexical = None
+        if lexical != "off":
+            width = self.backbone.config.n_embd if lexical == "context" else None
+            self.lexical = LexicalHead(self.backbone.config.vocab_size, width, dropout)
         if freeze or unfreeze == "gradual":
             self.backbone.requires_grad_(False)  # gradual: blocks are unfrozen epoch by epoch
-        self._features: dict[str, dict[int, Tensor]] = {"train": {}, "val": {}, "test": {}, "predict": {}}
+        self._features: dict[str, dict[int, Features]] = {"train": {}, "val": {}, "test": {}, "predict": {}}
         metrics = MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()})
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -109,48 +136,83 @@ class SentimentClassifier(L.LightningModule):
             self.backbone.eval()
         return self
 
-    def features(self, ids: Tensor, mask: Tensor, owner: Tensor | None = None) -> Tensor:
-        """Pooled backbone features of padded reviews: (B, F), or (B, layers, F) from several layers.
-        With ``owner`` the rows are windows of reviews (row i belongs to review ``owner[i]``), and a
-        review's features are the mean of its windows'."""
-        if self.hparams.layers == 1:
-            found = pool(self.backbone.hidden_states(ids, attention_mask=mask), mask, self.pooling)
-        else:
-            states = self.backbone.layer_states(ids, mask)[-self.hparams.layers :]
-            found = torch.stack([pool(s, mask, self.pooling) for s in states], dim=1)
-        if owner is not None:
-            reviews = int(owner.max()) + 1
-            total = found.new_zeros(reviews, *found.shape[1:]).index_add_(0, owner, found)
-            found = total / torch.bincount(owner, minlength=reviews).view(-1, *[1] * (found.dim() - 1))
-        return found
+    @property
+    def runs_backbone(self) -> bool:
+        """Whether classifying needs the backbone's states (not for a plain bag of pieces alone)."""
+        return self.head is not None or (self.lexical is not None and self.lexical.uses_states)
 
-    def _batch_features(self, batch: dict[str, Tensor]) -> Tensor:
+    def features(self, ids: Tensor, mask: Tensor, owner: Tensor | None = None) -> Features:
+        """What the heads read, from one pass of the backbone over padded reviews: the pooled features
+        (B, F), or (B, layers, F) from several layers, and for word votes the token ids with their
+        states. With ``owner`` the rows are windows of reviews (row i belongs to review ``owner[i]``):
+        a review's pooled features are the mean of its windows', its bag the sum."""
+        pooled = states = None
+        if self.runs_backbone:
+            if self.hparams.layers == 1:
+                top = self.backbone.hidden_states(ids, attention_mask=mask)
+                layers = [top]
+            else:
+                layers = self.backbone.layer_states(ids, mask)[-self.hparams.layers :]
+                top = layers[-1]
+            if self.head is not None:
+                pooled = [pool(state, mask, self.pooling) for state in layers]
+                pooled = pooled[0] if len(pooled) == 1 else torch.stack(pooled, dim=1)
+                if owner is not None:
+                    reviews = int(owner.max()) + 1
+                    total = pooled.new_zeros(reviews, *pooled.shape[1:]).index_add_(0, owner, pooled)
+                    counts = torch.bincount(owner, minlength=reviews)
+                    pooled = total / counts.view(-1, *[1] * (pooled.dim() - 1))
+            if self.lexical is not None and self.lexical.uses_states:
+                states = top
+        if self.lexical is None:
+            return Features(pooled)
+        return Features(pooled, ids, mask, states, owner)
+
+    def _batch_features(self, batch: dict[str, Tensor]) -> Features:
         return self.features(batch["ids"], batch["mask"], batch.get("owner"))
 
-    def classify(self, features: Tensor) -> Tensor:
-        """Logits (B,) from :meth:`features`: the layers mixed, then the head."""
-        if features.dim() == 3:
-            if self.mix is not None:
-                features = torch.einsum("l,blf->bf", self.mix.softmax(0), features)
-            else:
-                features = features.flatten(1)
-        return self.head(features).squeeze(-1)
+    def classify(self, features: Features) -> Tensor:
+        """Logits (B,) from :meth:`features`: the pooled head's (its layers mixed first) plus the word
+        votes'."""
+        logits = 0
+        if self.head is not None:
+            pooled = features.pooled
+            if pooled.dim() == 3:
+                if self.mix is not None:
+                    pooled = torch.einsum("l,blf->bf", self.mix.softmax(0), pooled)
+                else:
+                    pooled = pooled.flatten(1)
+            logits = self.head(pooled).squeeze(-1)
+        if self.lexical is not None:
+            logits = logits + self.lexical(features.ids, features.mask, features.states, features.owner)
+        return logits
 
-    def _cached_features(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        """Frozen features, computed on first sight of each review and reused after."""
+    def _cached_features(self, batch: dict[str, Tensor], stage: str) -> Features:
+        """Frozen features, computed on first sight of each review and reused after (token states in
+        bf16, on the host)."""
         cache = self._features[stage]
         idx = batch["idx"].tolist()
         if all(i in cache for i in idx):
-            return torch.stack([cache[i] for i in idx]).to(self.device)
+            return Features.join([cache[i] for i in idx], self.device)
         with torch.no_grad():
-            feats = self._batch_features(batch).float()
-        for i, f in zip(idx, feats.cpu(), strict=True):  # one copy to the host per batch, not per review
-            cache[i] = f
-        return feats
+            reviews = self._batch_features(batch).split()
+        for i, review in zip(idx, reviews, strict=True):
+            cache[i] = review
+        return Features.join(reviews, self.device)  # as later epochs will see them
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Logits (B,) of the positive class."""
         return self.classify(self.features(ids, mask))
+
+    @torch.no_grad()
+    def explain(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Logits (B,) and, with word votes, each token's share of its review's logit (B, T): what
+        drove the verdict, word by word (the pooled head's share is the rest)."""
+        features = self.features(ids, mask)
+        logits = self.classify(features)
+        if self.lexical is None:
+            return logits, None
+        return logits, self.lexical.contributions(ids, mask, features.states)
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         if self.hparams.freeze:
@@ -223,7 +285,8 @@ class SentimentClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        head = list(self.head.parameters()) + ([self.mix] if self.mix is not None else [])
+        heads = [m for m in (self.head, self.lexical) if m is not None]
+        head = [p for m in heads for p in m.parameters()] + ([self.mix] if self.mix is not None else [])
         groups = [{"params": head, "lr": hp.learning_rate}]
         if not hp.freeze:
             for depth, params in enumerate(self.backbone_layers()):  # top (ln_f) first
@@ -233,3 +296,57 @@ class SentimentClassifier(L.LightningModule):
         return adamw_warmup_cosine(
             self.trainer, groups, hp.warmup_steps, 0.0, hp.schedule, weight_decay=hp.weight_decay
         )
+
+
+@dataclass
+class Features:
+    """What a classifier's heads read for a batch: pooled backbone features (B, ...) and, for word
+    votes, token rows (R, T) with their mask, states (R, T, C) and, when rows are windows or cached
+    pieces of reviews, the review each row belongs to (``owner``, R)."""
+
+    pooled: Tensor | None
+    ids: Tensor | None = None
+    mask: Tensor | None = None
+    states: Tensor | None = None
+    owner: Tensor | None = None
+
+    def split(self) -> list[Features]:
+        """One entry per review, on the host, its token rows trimmed to their real tokens (states in
+        bf16): what a frozen classifier keeps for each review."""
+        if self.pooled is not None:
+            count = self.pooled.size(0)
+        else:
+            count = int(self.owner.max()) + 1 if self.owner is not None else self.ids.size(0)
+        reviews = []
+        for j in range(count):
+            pooled = self.pooled[j].float().cpu() if self.pooled is not None else None
+            if self.ids is None:
+                reviews.append(Features(pooled))
+                continue
+            rows = [j] if self.owner is None else (self.owner == j).nonzero().flatten().tolist()
+            keep = [self.mask[r] for r in rows]
+            ids = [self.ids[r][k].cpu() for r, k in zip(rows, keep, strict=True)]
+            states = None
+            if self.states is not None:
+                states = [self.states[r][k].to(torch.bfloat16).cpu() for r, k in zip(rows, keep, strict=True)]
+            reviews.append(Features(pooled, ids, None, states))
+        return reviews
+
+    @staticmethod
+    def join(reviews: list[Features], device: torch.device) -> Features:
+        """A batch from the entries :meth:`split` made: pooled features stacked, token rows padded."""
+        pooled = None
+        if reviews[0].pooled is not None:
+            pooled = torch.stack([r.pooled for r in reviews]).to(device)
+        if reviews[0].ids is None:
+            return Features(pooled)
+        rows = [ids for r in reviews for ids in r.ids]
+        owner = torch.tensor([j for j, r in enumerate(reviews) for _ in r.ids], device=device)
+        ids = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
+        lengths = torch.tensor([len(row) for row in rows], device=device)
+        mask = torch.arange(ids.size(1), device=device) < lengths.unsqueeze(1)
+        states = None
+        if reviews[0].states is not None:
+            states = [s for r in reviews for s in r.states]
+            states = nn.utils.rnn.pad_sequence(states, batch_first=True).to(device).float()
+        return Features(pooled, ids, mask, states, owner)
