@@ -46,16 +46,32 @@ class SentimentEnsemble:
 
     @torch.inference_mode()
     def member_probabilities(
-        self, texts: list[str], batch_size: int = 64, progress: bool = True, max_tokens: int = 8192
+        self,
+        texts: list[str],
+        batch_size: int = 64,
+        progress: bool = True,
+        max_tokens: int = 8192,
+        words: list[dict[str, float]] | None = None,
     ) -> Tensor:
         """Probability that each text is positive, by each member: (members, texts). Texts are sorted
         by length and batched up to ``batch_size`` texts or ``max_tokens`` padded tokens, so a batch
-        of long and short texts is not padded to its longest."""
+        of long and short texts is not padded to its longest.
+
+        With ``words`` (an empty list), it is filled with one dict per text: each word (a piece of the
+        members' vocabulary) and its share of the logit in the members' word votes, summed over the
+        members that have them: what drove the verdict."""
         if not texts:
             raise InputError("no texts to classify")
         empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
         if empty:
             raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty: give every text some words")
+        if words is not None:
+            if not any(m.lexical is not None for m in self.members):
+                raise InputError(
+                    "explaining needs a classifier with word votes (trained with --model.lexical context "
+                    "or bag); these classify from pooled features alone"
+                )
+            words[:] = [{} for _ in texts]
         out = torch.empty(len(self.members), len(texts))
         cleaned = [clean_text(t) for t in texts]
         bar = tqdm(
@@ -64,10 +80,15 @@ class SentimentEnsemble:
         for m, member in enumerate(self.members):
             ids = member.tokenizer.encode(cleaned)
             config = member.backbone.config
+            explain = words is not None and member.lexical is not None
             for chunk in length_batches(ids, batch_size, config.block_size, max_tokens):
                 batch = collate_reviews([{"ids": ids[i]} for i in chunk], config.block_size, config.reverse)
-                logits = member(batch["ids"].to(self.device), batch["mask"].to(self.device))
+                tokens, mask = batch["ids"].to(self.device), batch["mask"].to(self.device)
+                logits, shares = member.explain(tokens, mask) if explain else (member(tokens, mask), None)
                 out[m, chunk] = torch.sigmoid(logits.float()).cpu()
+                if shares is not None:
+                    for i, row, share in zip(chunk, tokens.cpu(), shares.cpu(), strict=True):
+                        _add_word_shares(words[i], member.tokenizer.pieces(row.tolist()), share.tolist())
                 bar.update(len(chunk))
         bar.close()
         return out
@@ -75,6 +96,20 @@ class SentimentEnsemble:
     def probabilities(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
         """Probability that each text is positive: the mean of the members' (texts,)."""
         return self.member_probabilities(texts, batch_size, progress).mean(0)
+
+
+def _add_word_shares(into: dict[str, float], pieces: list[str], shares: list[float]) -> None:
+    """Add each piece's share of a logit to ``into``, by the word it spells (padding and the review
+    marks, whose share is 0, left out)."""
+    for piece, share in zip(pieces, shares, strict=True):
+        word = piece.lstrip("\u2581")
+        if share and word and not (piece.startswith("<") and piece.endswith(">")):
+            into[word] = into.get(word, 0.0) + share
+
+
+def top_words(shares: dict[str, float], k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` words with the largest shares in absolute value, largest first."""
+    return sorted(shares.items(), key=lambda item: -abs(item[1]))[:k]
 
 
 def _load(checkpoint: str, device: str) -> SentimentClassifier:
@@ -95,7 +130,9 @@ def _load(checkpoint: str, device: str) -> SentimentClassifier:
     state = state if isinstance(state, dict) else {}
     known = inspect.signature(SentimentClassifier).parameters
     settings = {k: v for k, v in hparams.items() if k in known}
-    if "freeze" not in settings or not any(isinstance(k, str) and k.startswith(("head.", "lexical.")) for k in state):
+    if "freeze" not in settings or not any(
+        isinstance(k, str) and k.startswith(("head.", "lexical.")) for k in state
+    ):
         raise InputError(
             f"{checkpoint} is not a sentiment classifier's checkpoint: pass one written by "
             "`imdb-transformer fit --config configs/classify.yaml`"

@@ -236,6 +236,7 @@ def classify(
     max_reviews: PositiveInt | None = None,
     batch_size: PositiveInt = 64,
     device: str | None = None,
+    explain: bool = False,
 ) -> None:
     """Label texts positive or negative with a trained classifier, or an ensemble of several.
 
@@ -257,8 +258,10 @@ def classify(
         max_reviews: With --split: a sample of this many reviews (default: all 25,000).
         batch_size: Texts per forward pass.
         device: cpu or cuda (default: cuda when available).
+        explain: Add the words that drove each verdict, with their share of its logit (+ towards
+            positive), from the word votes of a classifier trained with --model.lexical.
     """
-    from imdb_transformer.ensemble import SentimentEnsemble
+    from imdb_transformer.ensemble import SentimentEnsemble, top_words
     from imdb_transformer.text.imdb import load_reviews
     from imdb_transformer.text.texts import read_texts
 
@@ -269,6 +272,8 @@ def classify(
             f"(got {' and '.join(given) if given else 'none'})"
         )
     _check_positive(max_reviews=max_reviews, batch_size=batch_size)
+    if explain and split is not None:
+        raise InputError("--explain shows the words behind each verdict of given texts, not for --split")
     device = _device(device)
     inputs = texts or []
     if file is not None:
@@ -278,7 +283,10 @@ def classify(
         reviews = load_reviews(source, split, max_reviews)
         inputs, labels = reviews.texts, torch.tensor(reviews.labels)
     ensemble = SentimentEnsemble(classifier, device)
-    members = ensemble.member_probabilities(inputs, batch_size, progress=len(inputs) > batch_size)
+    words: list[dict[str, float]] | None = [] if explain else None
+    members = ensemble.member_probabilities(
+        inputs, batch_size, progress=len(inputs) > batch_size, words=words
+    )
     mean = members.mean(0)
     if labels is not None:
         print(f"| model | test accuracy ({len(inputs):,} reviews) |\n| --- | --- |")
@@ -290,9 +298,12 @@ def classify(
         return
     from imdb_transformer.search import snippet
 
-    print("#\tlabel\tp(positive)\ttext")
+    print("#\tlabel\tp(positive)\ttext" + ("\twords (share of the logit)" if explain else ""))
     for i, (text, p) in enumerate(zip(inputs, mean.tolist(), strict=True), start=1):
-        print(f"{i}\t{'pos' if p > 0.5 else 'neg'}\t{p:.3f}\t{snippet(' '.join(text.split()), 80)}")
+        line = f"{i}\t{'pos' if p > 0.5 else 'neg'}\t{p:.3f}\t{snippet(' '.join(text.split()), 80)}"
+        if words is not None:
+            line += "\t" + ", ".join(f"{word} {share:+.2f}" for word, share in top_words(words[i - 1]))
+        print(line)
 
 
 def serve(

@@ -149,6 +149,15 @@ def test_classify_labels_texts_from_arguments_and_files(
     assert len(out.stdout.strip().splitlines()) == 3
 
 
+def test_explaining_needs_word_votes(classifiers: tuple[Path, Path]) -> None:
+    forward, _ = classifiers  # pooled features only
+    with pytest.raises(InputError, match="explaining needs a classifier with word votes"):
+        SentimentEnsemble([forward]).member_probabilities(["great"], progress=False, words=[])
+    assert "not for --split" in fails(
+        "classify", "--classifier", str(forward), "--explain", "true", "--split", "test"
+    )
+
+
 def test_classify_refuses_bad_input_clearly(classifiers: tuple[Path, Path], tmp_path: Path) -> None:
     forward, _ = classifiers
     (tmp_path / "gap.txt").write_text("fine\n\nalso fine\n")

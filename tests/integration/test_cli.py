@@ -170,6 +170,30 @@ def test_pretrain_classify_test_pipeline_beats_chance(
     assert accuracy >= 0.7  # 80 balanced test reviews: chance is 0.5
 
 
+def test_word_votes_train_test_and_explain_through_the_cli(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    common = classify_args(imdb_dir, cache_dir, tmp_path)
+    run_cli(
+        "fit", *common, "--model.backbone", str(pretrained_run / "backbone"), "--trainer.max_epochs", "10",
+        "--model.pooled", "false", "--model.lexical", "context", "--model.learning_rate", "1e-1",
+    )  # fmt: skip
+    best = next((tmp_path / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
+    out = run_cli("test", *common, "--ckpt_path", str(best)).stdout
+    assert float(out.split("test/acc")[1].split()[0]) >= 0.9  # the sentiment words decide: chance is 0.5
+    texts = ["a wonderful superb film", "dull and boring"]
+    out = run_cli("classify", "--classifier", str(best), "--explain", "true", *texts).stdout.splitlines()
+    assert out[0].split("\t")[-1] == "words (share of the logit)"
+    good, bad = (dict(w.rsplit(" ", 1) for w in line.split("\t")[-1].split(", ")) for line in out[1:])
+    assert out[1].split("\t")[1] == "pos" and float(good["superb"]) > 0 and float(good["wonderful"]) > 0
+    assert out[2].split("\t")[1] == "neg" and float(bad["boring"]) < 0 and float(bad["dull"]) < 0
+    # a classifier without word votes says that --explain needs them
+    pooled = fails(
+        "classify", "--classifier", str(best).replace("version_0", "nope"), "--explain", "true", "x"
+    )
+    assert "not found" in pooled
+
+
 def test_the_classifier_trains_under_ddp_on_two_cpu_processes(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:

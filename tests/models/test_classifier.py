@@ -216,12 +216,12 @@ def test_word_votes_are_computed_once_per_review_and_leave_the_backbone_unchange
     model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), pooled=pooled, lexical=lexical)
     assert (model.head is not None) == pooled and model.lexical.uses_states == (lexical == "context")
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    votes_before = model.lexical.votes.weight.clone()
+    votes_before = model.lexical.votes.detach().clone()
     read = []  # the reviews the backbone reads: its token embedding sees each batch once
     model.backbone.wte.register_forward_hook(lambda module, args, out: read.append(args[0].shape[0]))
     fit(model, imdb_dir, cache_dir, tmp_path, epochs=3)
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
-    assert not torch.equal(votes_before, model.lexical.votes.weight)  # the word votes did learn
+    assert not torch.equal(votes_before, model.lexical.votes)  # the word votes did learn
     # every training and validation review once in 3 epochs; a plain bag never runs the backbone
     assert sum(read) == (144 + 16 if lexical == "context" else 0)
     if lexical == "context":
@@ -244,13 +244,13 @@ def DataLoader_of(model: SentimentClassifier, imdb_dir: Path, cache_dir: Path): 
 def test_explain_splits_the_word_votes_among_the_tokens(pretrained_run: Path) -> None:
     model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), lexical="context").eval()
     with torch.no_grad():
-        torch.nn.init.normal_(model.lexical.votes.weight)
+        torch.nn.init.normal_(model.lexical.votes)
         torch.nn.init.normal_(model.lexical.gate.weight, std=0.1)
     ids, mask = _batch(model)
     logits, shares = model.explain(ids, mask)
     assert shares.shape == ids.shape and bool((shares[~mask] == 0).all())
     pooled_part = model.head(model.features(ids, mask).pooled).squeeze(-1)
-    lexical_part = logits - pooled_part - model.lexical.votes.bias
+    lexical_part = logits - pooled_part - model.lexical.bias
     assert torch.allclose(shares.sum(1), lexical_part, atol=1e-5)
     assert SentimentClassifier(backbone=str(pretrained_run / "backbone")).explain(ids, mask)[1] is None
 

@@ -1,12 +1,12 @@
-"""Word votes for a classifier: a bag of a text's pieces over the backbone's own vocabulary, each
-occurrence weighted by its context.
+"""Word votes for a classifier: a bag of a text's pieces (and pairs of pieces) over the backbone's own
+vocabulary, each occurrence weighted by its context.
 
 A bag of words keeps the lexical evidence of a review ("superb", "waste"); the frozen backbone's
 state at each token says how that occurrence counts in context ("not bad", "the only good thing").
-:class:`LexicalHead` joins the two: a linear model over a vocabulary-sized vector in which each
-occurrence of a piece adds a weight computed from the backbone's state at that token (uniCOIL and
-SPLADE weigh tokens so for retrieval, without expansion here). Without states every occurrence counts
-1, and the head is a plain bag-of-pieces logistic regression: the lexical part alone.
+:class:`LexicalHead` joins the two: a linear model over the review's pieces in which each occurrence
+adds a weight computed from the backbone's state at that token (uniCOIL and SPLADE weigh tokens so
+for retrieval, without expansion here). Without states every occurrence counts 1, and the head is a
+plain bag-of-pieces logistic regression: the lexical part alone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# hash buckets for pairs of adjacent pieces (a pair's vote is shared with the pairs that collide)
+PAIR_BUCKETS = 1 << 20
+
 
 def signed_log(x: Tensor) -> Tensor:
     """``sign(x) * log(1 + |x|)``: counts saturate, so a piece said ten times is not ten times the
@@ -25,24 +28,31 @@ def signed_log(x: Tensor) -> Tensor:
 
 
 class LexicalHead(nn.Module):
-    """A logit from the pieces of a text, each occurrence weighted by its context.
+    """A logit from the pieces of a text and, with ``pairs``, its pairs of adjacent pieces, each
+    occurrence weighted by its context.
 
-    Each occurrence ``t`` of piece ``v`` adds ``w_t`` to ``x[v]``; the logit is ``u · signed_log(x) +
-    b``. With context (``n_embd`` given), ``w_t = softplus(a · h_t + a0) * tanh(c · h_t + c0)`` from
-    the backbone's normalised state ``h_t``: how much the occurrence counts, and whether its context
-    turns it around (a negative weight); both start near 1, the plain bag. Without context ``w_t = 1``.
+    Each occurrence ``t`` of a key ``k`` (a piece, or a pair ending at ``t``) adds ``w_t`` to
+    ``x[k]``; the logit is ``sum_k u[k] * signed_log(x[k]) + b``. With context (``n_embd`` given),
+    ``w_t = softplus(a · h_t + a0) * tanh(c · h_t + c0)`` from the backbone's normalised state
+    ``h_t``: how much the occurrence counts, and whether its context turns it around (a negative
+    weight); both start near 1, the plain bag. Without context ``w_t = 1``. Only the keys a text holds
+    are touched, so the cost grows with its length, not with the vocabulary.
 
     Args:
         vocab_size: The backbone's vocabulary: one learned vote per piece.
         n_embd: Width of the backbone's states, or None for the plain bag (no states read).
-        dropout: Dropout on the bag while training.
+        pairs: Also vote on pairs of adjacent pieces, hashed into ``PAIR_BUCKETS`` buckets.
+        dropout: Dropout on the bag's entries while training.
     """
 
-    def __init__(self, vocab_size: int, n_embd: int | None = None, dropout: float = 0.1) -> None:
+    def __init__(
+        self, vocab_size: int, n_embd: int | None = None, pairs: bool = True, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.votes = nn.Linear(vocab_size, 1)
-        nn.init.zeros_(self.votes.weight)
+        self.pairs = pairs
+        self.votes = nn.Parameter(torch.zeros(vocab_size + (PAIR_BUCKETS if pairs else 0)))
+        self.bias = nn.Parameter(torch.zeros(()))
         self.dropout = nn.Dropout(dropout)
         self.gate: nn.Linear | None = None
         if n_embd is not None:
@@ -66,29 +76,53 @@ class LexicalHead(nn.Module):
         gate = self.gate(self.norm(states.float()))
         return F.softplus(gate[..., 0]) * torch.tanh(gate[..., 1]) * mask
 
-    def bag(self, ids: Tensor, weights: Tensor, owner: Tensor | None = None) -> Tensor:
-        """The weighted bag (B, vocab_size) of each row, or of each review when rows are windows of
-        reviews (row i belongs to review ``owner[i]``)."""
-        bag = weights.new_zeros(ids.size(0), self.vocab_size).scatter_add_(1, ids, weights)
-        if owner is not None:
-            reviews = int(owner.max()) + 1
-            bag = bag.new_zeros(reviews, self.vocab_size).index_add_(0, owner, bag)
-        return bag
+    def keys(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The keys of each token (B, T, K): its piece and, with ``pairs``, the bucket of the pair it
+        ends (-1 where there is none: padding, the first token)."""
+        piece = ids.masked_fill(~mask, -1)
+        if not self.pairs:
+            return piece.unsqueeze(-1)
+        pair = (ids[:, :-1] * self.vocab_size + ids[:, 1:]) % PAIR_BUCKETS + self.vocab_size
+        pair = torch.cat([torch.full_like(ids[:, :1], -1), pair], 1)
+        pair = pair.masked_fill(~(mask & mask.roll(1, 1)), -1)
+        return torch.stack([piece, pair], -1)
+
+    def _terms(
+        self, ids: Tensor, mask: Tensor, states: Tensor | None, owner: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Each occurrence's review, weight and entry, and each entry's key and value ``x``: the bag,
+        with only the entries a review holds."""
+        weights = self.weights(mask, states)  # (B, T)
+        keys = self.keys(ids, mask)  # (B, T, K)
+        rows = torch.arange(ids.size(0), device=ids.device) if owner is None else owner
+        review = rows.view(-1, 1, 1).expand_as(keys)
+        real = keys >= 0
+        flat = review[real] * self.votes.numel() + keys[real]
+        entries, at = torch.unique(flat, return_inverse=True)
+        occurrence = weights.unsqueeze(-1).expand_as(keys)[real]
+        x = occurrence.new_zeros(entries.numel()).index_add_(0, at, occurrence)
+        return real, occurrence, at, entries, x
 
     def forward(
         self, ids: Tensor, mask: Tensor, states: Tensor | None = None, owner: Tensor | None = None
     ) -> Tensor:
-        """Logits (B,) for padded token ids (B, T), their mask and, with context, the backbone's
-        states (B, T, n_embd)."""
-        bag = self.bag(ids, self.weights(mask, states), owner)
-        return self.votes(self.dropout(signed_log(bag))).squeeze(-1)
+        """Logits (B,) for padded token ids (B, T), their mask and, with context, the backbone's states
+        (B, T, n_embd). With ``owner`` the rows are windows of reviews (row i belongs to review
+        ``owner[i]``) and each review gets one logit from its whole bag."""
+        reviews = ids.size(0) if owner is None else int(owner.max()) + 1
+        _, _, _, entries, x = self._terms(ids, mask, states, owner)
+        n = self.votes.numel()
+        vote = self.votes[entries % n] * self.dropout(signed_log(x))
+        return vote.new_zeros(reviews).index_add_(0, entries // n, vote) + self.bias
 
     @torch.no_grad()
     def contributions(self, ids: Tensor, mask: Tensor, states: Tensor | None = None) -> Tensor:
-        """Each token's share of the logit (B, T), bias aside: the vote of its piece, split among the
-        piece's occurrences in proportion to their weights, so a row sums to ``logit - bias``."""
-        weights = self.weights(mask, states)
-        bag = self.bag(ids, weights)
-        per_piece = self.votes.weight[0] * signed_log(bag)  # (B, V)
-        share = torch.where(bag != 0, per_piece / bag.where(bag != 0, torch.ones_like(bag)), 0.0)
-        return share.gather(1, ids) * weights
+        """Each token's share of the logit (B, T), bias aside: each entry's vote split among its
+        occurrences in proportion to their weights (a pair's share goes to the token that ends it),
+        so a row sums to ``logit - bias``."""
+        real, occurrence, at, entries, x = self._terms(ids, mask, states, None)
+        vote = self.votes[entries % self.votes.numel()] * signed_log(x)
+        per_weight = torch.where(x != 0, vote / x.where(x != 0, torch.ones_like(x)), 0.0)
+        shares = torch.zeros(real.shape, device=ids.device)
+        shares[real] = per_weight[at] * occurrence
+        return shares.sum(-1)

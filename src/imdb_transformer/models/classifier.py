@@ -44,7 +44,8 @@ class SentimentClassifier(L.LightningModule):
     (ELMo's scalar mix). Frozen, they are still computed once per review and reused every epoch.
 
     Beside the pooled features, ``lexical`` adds word votes (:class:`LexicalHead`): a linear model over
-    a bag of the review's pieces in the backbone's vocabulary, each occurrence weighted by its context
+    a bag of the review's pieces (and pairs of pieces) in the backbone's vocabulary, each occurrence
+    weighted by its context
     (``context``: from the backbone's last-layer state at that token) or counted 1 (``bag``: no
     backbone at all with ``pooled false``). The logits of the two heads add up. Frozen, the token
     states too are computed once per review (kept in bf16) and the backbone runs once per review.
@@ -71,6 +72,7 @@ class SentimentClassifier(L.LightningModule):
         pooled: Classify from the pooled backbone features (``false``: from the word votes alone).
         lexical: Word votes beside the pooled features: ``off``, ``bag`` (each occurrence counts 1) or
             ``context`` (weighted by the backbone's state at each token).
+        pairs: The word votes also count pairs of adjacent pieces (hashed), as a bag of bigrams does.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class SentimentClassifier(L.LightningModule):
         schedule: Schedule = "cosine",
         pooled: bool = True,
         lexical: Lexical = "off",
+        pairs: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -118,7 +121,7 @@ class SentimentClassifier(L.LightningModule):
         self.lexical = None
         if lexical != "off":
             width = self.backbone.config.n_embd if lexical == "context" else None
-            self.lexical = LexicalHead(self.backbone.config.vocab_size, width, dropout)
+            self.lexical = LexicalHead(self.backbone.config.vocab_size, width, pairs, dropout)
         if freeze or unfreeze == "gradual":
             self.backbone.requires_grad_(False)  # gradual: blocks are unfrozen epoch by epoch
         self._features: dict[str, dict[int, Features]] = {"train": {}, "val": {}, "test": {}, "predict": {}}
