@@ -12,6 +12,7 @@ import torch
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.search import SearchIndexError, SemanticIndex, format_hits, top_k_rows
+from imdb_transformer.search.hits import matched_words
 from imdb_transformer.text.batching import collate_reviews
 
 TEXTS = [
@@ -75,6 +76,18 @@ def test_queries_return_k_results_best_first(embedder: DocumentEmbedder) -> None
     assert hits[0].key == "neg/13"  # named by label folder and id, as the archive names it
     table = format_hits(hits)
     assert "review key" in table and table.splitlines()[2].split()[2:4] == ["neg/13", "neg"]
+
+
+def test_hits_list_the_query_words_they_hold_rarest_first(embedder: DocumentEmbedder) -> None:
+    texts = ["a superb film, superb acting", "the film was dull", "superb music", "dull film, dull plot"]
+    index = SemanticIndex.build(embedder, texts, ids=[1, 2, 3, 4], labels=[1, 0, 1, 0])
+    hits = {h.id: h.matched for h in index.query("superb dull film", k=4, mode="lexical")}
+    # film is in 3 reviews, superb and dull in 2 each: the rarer words come first; stop words never
+    assert hits == {1: ["superb", "film"], 2: ["dull", "film"], 3: ["superb"], 4: ["dull", "film"]}
+    assert matched_words(["b", "a", "b", "c"], ["a", "b"]) == ["b", "a"]  # the query's order, once each
+    like = index.like("pos/1", k=1, mode="lexical")[0]
+    assert like.id == 3 and like.matched == ["superb"]
+    assert "matched" in format_hits([like]) and "superb" in format_hits([like]).splitlines()[2]
 
 
 def test_bad_queries_are_clear_errors(embedder: DocumentEmbedder) -> None:

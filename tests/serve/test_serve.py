@@ -338,6 +338,9 @@ def test_the_page_searches_and_shows_a_table(page, server: Server) -> None:
     rows = page.locator("#results tbody tr")
     assert rows.count() == 4
     assert page.locator("#results tbody tr td").first.inner_text() == "1"
+    headers = page.locator("#results thead th").all_inner_texts()
+    matched = rows.first.locator("td").nth(headers.index("matched")).inner_text()
+    assert matched == "-" or set(matched.split(", ")) <= {"good", "film"}  # the query's words it holds
     assert page.outside == []  # everything the page loads comes from the server: it works offline
 
 

@@ -40,6 +40,15 @@ class BM25Index:
             return np.zeros(self.retriever.scores["num_docs"], dtype=np.float32)
         return self.retriever.get_scores(words)
 
+    def document_frequency(self, word: str) -> int:
+        """How many reviews hold ``word`` (0 for a word the index does not know)."""
+        stored = len(self.retriever.scores["indptr"]) - 1
+        column = self.retriever.vocab_dict.get(word, stored)
+        if column >= stored:
+            return 0
+        indptr = self.retriever.scores["indptr"]
+        return int(indptr[column + 1] - indptr[column])
+
     def save(self, folder: Path) -> None:
         self.retriever.save(str(folder), show_progress=False)
 

@@ -1,9 +1,12 @@
-"""Search results: :class:`Hit` (a review named by its unique key, its score and a snippet) and the
-plain-text table the console prints."""
+"""Search results: :class:`Hit` (a review named by its unique key, its score, a snippet and the words
+of the query it holds) and the plain-text table the console prints."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MATCHED = 6  # words of the query a hit lists at most
 
 
 @dataclass
@@ -17,6 +20,20 @@ class Hit:
     id: int
     label: int
     snippet: str
+    matched: list[str] = field(default_factory=list)
+
+
+def matched_words(
+    asked: list[str], held: list[str], frequency: Callable[[str], int] | None = None, most: int = MATCHED
+) -> list[str]:
+    """The words of a query (``asked``) that a review holds (``held``), as BM25 reads them (lower case,
+    no stop words): the rarest first when ``frequency`` gives each word's document count (a rare
+    shared word says more than a common one), else in the query's order; at most ``most``."""
+    have = set(held)
+    shared = list(dict.fromkeys(w for w in asked if w in have))
+    if frequency is not None:
+        shared.sort(key=frequency)
+    return shared[:most]
 
 
 def snippet(text: str, width: int = 100) -> str:
@@ -27,9 +44,19 @@ def format_hits(hits: list[Hit]) -> str:
     """A plain-text table of search results; each review is named by its key (``test/pos/2221``), which
     ``search --like`` takes."""
     label = {0: "neg", 1: "pos"}
-    rows = [("#", "score", "review key", "label", "review")]
-    rows += [(str(h.rank), f"{h.score:.3f}", h.key, label.get(h.label, "-"), h.snippet) for h in hits]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    rows = [("#", "score", "review key", "label", "matched", "review")]
+    rows += [
+        (
+            str(h.rank),
+            f"{h.score:.3f}",
+            h.key,
+            label.get(h.label, "-"),
+            ", ".join(h.matched) or "-",
+            h.snippet,
+        )
+        for h in hits
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows]
     lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
     return "\n".join(lines)

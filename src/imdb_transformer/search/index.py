@@ -44,7 +44,7 @@ from imdb_transformer.embedder import DocumentEmbedder, load_embedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.search.ann import Ann, build_faiss
 from imdb_transformer.search.bm25 import BM25Index
-from imdb_transformer.search.hits import Hit, snippet
+from imdb_transformer.search.hits import Hit, matched_words, snippet
 from imdb_transformer.search.ranking import CANDIDATES, Mode, candidates, minmax, top_k_rows
 from imdb_transformer.search.storage import (
     DEFAULT_ALPHA,
@@ -248,7 +248,7 @@ class SemanticIndex:
     ) -> list[Hit]:
         rows, scores = self.top_k(vector, text, mode, k + (exclude is not None))
         keep = rows != exclude
-        return self._hits(rows[keep][:k], scores[keep][:k])
+        return self._hits(rows[keep][:k], scores[keep][:k], text)
 
     def dense_top_k(self, vector: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and cosines of the ``k`` vectors nearest unit ``vector`` (exact, or by FAISS)."""
@@ -274,10 +274,20 @@ class SemanticIndex:
             return (self.vectors @ vector).numpy()
         return (self.vectors[torch.from_numpy(rows)] @ vector).numpy()
 
-    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    def _hits(self, rows: np.ndarray, scores: np.ndarray, text: str) -> list[Hit]:
         found = self.reviews.take(pa.array(rows.tolist(), pa.int64()))  # only the k rows, never the table
+        asked = BM25Index.words([text])[0]
+        rarity = self.lexical.document_frequency if self.lexical is not None else None
         return [
-            Hit(rank + 1, float(score), review["key"], review["id"], review["label"], snippet(review["text"]))
+            Hit(
+                rank + 1,
+                float(score),
+                review["key"],
+                review["id"],
+                review["label"],
+                snippet(review["text"]),
+                matched_words(asked, BM25Index.words([review["text"]])[0], rarity),
+            )  # fmt: skip
             for rank, (score, review) in enumerate(zip(scores.tolist(), found.to_pylist(), strict=True))
         ]
 
