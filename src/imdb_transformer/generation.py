@@ -12,28 +12,39 @@ every ``slide`` steps), so a generation of any length runs without error.
 
 One prompt at a time, a step multiplies one row by every weight matrix: it is bound by reading the
 weights, not by arithmetic. :func:`in_dtype` gives a bfloat16 copy of the decoder that reads half the
-bytes per token, which pays even on CPUs that emulate bf16 arithmetic (see the README's decoding table).
+bytes per token. Whether that pays depends on the machine (it did on an AMD EPYC with AVX512-BF16 and did
+not on a Xeon with AMX, see docs/generation.md), so :func:`fastest_dtype` measures it once per machine,
+model shape and batch size, and caches the answer.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from imdb_transformer.artifacts import atomic_path, cache_key
 from imdb_transformer.core.backbone import Backbone
 from imdb_transformer.core.decoder import CausalDecoder, KVCache
 from imdb_transformer.errors import InputError
+from imdb_transformer.hardware import describe_cpu
 from imdb_transformer.text.tokenizer import EOS_ID, PAD_ID
 
 Strategy = Literal["greedy", "sample", "top_k", "top_p"]
 STRATEGIES: tuple[str, ...] = ("greedy", "sample", "top_k", "top_p")
 DType = Literal["float32", "bfloat16"]
+DecodeDType = Literal["auto", "float32", "bfloat16"]  # auto: the faster of the two here (fastest_dtype)
+DEFAULT_CACHE = "~/.cache/imdb_transformer"
 # The repetition penalty divides or multiplies float32 logits: far outside these bounds it overflows them
 # to infinity (and 0 * inf is NaN); at them, a seen token's logit is already scaled a thousandfold.
 MIN_PENALTY, MAX_PENALTY = 1e-3, 1e3
@@ -53,6 +64,57 @@ def in_dtype(decoder: CausalDecoder, dtype: DType | torch.dtype) -> CausalDecode
     if dtype != torch.float32 and cast.wte.weight.device.type == "cpu":
         cast.attention_dtype = torch.float32  # attention reads no weights: bf16 would save no bytes there
     return cast
+
+
+def fastest_dtype(decoder: CausalDecoder, batch: int = 1, cache_dir: str | Path = DEFAULT_CACHE) -> DType:
+    """The weights' dtype that decodes ``batch`` prompts fastest on this machine.
+
+    On a GPU, bfloat16 where it is supported. On a CPU it is measured: a few greedy steps over the KV
+    cache in each dtype, alternated twice, the better time of each kept; the answer is cached in
+    ``cache_dir/decode-dtype.json`` under the CPU, torch version, model shape and batch size (batches
+    above 8 count as 8), so each machine measures once."""
+    device = decoder.wte.weight.device
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    batch = max(1, min(batch, 8))
+    record = Path(cache_dir).expanduser() / "decode-dtype.json"
+    shape = {k: v for k, v in asdict(decoder.config).items() if k not in ("dropout", "reverse")}
+    key = cache_key(describe_cpu(), torch.__version__, sorted(shape.items()), batch)
+    try:
+        known = json.loads(record.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), dict) and known[key].get("dtype") in ("float32", "bfloat16"):
+        return known[key]["dtype"]
+    speeds = _decode_speeds(decoder, batch)
+    best: DType = max(speeds, key=speeds.get)
+    known[key] = {"dtype": best, "tokens_per_s": speeds, "cpu": describe_cpu(), "batch": batch}
+    try:
+        with atomic_path(record, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(known, indent=1))
+    except OSError:  # a read-only cache: measure again next time
+        pass
+    print(
+        f"Decoding in {best}: {speeds[best]:.0f} tokens/s against {min(speeds.values()):.0f} in the other "
+        f"dtype on this machine (measured once, cached in {record}); --dtype chooses",
+        file=sys.stderr,
+    )
+    return best
+
+
+def _decode_speeds(decoder: CausalDecoder, batch: int, steps: int = 24) -> dict[str, float]:
+    """Tokens per second of greedy decoding over the KV cache, in float32 and in bfloat16."""
+    prompts = [[EOS_ID, *range(4, 20)]] * batch
+    copies = {dtype: in_dtype(decoder, dtype) for dtype in ("float32", "bfloat16")}
+    best = dict.fromkeys(copies, math.inf)
+    for _ in range(2):
+        for dtype, model in copies.items():
+            generate(model, prompts, 2, eos_id=None)  # warm up
+            start = time.perf_counter()
+            generate(model, prompts, steps, eos_id=None)
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return {dtype: round(batch * steps / seconds, 1) for dtype, seconds in best.items()}
 
 
 MOST_NEW_TOKENS = 100_000  # tokens one call may add to each prompt

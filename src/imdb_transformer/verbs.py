@@ -18,7 +18,7 @@ from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 
 from imdb_transformer.core.pooling import Pooling
 from imdb_transformer.errors import InputError
-from imdb_transformer.generation import DType, Strategy
+from imdb_transformer.generation import DecodeDType, Strategy
 from imdb_transformer.search import Mode
 from imdb_transformer.text.imdb import DEFAULT_SOURCE
 
@@ -176,7 +176,7 @@ def generate(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     device: str | None = None,
-    dtype: DType = "float32",
+    dtype: DecodeDType = "auto",
 ) -> None:
     """Continue review openings with a pretrained decoder.
 
@@ -195,12 +195,12 @@ def generate(
         repetition_penalty: Above 1 discourages repeats (CTRL-style); 1.0 is off.
         seed: Fix the sampling, for repeatable output.
         device: cpu or cuda (default: cuda when available).
-        dtype: Weights for decoding. bfloat16 reads half the bytes per token, so one prompt decodes
-            faster even on CPUs without native bf16 (docs/generation.md); its text can
-            part from float32's after a while.
+        dtype: Weights for decoding: float32, bfloat16 (half the bytes per token; its text can part
+            from float32's after a while), or auto: the faster of the two on this machine, measured
+            once and cached (bfloat16 on a GPU).
     """
     from imdb_transformer.core.backbone import load_backbone
-    from imdb_transformer.generation import generate_text, in_dtype
+    from imdb_transformer.generation import fastest_dtype, generate_text, in_dtype
 
     device = _device(device)  # before the model loads: a machine without CUDA says so at once
     loaded = load_backbone(backbone)
@@ -209,7 +209,10 @@ def generate(
             f"{backbone} is a backward LM (trained with --data.reverse true): it writes text last word "
             "first; generate with a forward backbone"
         )
-    loaded.decoder = in_dtype(loaded.decoder.to(device), dtype)
+    loaded.decoder = loaded.decoder.to(device)
+    if dtype == "auto":
+        dtype = fastest_dtype(loaded.decoder, len(prompt))
+    loaded.decoder = in_dtype(loaded.decoder, dtype)
     continuations = generate_text(
         loaded,
         prompt,

@@ -3,6 +3,8 @@ sliding past the context, seeds, and clear errors for bad options."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import cli
@@ -10,7 +12,7 @@ from helpers import cli
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.errors import InputError
-from imdb_transformer.generation import generate, generate_text, in_dtype, next_token
+from imdb_transformer.generation import fastest_dtype, generate, generate_text, in_dtype, next_token
 
 
 @pytest.fixture
@@ -193,3 +195,31 @@ def test_a_bfloat16_copy_decodes_the_same_tokens_cached_and_recomputed(model: Ca
     assert [row[:3] for row in cached] == [row[:3] for row in full]  # the same model, rounded
     with pytest.raises(InputError, match="float32 or bfloat16"):
         in_dtype(model, torch.float16)
+
+
+def test_auto_dtype_is_measured_once_per_machine_model_and_batch(
+    model: CausalDecoder, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import imdb_transformer.generation as generation
+
+    measured = []
+    speeds = {1: {"float32": 100.0, "bfloat16": 150.0}, 8: {"float32": 400.0, "bfloat16": 300.0}}
+    monkeypatch.setattr(
+        generation, "_decode_speeds", lambda d, batch: measured.append(batch) or speeds[batch]
+    )
+    assert fastest_dtype(model, 1, tmp_path) == "bfloat16"
+    assert "Decoding in bfloat16: 150 tokens/s against 100" in capsys.readouterr().err
+    assert fastest_dtype(model, 1, tmp_path) == "bfloat16"  # read from the cache
+    assert fastest_dtype(model, 8, tmp_path) == "float32" and fastest_dtype(model, 20, tmp_path) == "float32"
+    assert measured == [1, 8]  # once per batch size (above 8 counts as 8)
+    record = json.loads((tmp_path / "decode-dtype.json").read_text())
+    assert sorted(r["dtype"] for r in record.values()) == ["bfloat16", "float32"]
+    (tmp_path / "decode-dtype.json").write_text("not json")  # a damaged cache is measured again
+    assert fastest_dtype(model, 1, tmp_path) == "bfloat16" and measured == [1, 8, 1]
+
+
+def test_decode_speeds_times_both_dtypes(model: CausalDecoder) -> None:
+    from imdb_transformer.generation import _decode_speeds
+
+    speeds = _decode_speeds(model, 2, steps=3)
+    assert set(speeds) == {"float32", "bfloat16"} and all(v > 0 for v in speeds.values())
