@@ -18,6 +18,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,42 @@ def mrr_recall(top: np.ndarray) -> tuple[float, float]:
     first = hits.argmax(1)
     found = hits.any(1)
     return float(np.where(found, 1 / (first + 1), 0).mean()), float(found.mean())
+
+
+def fit_tfidf(texts: list[str], labels: np.ndarray, seed: int = 1234, val_fraction: float = 0.1) -> dict:
+    """TF-IDF (word 1-2 grams) + logistic regression, the bag of words a user tries first: C chosen on a
+    validation split carved out of ``texts`` (the same 10% the classifier's ReviewsDataModule holds
+    out, by the same seed), then refit on all of them. Returns the model, the chosen C, the validation
+    accuracy of each C and the final fit's seconds. Needs scikit-learn (``pip install -e ".[bench]"``)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    def model(c: float):
+        return make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=500_000),
+            LogisticRegression(C=c, max_iter=2000),
+        )
+
+    order = np.random.default_rng(seed).permutation(len(texts))
+    n_val = max(1, round(len(order) * val_fraction))
+    val_idx, fit_idx = order[:n_val], order[n_val:]
+    by_c = {}
+    for c in (1.0, 4.0, 16.0):
+        fitted = model(c).fit([texts[i] for i in fit_idx], labels[fit_idx])
+        by_c[c] = float((fitted.predict([texts[i] for i in val_idx]) == labels[val_idx]).mean())
+    best = max(by_c, key=by_c.get)
+    start = time.perf_counter()
+    final = model(best).fit(texts, labels)
+    return {"model": final, "c": best, "val_by_c": by_c, "seconds": time.perf_counter() - start}
+
+
+def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact test of two classifiers on the same examples: how many only A got right, how many
+    only B, and the two-sided p-value that they are equally accurate (a binomial test on those)."""
+    from scipy.stats import binomtest
+
+    only_a = int((right_a & ~right_b).sum())
+    only_b = int((~right_a & right_b).sum())
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return only_a, only_b, float(p)

@@ -149,6 +149,33 @@ def test_classify_labels_texts_from_arguments_and_files(
     assert len(out.stdout.strip().splitlines()) == 3
 
 
+def test_the_test_benchmark_compares_classifiers_pairwise(
+    classifiers: tuple[Path, Path], imdb_dir: Path, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    forward, backward = classifiers
+    record = tmp_path / "sentiment_test.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/sentiment_test.py"), "--source", str(imdb_dir), "--tfidf",
+         "--classifier", f"forward={forward}", "--classifier", str(backward), "--out", str(record)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads(record.read_text())["tables"]
+    assert [row[0] for row in saved["test"]["rows"]] == ["TF-IDF + LR", "forward", str(backward)]
+    pairs = saved["mcnemar"]["rows"]
+    assert [row[:2] for row in pairs] == [["TF-IDF + LR", "forward"], ["TF-IDF + LR", str(backward)],
+                                          ["forward", str(backward)]]  # fmt: skip
+    test = load_reviews(str(imdb_dir), "test")
+    probs = SentimentEnsemble([forward, backward]).member_probabilities(test.texts, progress=False)
+    right = [((p > 0.5).long() == torch.tensor(test.labels)).numpy() for p in probs]
+    only_forward = int((right[0] & ~right[1]).sum())
+    assert pairs[2][2] == str(only_forward) and 0.0 <= float(pairs[2][4]) <= 1.0
+
+
 def test_explaining_needs_word_votes(classifiers: tuple[Path, Path]) -> None:
     forward, _ = classifiers  # pooled features only
     with pytest.raises(InputError, match="explaining needs a classifier with word votes"):

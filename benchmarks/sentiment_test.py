@@ -1,0 +1,79 @@
+"""Sentiment classifiers side by side on the official test split, with paired significance tests.
+
+    pip install -e ".[bench]"
+    python benchmarks/sentiment_test.py --source ../shared/data/imdb --tfidf \
+        --classifier "pooled=runs/pooled.ckpt" --classifier "pooled + word votes=runs/both.ckpt"
+
+Each classifier (a checkpoint of `fit --config configs/classify.yaml`, chosen on validation) and, with
+--tfidf, TF-IDF + logistic regression (C chosen on a validation split of train) reads the 25,000 test
+reviews once. Prints each one's accuracy, F1 and AUROC, then McNemar's exact test for every pair: how
+many reviews only one of the two got right, and the two-sided p-value that both are equally accurate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import Record, add_out_argument, fit_tfidf, mcnemar
+
+from imdb_transformer.ensemble import SentimentEnsemble
+from imdb_transformer.text.imdb import clean_text, load_reviews, load_split
+
+
+def named(value: str) -> tuple[str, str]:
+    """``NAME=PATH``, or a bare PATH (named by itself; checkpoint names often hold ``=`` themselves)."""
+    name, sep, path = value.partition("=")
+    return (name, path) if sep and not Path(value).exists() else (value, value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="stanfordnlp/imdb", help="dataset id or local parquet folder")
+    parser.add_argument(
+        "--classifier", action="append", type=named, default=[], help="NAME=CHECKPOINT; repeat for each"
+    )
+    parser.add_argument("--tfidf", action="store_true", help="add TF-IDF + logistic regression")
+    parser.add_argument("--max_reviews", type=int, default=None, help="a sample of the test split")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    if not args.classifier and not args.tfidf:
+        parser.error("give at least one --classifier, or --tfidf")
+    record = Record("sentiment_test")
+
+    test = load_reviews(args.source, "test", args.max_reviews)
+    labels = np.array(test.labels)
+    probabilities: dict[str, np.ndarray] = {}
+    if args.tfidf:
+        train = load_split(args.source, "train")
+        fitted = fit_tfidf([clean_text(t) for t in train["text"]], np.array(train["label"]))
+        record.notes["tfidf_C"] = fitted["c"]
+        probabilities["TF-IDF + LR"] = fitted["model"].predict_proba(test.texts)[:, 1]
+    for name, path in args.classifier:
+        ensemble = SentimentEnsemble([path], args.device)
+        probabilities[name] = ensemble.member_probabilities(test.texts, args.batch_size)[0].numpy()
+
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    table = record.table("test", ["model", f"test acc ({len(labels):,} reviews)", "F1", "AUROC"])
+    right = {}
+    for name, prob in probabilities.items():
+        predicted = (prob > 0.5).astype(int)
+        right[name] = predicted == labels
+        table.add(name, f"{right[name].mean():.2%}", f"{f1_score(labels, predicted):.4f}",
+                  f"{roc_auc_score(labels, prob):.4f}")  # fmt: skip
+    print()
+    pairs = record.table("mcnemar", ["A", "B", "only A right", "only B right", "p (McNemar, exact)"])
+    for a, b in itertools.combinations(probabilities, 2):
+        only_a, only_b, p = mcnemar(right[a], right[b])
+        pairs.add(a, b, only_a, only_b, f"{p:.2g}")
+    record.save(args.out)
+
+
+if __name__ == "__main__":
+    main()
