@@ -45,10 +45,10 @@ class SentimentClassifier(L.LightningModule):
 
     Beside the pooled features, ``lexical`` adds word votes (:class:`LexicalHead`): a linear model over
     a bag of the review's pieces (and pairs of pieces) in the backbone's vocabulary, each occurrence
-    weighted by its context
-    (``context``: from the backbone's last-layer state at that token) or counted 1 (``bag``: no
-    backbone at all with ``pooled false``). The logits of the two heads add up. Frozen, the token
-    states too are computed once per review (kept in bf16) and the backbone runs once per review.
+    weighted by its context (``context``: from the backbone's last-layer state at that token) or
+    counted 1 (``bag``: no backbone at all with ``pooled false``). The logits of the two heads add up.
+    Frozen, the token states too are computed once per review (kept in bf16) and the backbone runs
+    once per review.
 
     Args:
         backbone: A pretraining run's ``backbone/`` export, or a checkpoint holding a backbone (required).
