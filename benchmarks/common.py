@@ -30,6 +30,7 @@ from imdb_transformer.core.pooling import pool
 from imdb_transformer.hardware import describe_cpu
 from imdb_transformer.search import SemanticIndex, Vectors
 from imdb_transformer.text.batching import collate_reviews
+from imdb_transformer.text.imdb import validation_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "imdb_transformer.benchmark/1"
@@ -221,9 +222,10 @@ def mrr_recall(top: np.ndarray) -> tuple[float, float]:
 
 def fit_tfidf(texts: list[str], labels: np.ndarray, seed: int = 1234, val_fraction: float = 0.1) -> dict:
     """TF-IDF (word 1-2 grams) + logistic regression, the bag of words a user tries first: C chosen on a
-    validation split carved out of ``texts`` (the same 10% the classifier's ReviewsDataModule holds
-    out, by the same seed), then refit on all of them. Returns the model, the chosen C, the validation
-    accuracy of each C and the final fit's seconds. Needs scikit-learn (``pip install -e ".[bench]"``)."""
+    validation split carved out of ``texts`` (given as ``load_reviews`` reads the train split, these are
+    the rows the classifier's ReviewsDataModule holds out, by the same seed), then refit on all of
+    them. Returns the model, the chosen C, the validation accuracy of each C and the final fit's
+    seconds. Needs scikit-learn (``pip install -e ".[bench]"``)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -234,9 +236,7 @@ def fit_tfidf(texts: list[str], labels: np.ndarray, seed: int = 1234, val_fracti
             LogisticRegression(C=c, max_iter=2000),
         )
 
-    order = np.random.default_rng(seed).permutation(len(texts))
-    n_val = max(1, round(len(order) * val_fraction))
-    val_idx, fit_idx = order[:n_val], order[n_val:]
+    fit_idx, val_idx = validation_rows(len(texts), val_fraction, seed)
     by_c = {}
     for c in (1.0, 4.0, 16.0):
         fitted = model(c).fit([texts[i] for i in fit_idx], labels[fit_idx])

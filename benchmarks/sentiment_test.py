@@ -21,7 +21,7 @@ import torch
 from common import Record, add_out_argument, fit_tfidf, mcnemar
 
 from imdb_transformer.ensemble import SentimentEnsemble
-from imdb_transformer.text.imdb import clean_text, load_reviews, load_split
+from imdb_transformer.text.imdb import load_reviews
 
 
 def named(value: str) -> tuple[str, str]:
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     labels = np.array(test.labels)
     probabilities: dict[str, np.ndarray] = {}
     if args.tfidf:
-        train = load_split(args.source, "train")
-        fitted = fit_tfidf([clean_text(t) for t in train["text"]], np.array(train["label"]))
+        train = load_reviews(args.source, "train")
+        fitted = fit_tfidf(train.texts, np.array(train.labels))
         record.notes["tfidf_C"] = fitted["c"]
         probabilities["TF-IDF + LR"] = fitted["model"].predict_proba(test.texts)[:, 1]
     for name, path in args.classifier:

@@ -16,7 +16,7 @@ import numpy as np
 from common import Record, add_out_argument, fit_tfidf
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from imdb_transformer.text.imdb import clean_text, load_split
+from imdb_transformer.text.imdb import load_reviews
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     record = Record("tfidf_baseline")
 
-    train, test = load_split(args.source, "train"), load_split(args.source, "test")
-    x_train, y_train = [clean_text(t) for t in train["text"]], np.array(train["label"])
-    x_test, y_test = [clean_text(t) for t in test["text"]], np.array(test["label"])
+    train, test = load_reviews(args.source, "train"), load_reviews(args.source, "test")
+    x_train, y_train = train.texts, np.array(train.labels)
+    x_test, y_test = test.texts, np.array(test.labels)
     fitted = fit_tfidf(x_train, y_train, args.seed, args.val_fraction)
     prob = fitted["model"].predict_proba(x_test)[:, 1]
     pred = (prob > 0.5).astype(int)

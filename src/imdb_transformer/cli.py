@@ -426,6 +426,11 @@ def verb_parser(name: str) -> ArgumentParser:
     return parser
 
 
+def _positional(name: str) -> list[argparse.Action]:
+    """The positional arguments of the verb ``name``."""
+    return [a for a in verb_parser(name)._actions if not a.option_strings]
+
+
 def _add_spelled(
     parser: ArgumentParser, key: str, hint: Any, default: Any, spelling: verbs.Spelled, about: str
 ) -> None:
@@ -468,7 +473,10 @@ def run_verb(name: str, argv: list[str]) -> None:
     try:
         options = verb_parser(name).parse_args(argv).as_dict()
     except argparse.ArgumentError as err:  # one line naming the option and its type, not the usage
-        raise InputError(f"{' '.join(str(err).split())} (see imdb-transformer {name} --help)") from None
+        hint = ""
+        if "unrecognized arguments" in str(err) and any(a.nargs in ("*", "?") for a in _positional(name)):
+            hint = "; plain words (texts, a query) go after all the options"
+        raise InputError(f"{' '.join(str(err).split())}{hint} (see imdb-transformer {name} --help)") from None
     options.pop("config", None)
     function = VERBS[name]
     positional = [

@@ -57,9 +57,9 @@ class SentimentEnsemble:
         by length and batched up to ``batch_size`` texts or ``max_tokens`` padded tokens, so a batch
         of long and short texts is not padded to its longest.
 
-        With ``words`` (an empty list), it is filled with one dict per text: each word (a piece of the
-        members' vocabulary) and its share of the logit in the members' word votes, summed over the
-        members that have them: what drove the verdict."""
+        With ``words`` (an empty list), it is filled with one dict per text: each word and its share of
+        the logit in the word votes (the shares of its pieces and of the pairs it ends), averaged over
+        the members: what drove the verdict."""
         if not texts:
             raise InputError("no texts to classify")
         empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
@@ -87,8 +87,13 @@ class SentimentEnsemble:
                 logits, shares = member.explain(tokens, mask) if explain else (member(tokens, mask), None)
                 out[m, chunk] = torch.sigmoid(logits.float()).cpu()
                 if shares is not None:
-                    for i, row, share in zip(chunk, tokens.cpu(), shares.cpu(), strict=True):
-                        _add_word_shares(words[i], member.tokenizer.pieces(row.tolist()), share.tolist())
+                    for i, row, real, share in zip(
+                        chunk, tokens.cpu(), mask.cpu(), shares.cpu(), strict=True
+                    ):
+                        pieces, parts = member.tokenizer.pieces(row[real].tolist()), share[real].tolist()
+                        if config.reverse:  # back to reading order, so pieces join into words
+                            pieces, parts = pieces[::-1], parts[::-1]
+                        _add_word_shares(words[i], pieces, parts, 1 / len(self.members))
                 bar.update(len(chunk))
         bar.close()
         return out
@@ -98,13 +103,18 @@ class SentimentEnsemble:
         return self.member_probabilities(texts, batch_size, progress).mean(0)
 
 
-def _add_word_shares(into: dict[str, float], pieces: list[str], shares: list[float]) -> None:
-    """Add each piece's share of a logit to ``into``, by the word it spells (padding and the review
-    marks, whose share is 0, left out)."""
-    for piece, share in zip(pieces, shares, strict=True):
-        word = piece.lstrip("\u2581")
-        if share and word and not (piece.startswith("<") and piece.endswith(">")):
-            into[word] = into.get(word, 0.0) + share
+def _add_word_shares(into: dict[str, float], pieces: list[str], shares: list[float], scale: float) -> None:
+    """Add ``scale`` times each word's share of a logit to ``into``: the pieces of a text in reading
+    order, joined into words (a piece that starts with ``▁`` starts one), the review's start and end
+    marks left out."""
+    word, share = "", 0.0
+    for piece, part in [*zip(pieces, shares, strict=True), ("\u2581", 0.0)]:
+        special = piece.startswith("<") and piece.endswith(">")
+        if (special or piece.startswith("\u2581")) and word:
+            into[word] = into.get(word, 0.0) + scale * share
+            word, share = "", 0.0
+        if not special:
+            word, share = word + piece.lstrip("\u2581"), share + part
 
 
 def top_words(shares: dict[str, float], k: int = 5) -> list[tuple[str, float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imdb_transformer.core.lexical import PAIR_BUCKETS, LexicalHead, signed_log
+from imdb_transformer.core.lexical import PAIR_BUCKETS, LexicalHead, pair_buckets, signed_log
 
 
 def dense_logits(head: LexicalHead, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -34,8 +34,16 @@ def test_pairs_are_adjacent_real_tokens_only() -> None:
     head = LexicalHead(vocab_size=6)
     ids = torch.tensor([[1, 2, 2, 0]])
     keys = head.keys(ids, ids != 0)[0].tolist()
-    pair = lambda a, b: (a * 6 + b) % PAIR_BUCKETS + 6  # noqa: E731
-    assert keys == [[1, -1], [2, pair(1, 2)], [2, pair(2, 2)], [-1, -1]]
+    pair = [pair_buckets(torch.tensor(a), torch.tensor(b), 6).item() + 6 for a, b in ((1, 2), (2, 2))]
+    assert keys == [[1, -1], [2, pair[0]], [2, pair[1]], [-1, -1]]
+
+
+def test_pairs_spread_over_the_buckets_for_a_power_of_two_vocabulary() -> None:
+    vocab = 8192  # the configs' vocabulary: a plain (a * V + b) mod 2^20 would keep only a mod 128 of a
+    first = torch.arange(4, 4100)
+    buckets = pair_buckets(first, torch.full_like(first, 500), vocab)  # 4,096 pairs ending in one piece
+    assert int(buckets.min()) >= 0 and int(buckets.max()) < PAIR_BUCKETS
+    assert len(set(buckets.tolist())) > 4000  # nearly all distinct (birthday collisions: about 8)
 
 
 def test_context_starts_as_the_plain_bag_and_can_turn_a_word_around() -> None:

@@ -260,3 +260,30 @@ def test_word_votes_need_a_known_kind_and_some_head(pretrained_run: Path) -> Non
         SentimentClassifier(backbone=str(pretrained_run / "backbone"), lexical="words")
     with pytest.raises(InputError, match="pooled false needs word votes"):
         SentimentClassifier(backbone=str(pretrained_run / "backbone"), pooled=False)
+    with pytest.raises(InputError, match="with pooled false, leave layers at 1"):
+        SentimentClassifier(
+            backbone=str(pretrained_run / "backbone"), pooled=False, lexical="context", layers=2
+        )
+    with pytest.raises(InputError, match="nothing to fine-tune"):
+        SentimentClassifier(
+            backbone=str(pretrained_run / "backbone"), pooled=False, lexical="bag", freeze=False
+        )
+
+
+def test_cached_word_votes_of_windows_match_the_fresh_ones(pretrained_run: Path) -> None:
+    from imdb_transformer.models.classifier import Features
+    from imdb_transformer.text.batching import collate_windows
+
+    torch.manual_seed(0)
+    model = SentimentClassifier(backbone=str(pretrained_run / "backbone"), lexical="context").eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.lexical.votes)
+        torch.nn.init.normal_(model.lexical.gate.weight, std=0.1)
+    context = model.backbone.config.block_size
+    long, short = list(range(10, 10 + 2 * (context - 2) + 5)), [7, 8, 9]
+    batch = collate_windows([{"ids": long}, {"ids": short}], context)
+    with torch.no_grad():
+        fresh = model.features(batch["ids"], batch["mask"], batch["owner"])
+        cached = Features.join(fresh.split(), torch.device("cpu"))
+        assert [len(review.ids) for review in fresh.split()] == [3, 1]  # the long review's three windows
+        assert torch.allclose(model.classify(cached), model.classify(fresh), atol=0.05)

@@ -18,7 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # hash buckets for pairs of adjacent pieces (a pair's vote is shared with the pairs that collide)
-PAIR_BUCKETS = 1 << 20
+PAIR_BITS = 20
+PAIR_BUCKETS = 1 << PAIR_BITS
+_MIX = 2654435761  # Knuth's multiplicative hash: the top bits of (pair * _MIX) mod 2^32 spread pairs evenly
+
+
+def pair_buckets(first: Tensor, second: Tensor, vocab_size: int) -> Tensor:
+    """The bucket (0 to ``PAIR_BUCKETS - 1``) of each pair of pieces: a multiplicative hash of the
+    pair's number, so pairs that share a piece do not fall into a few buckets (a plain ``mod`` of the
+    pair's number would, for a power-of-two vocabulary)."""
+    return (((first * vocab_size + second) * _MIX) % (1 << 32)) >> (32 - PAIR_BITS)
 
 
 def signed_log(x: Tensor) -> Tensor:
@@ -73,7 +82,7 @@ class LexicalHead(nn.Module):
             return mask.float()
         if states is None:
             raise ValueError("this head weighs tokens by their context: pass the backbone's states")
-        gate = self.gate(self.norm(states.float()))
+        gate = self.gate(self.norm(states.float())).float()  # summed into the bag: not in bf16
         return F.softplus(gate[..., 0]) * torch.tanh(gate[..., 1]) * mask
 
     def keys(self, ids: Tensor, mask: Tensor) -> Tensor:
@@ -82,7 +91,7 @@ class LexicalHead(nn.Module):
         piece = ids.masked_fill(~mask, -1)
         if not self.pairs:
             return piece.unsqueeze(-1)
-        pair = (ids[:, :-1] * self.vocab_size + ids[:, 1:]) % PAIR_BUCKETS + self.vocab_size
+        pair = pair_buckets(ids[:, :-1], ids[:, 1:], self.vocab_size) + self.vocab_size
         pair = torch.cat([torch.full_like(ids[:, :1], -1), pair], 1)
         pair = pair.masked_fill(~(mask & mask.roll(1, 1)), -1)
         return torch.stack([piece, pair], -1)

@@ -19,7 +19,7 @@ from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprin
 from imdb_transformer.core.backbone import load_spec
 from imdb_transformer.errors import InputError
 from imdb_transformer.text.batching import collate_reviews, collate_windows
-from imdb_transformer.text.imdb import DEFAULT_SOURCE, load_reviews
+from imdb_transformer.text.imdb import DEFAULT_SOURCE, load_reviews, validation_rows
 from imdb_transformer.text.tokenizer import Tokenizer, tokenize
 
 _CACHE_VERSION = "1"
@@ -156,11 +156,10 @@ class ReviewsDataModule(L.LightningDataModule):
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
         """Validation carved out of ``train`` by ``seed``; ``test`` whole. Evaluation sorted by length."""
-        order = np.random.default_rng(self.seed).permutation(len(tables["train"]))
-        n_val = max(1, round(len(order) * self.val_fraction))
+        fit, val = validation_rows(len(tables["train"]), self.val_fraction, self.seed)
         return {
-            "train": _Reviews(tables["train"], order[n_val:]),
-            "val": _Reviews(tables["train"], _by_length(tables["train"], order[:n_val])),
+            "train": _Reviews(tables["train"], fit),
+            "val": _Reviews(tables["train"], _by_length(tables["train"], val)),
             "test": _Reviews(tables["test"], _by_length(tables["test"], np.arange(len(tables["test"])))),
         }
 

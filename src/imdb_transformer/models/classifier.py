@@ -113,6 +113,13 @@ class SentimentClassifier(L.LightningModule):
             raise InputError(f"unknown lexical {lexical!r}; expected off, bag or context")
         if not pooled and lexical == "off":
             raise InputError("pooled false needs word votes: add --model.lexical context (or bag)")
+        if not pooled and layers > 1:
+            raise InputError("layers > 1 mixes pooled features: with pooled false, leave layers at 1")
+        if not pooled and lexical == "bag" and not freeze:
+            raise InputError(
+                "pooled false with lexical bag never runs the backbone, so there is nothing to fine-tune: "
+                "keep freeze true, or use lexical context"
+            )
         self.head = (
             nn.Sequential(nn.LayerNorm(features), nn.Dropout(dropout), nn.Linear(features, 1))
             if pooled
@@ -316,23 +323,21 @@ class Features:
     def split(self) -> list[Features]:
         """One entry per review, on the host, its token rows trimmed to their real tokens (states in
         bf16): what a frozen classifier keeps for each review."""
-        if self.pooled is not None:
-            count = self.pooled.size(0)
-        else:
-            count = int(self.owner.max()) + 1 if self.owner is not None else self.ids.size(0)
-        reviews = []
-        for j in range(count):
-            pooled = self.pooled[j].float().cpu() if self.pooled is not None else None
-            if self.ids is None:
-                reviews.append(Features(pooled))
-                continue
-            rows = [j] if self.owner is None else (self.owner == j).nonzero().flatten().tolist()
-            keep = [self.mask[r] for r in rows]
-            ids = [self.ids[r][k].cpu() for r, k in zip(rows, keep, strict=True)]
-            states = None
-            if self.states is not None:
-                states = [self.states[r][k].to(torch.bfloat16).cpu() for r, k in zip(rows, keep, strict=True)]
-            reviews.append(Features(pooled, ids, None, states))
+        # one copy to the host per batch, then slices of it
+        pooled = self.pooled.float().cpu() if self.pooled is not None else None
+        if self.ids is None:
+            return [Features(row) for row in pooled]
+        ids, mask = self.ids.cpu(), self.mask.cpu()
+        states = self.states.to(torch.bfloat16).cpu() if self.states is not None else None
+        owner = self.owner.tolist() if self.owner is not None else list(range(ids.size(0)))
+        reviews = [
+            Features(None if pooled is None else pooled[j], [], None, None if states is None else [])
+            for j in range(max(owner) + 1)
+        ]
+        for r, j in enumerate(owner):
+            reviews[j].ids.append(ids[r][mask[r]])
+            if states is not None:
+                reviews[j].states.append(states[r][mask[r]])
         return reviews
 
     @staticmethod

@@ -31,20 +31,24 @@ class BM25Index:
         retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
         return cls(retriever)
 
+    def _column(self, word: str) -> int | None:
+        """The column of ``word`` in the stored scores, or None for a word the index does not store
+        (bm25s numbers the empty word past the stored words, with no scores)."""
+        stored = len(self.retriever.scores["indptr"]) - 1
+        column = self.retriever.vocab_dict.get(word, stored)
+        return column if column < stored else None
+
     def scores(self, text: str) -> np.ndarray:
         """BM25 score of every review for ``text`` (N,); zero where no word matches."""
-        vocab, stored = self.retriever.vocab_dict, len(self.retriever.scores["indptr"]) - 1
-        # bm25s numbers the empty word past the stored words (it has no scores): only stored words count
-        words = [w for w in self.words([text])[0] if vocab.get(w, stored) < stored]
+        words = [w for w in self.words([text])[0] if self._column(w) is not None]
         if not words:
             return np.zeros(self.retriever.scores["num_docs"], dtype=np.float32)
         return self.retriever.get_scores(words)
 
     def document_frequency(self, word: str) -> int:
         """How many reviews hold ``word`` (0 for a word the index does not know)."""
-        stored = len(self.retriever.scores["indptr"]) - 1
-        column = self.retriever.vocab_dict.get(word, stored)
-        if column >= stored:
+        column = self._column(word)
+        if column is None:
             return 0
         indptr = self.retriever.scores["indptr"]
         return int(indptr[column + 1] - indptr[column])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -93,6 +94,14 @@ class Reviews:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def validation_rows(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``0..count-1`` split by ``seed``: those to train on, and the ``fraction`` (at least one)
+    held out for validation. The classifier's data and the TF-IDF baseline hold out the same rows."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = max(1, round(count * fraction))
+    return order[n_val:], order[:n_val]
 
 
 def load_reviews(source: str, split: str, max_reviews: int | None = None, seed: int = 1234) -> Reviews:
