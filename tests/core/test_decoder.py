@@ -8,10 +8,16 @@ import torch
 from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig, KVCache
 
 
-@pytest.fixture
-def model() -> CausalDecoder:
+@pytest.fixture(params=[("gelu", False), ("relu2", True)], ids=["gelu", "relu2-qk_norm"])
+def model(request: pytest.FixtureRequest) -> CausalDecoder:
+    """A small random decoder, as configured by default and with ReLU^2 and QK-norm: every property
+    below holds for both."""
+    activation, qk_norm = request.param
     torch.manual_seed(0)
-    return CausalDecoder(DecoderConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)).eval()
+    config = DecoderConfig(
+        vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32, activation=activation, qk_norm=qk_norm
+    )
+    return CausalDecoder(config).eval()
 
 
 def test_changing_future_tokens_never_changes_earlier_logits(model: CausalDecoder) -> None:
@@ -105,6 +111,21 @@ def test_residual_projections_get_scaled_init() -> None:
     assert std_proj == pytest.approx(0.02 / 4, rel=0.1)  # 0.02 / sqrt(2 * 8)
 
 
+def test_qk_norm_and_relu2_change_the_function_not_the_weights() -> None:
+    torch.manual_seed(0)
+    plain = CausalDecoder(DecoderConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32))
+    for options in ({"qk_norm": True}, {"activation": "relu2"}):
+        other = CausalDecoder(
+            DecoderConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32, **options)
+        )
+        other.load_state_dict(plain.state_dict())  # the same parameters: nothing learned is added
+        idx = torch.randint(0, 97, (2, 10))
+        with torch.no_grad():
+            assert not torch.allclose(other(idx), plain(idx))
+    with pytest.raises(Exception, match="activation='swish': use gelu or relu2"):
+        DecoderConfig(activation="swish")
+
+
 def test_bad_config_is_refused() -> None:
     with pytest.raises(ValueError, match="divisible"):
         DecoderConfig(n_embd=30, n_head=4)
@@ -127,6 +148,8 @@ def test_attention_maps_are_causal_distributions_and_change_nothing(model: Causa
         cos, sin = model.rope_cos[:12], model.rope_sin[:12]
         from imdb_transformer.core.decoder import apply_rope
 
+        if model.config.qk_norm:
+            q, k = torch.nn.functional.rms_norm(q, (8,)), torch.nn.functional.rms_norm(k, (8,))
         y = maps[0] @ v
         fused = torch.nn.functional.scaled_dot_product_attention(
             apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, is_causal=True

@@ -292,6 +292,22 @@ def test_generate_prints_one_continuation_per_prompt(pretrained_run: Path) -> No
     assert 'Parser key "dtype"' in fails(*args, "--dtype", "float16")
 
 
+def test_qk_norm_and_relu2_train_and_travel_with_the_backbone(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    from imdb_transformer.core.backbone import load_backbone
+
+    run_cli(
+        "fit", *tiny_fit_args, "--model.qk_norm", "true", "--model.activation", "relu2",
+        "--trainer.max_steps", "20",
+    )  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    losses = [v for _, v in read_metrics(run)["train/loss"]]
+    assert losses[-1] < losses[0]
+    config = load_backbone(run / "backbone").decoder.config
+    assert config.qk_norm and config.activation == "relu2"  # recorded with the weights: loaded as trained
+
+
 def test_lstm_baseline_trains_through_the_same_cli(tiny_fit_args: list[str], tmp_path: Path) -> None:
     run_cli(
         "fit", *tiny_fit_args, "--config", str(REPO / "configs/lstm.yaml"),

@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,11 @@ class DecoderConfig:
     """Biases in linear layers and LayerNorms (False is slightly faster and as good)."""
     rope_base: float = 10000.0
     """Base of the rotary embedding frequencies."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys before the rotary embedding (bounds the attention
+    logits, so higher learning rates stay stable: QK-norm, as recent small-GPT recipes use)."""
+    activation: Literal["gelu", "relu2"] = "gelu"
+    """The feed-forward nonlinearity: GELU, or ReLU squared (Primer: sparser, cheaper, often better)."""
     reverse: bool = False
     """The model reads text backwards (a backward LM, ULMFiT's second direction): whatever feeds it
     a review (classifier data, embedder) reverses the review's tokens first. The layers are the same."""
@@ -66,6 +72,8 @@ class DecoderConfig:
             raise InputError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if (self.n_embd // self.n_head) % 2:
             raise InputError("the head size n_embd // n_head must be even for rotary embeddings")
+        if self.activation not in ("gelu", "relu2"):
+            raise InputError(f"activation={self.activation!r}: use gelu or relu2")
 
     @property
     def head_size(self) -> int:
@@ -162,7 +170,10 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         if self.attention_dtype is not None:
             qkv = qkv.to(self.attention_dtype)
-        qk = apply_rope(qkv[:2], cos, sin)  # queries and keys rotated in one pass
+        qk = qkv[:2]
+        if self.config.qk_norm:
+            qk = F.rms_norm(qk, (hs,))
+        qk = apply_rope(qk, cos, sin)  # queries and keys rotated in one pass
         q, k, v = qk[0], qk[1], qkv[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hs), S = cached + T
@@ -192,16 +203,18 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: expand 4x, GELU, project back."""
+    """The position-wise feed-forward network: expand 4x, GELU (or ReLU squared), project back."""
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.proj.is_residual_projection = True
+        self.activation = config.activation
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.gelu(self.fc(x)))
+        h = self.fc(x)
+        return self.proj(F.gelu(h) if self.activation == "gelu" else F.relu(h).square())
 
 
 class Block(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -129,6 +130,8 @@ class CausalLM(LanguageModel):
         min_lr_ratio: The cosine ends at ``learning_rate * min_lr_ratio`` on the last step.
         compile: ``torch.compile`` the backbone and the loss on its logits (faster steps after a
             one-off compile).
+        qk_norm: RMS-normalise queries and keys per head (QK-norm).
+        activation: ``gelu`` or ``relu2`` (ReLU squared) in the feed-forward layers.
         reverse: A backward LM (its data reads each review last token first); the CLI sets it from
             ``data.reverse``, and the backbone records it so its users reverse reviews too.
     """
@@ -148,6 +151,8 @@ class CausalLM(LanguageModel):
         min_lr_ratio: float = 0.1,
         compile: bool = False,
         reverse: bool = False,
+        qk_norm: bool = False,
+        activation: Literal["gelu", "relu2"] = "gelu",
     ) -> None:
         super().__init__(vocab_size)
         self.save_hyperparameters()
@@ -158,6 +163,8 @@ class CausalLM(LanguageModel):
             n_head=n_head,
             n_embd=n_embd,
             dropout=dropout,
+            qk_norm=qk_norm,
+            activation=activation,
             reverse=reverse,
         )
         self.backbone = CausalDecoder(self.config)
