@@ -339,10 +339,7 @@ def _check_training_state(checkpoint: dict, path: Path) -> None:
         problem = (
             f"its step or epoch ({checkpoint.get('global_step')!r:.40}, {checkpoint.get('epoch')!r:.40})"
         )
-    elif not isinstance(optimizers, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("state"), dict) and isinstance(o.get("param_groups"), list)
-        for o in optimizers
-    ):
+    elif not isinstance(optimizers, list) or not all(_optimizer_state(o) for o in optimizers):
         problem = "its optimizer state"
     elif not isinstance(schedulers, list) or not all(isinstance(o, dict) for o in schedulers):
         problem = "its learning-rate schedule"
@@ -353,6 +350,20 @@ def _check_training_state(checkpoint: dict, path: Path) -> None:
             f"{path}: {problem} is damaged, so training cannot resume from it; resume from another "
             "checkpoint of the run (a best-*.ckpt beside it), or leave --ckpt_path out to start afresh"
         )
+
+
+def _optimizer_state(saved: object) -> bool:
+    """Whether ``saved`` has the shape of an optimiser's state dict (``state`` and ``param_groups``),
+    or of several side by side under names (:class:`~imdb_transformer.models.optim.MuonAdamW`)."""
+
+    def plain(o: object) -> bool:
+        return (
+            isinstance(o, dict)
+            and isinstance(o.get("state"), dict)
+            and isinstance(o.get("param_groups"), list)
+        )
+
+    return plain(saved) or (isinstance(saved, dict) and bool(saved) and all(plain(o) for o in saved.values()))
 
 
 def forget_unused_run(run: Path | None) -> None:

@@ -308,6 +308,19 @@ def test_qk_norm_and_relu2_train_and_travel_with_the_backbone(
     assert config.qk_norm and config.activation == "relu2"  # recorded with the weights: loaded as trained
 
 
+def test_muon_trains_the_blocks_and_resumes(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    args = [*tiny_fit_args, "--model.optimizer", "muon", "--model.learning_rate", "2e-3"]
+    run_cli("fit", *args, "--trainer.max_steps", "20")
+    first = tmp_path / "lightning_logs" / "version_0"
+    losses = [v for _, v in read_metrics(first)["train/loss"]]
+    assert losses[-1] < losses[0]
+    state = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
+    assert set(state) == {"muon", "adamw"} and state["muon"]["state"]  # both halves saved, with momentum
+    run_cli("fit", *args, "--ckpt_path", "last")  # and loaded again: the run goes on to step 30
+    resumed = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(resumed, weights_only=True)["global_step"] == 30
+
+
 def test_lstm_baseline_trains_through_the_same_cli(tiny_fit_args: list[str], tmp_path: Path) -> None:
     run_cli(
         "fit", *tiny_fit_args, "--config", str(REPO / "configs/lstm.yaml"),

@@ -82,8 +82,11 @@ def test_crafted_classifier_checkpoints_are_one_error(tmp_path: Path) -> None:
 
 
 def test_a_damaged_training_state_is_refused_before_resuming() -> None:
-    with pytest.raises(CheckpointError, match="optimizer state is damaged"):
-        _check_training_state({"optimizer_states": "oops"}, Path("last.ckpt"))
+    for damaged in ("oops", [{}], [{"muon": {"state": {}, "param_groups": []}, "adamw": "x"}]):
+        with pytest.raises(CheckpointError, match="optimizer state is damaged"):
+            _check_training_state({"optimizer_states": damaged}, Path("last.ckpt"))
+    plain = {"state": {}, "param_groups": []}
+    _check_training_state({"optimizer_states": [{"muon": plain, "adamw": plain}]}, Path("x"))  # Muon + AdamW
     with pytest.raises(CheckpointError, match="step or epoch"):
         _check_training_state({"global_step": 10**30}, Path("last.ckpt"))
     _check_training_state(

@@ -16,7 +16,7 @@ from imdb_transformer.core.backbone import add_to_checkpoint, export_backbone
 from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.export import export_best, part
-from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
+from imdb_transformer.models.optim import MuonAdamW, OptimizerName, adamw_warmup_cosine, decay_groups
 from imdb_transformer.text.tokenizer import Tokenizer
 
 
@@ -103,14 +103,22 @@ class LanguageModel(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
+        groups = decay_groups(self.parameters(), hp.weight_decay)
+        optimizer = None
+        if hp.get("optimizer", "adamw") == "muon":
+            # Muon for the blocks' weight matrices; AdamW for the embedding (tied to the LM head),
+            # norms and biases, which Muon's orthogonalised updates do not suit
+            matrices = [p for block in self.backbone.blocks for p in block.parameters() if p.dim() == 2]
+            taken = {id(p) for p in matrices}
+            others = [{**g, "params": [p for p in g["params"] if id(p) not in taken]} for g in groups]
+            optimizer = MuonAdamW(
+                matrices, [g for g in others if g["params"]], hp.learning_rate, hp.weight_decay,
+                betas=tuple(hp.betas),
+            )  # fmt: skip
         return adamw_warmup_cosine(
-            self.trainer,
-            decay_groups(self.parameters(), hp.weight_decay),
-            hp.warmup_steps,
-            hp.min_lr_ratio,
-            lr=hp.learning_rate,
-            betas=tuple(hp.betas),
-        )
+            self.trainer, groups, hp.warmup_steps, hp.min_lr_ratio, optimizer=optimizer,
+            lr=hp.learning_rate, betas=tuple(hp.betas),
+        )  # fmt: skip
 
 
 class CausalLM(LanguageModel):
@@ -131,6 +139,8 @@ class CausalLM(LanguageModel):
         compile: ``torch.compile`` the backbone and the loss on its logits (faster steps after a
             one-off compile).
         qk_norm: RMS-normalise queries and keys per head (QK-norm).
+        optimizer: ``adamw``, or ``muon``: Muon for the blocks' weight matrices (their updates
+            orthogonalised), AdamW for the embedding, norms and biases, at the same learning rate.
         activation: ``gelu`` or ``relu2`` (ReLU squared) in the feed-forward layers.
         reverse: A backward LM (its data reads each review last token first); the CLI sets it from
             ``data.reverse``, and the backbone records it so its users reverse reviews too.
@@ -153,6 +163,7 @@ class CausalLM(LanguageModel):
         reverse: bool = False,
         qk_norm: bool = False,
         activation: Literal["gelu", "relu2"] = "gelu",
+        optimizer: OptimizerName = "adamw",
     ) -> None:
         super().__init__(vocab_size)
         self.save_hyperparameters()

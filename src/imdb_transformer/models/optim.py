@@ -31,6 +31,58 @@ def slanted_triangular(step: int, total_steps: int, cut_frac: float = 0.1, ratio
 
 
 Schedule = Literal["cosine", "stlr"]
+OptimizerName = Literal["adamw", "muon"]
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon (``torch.optim.Muon``: momentum orthogonalised by Newton-Schulz iterations) for the hidden
+    weight matrices, AdamW for everything else (the embedding, which the LM head shares, norms,
+    biases), stepped as one optimiser, as Lightning's automatic optimisation expects.
+
+    Both share one learning rate: Muon scales its update to AdamW's RMS (``adjust_lr_fn
+    match_rms_adamw``), so a schedule written for AdamW drives both. The groups of the two are this
+    optimiser's groups (the same dicts), so a learning-rate scheduler sets them all.
+    """
+
+    def __init__(
+        self, matrices: list[nn.Parameter], others: list[dict], lr: float, weight_decay: float, **adamw: Any
+    ) -> None:
+        self.muon = torch.optim.Muon(
+            matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"
+        )
+        self.adamw = torch.optim.AdamW(others, lr=lr, **adamw)
+        super().__init__([{"params": []}], {"lr": lr})  # the real groups are the two optimisers'
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self) -> dict:  # read by Lightning when it moves optimiser state between devices
+        return {**self.muon.state, **self.adamw.state}
+
+    @state.setter
+    def state(self, value: dict) -> None:  # torch.optim.Optimizer.__init__ sets an empty one
+        pass
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
 def decay_groups(params: Iterable[nn.Parameter], weight_decay: float, **group: Any) -> list[dict]:
@@ -48,12 +100,15 @@ def adamw_warmup_cosine(
     warmup_steps: int,
     min_lr_ratio: float,
     shape: Schedule = "cosine",
+    optimizer: torch.optim.Optimizer | None = None,
     **adamw: Any,
 ) -> dict:
-    """``configure_optimizers``' answer: AdamW over ``groups`` and a per-step schedule over the whole
-    run (``trainer.estimated_stepping_batches``): warmup + cosine (warmup takes at most a tenth of
-    it), or with ``shape="stlr"`` the slanted triangle (its rise is the first tenth)."""
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **adamw)
+    """``configure_optimizers``' answer: AdamW over ``groups`` (or the ``optimizer`` given) and a
+    per-step schedule over the whole run (``trainer.estimated_stepping_batches``): warmup + cosine
+    (warmup takes at most a tenth of it), or with ``shape="stlr"`` the slanted triangle (its rise is
+    the first tenth)."""
+    if optimizer is None:
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **adamw)
     total = int(trainer.estimated_stepping_batches)
     warmup = min(warmup_steps, max(1, total // 10))
     if shape == "stlr":
