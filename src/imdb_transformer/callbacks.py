@@ -107,7 +107,9 @@ class SaveOnTerm(Callback):
     ) -> None:
         checkpoint = trainer.checkpoint_callback
         if isinstance(exception, SIGTERMException) and checkpoint is not None and checkpoint.dirpath:
-            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
+            trainer.save_checkpoint(
+                Path(checkpoint.dirpath) / "last.ckpt", weights_only=False
+            )  # all, to resume
 
 
 class PrecisionAdvice(Callback):
