@@ -105,16 +105,19 @@ class SentimentEnsemble:
 
 def _add_word_shares(into: dict[str, float], pieces: list[str], shares: list[float], scale: float) -> None:
     """Add ``scale`` times each word's share of a logit to ``into``: the pieces of a text in reading
-    order, joined into words (a piece that starts with ``▁`` starts one), the review's start and end
-    marks left out."""
+    order, joined into words (a piece that starts with ``▁`` starts one; punctuation stands alone),
+    the review's start and end marks left out."""
     word, share = "", 0.0
     for piece, part in [*zip(pieces, shares, strict=True), ("\u2581", 0.0)]:
         special = piece.startswith("<") and piece.endswith(">")
-        if (special or piece.startswith("\u2581")) and word:
+        text = piece.lstrip("\u2581")
+        alone = not any(c.isalnum() for c in text)
+        starts = special or piece.startswith("\u2581") or alone or not any(c.isalnum() for c in word)
+        if starts and word:
             into[word] = into.get(word, 0.0) + scale * share
             word, share = "", 0.0
         if not special:
-            word, share = word + piece.lstrip("\u2581"), share + part
+            word, share = word + text, share + part
 
 
 def top_words(shares: dict[str, float], k: int = 5) -> list[tuple[str, float]]:
