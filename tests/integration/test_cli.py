@@ -147,7 +147,7 @@ def test_ddp_on_two_cpu_processes_sees_each_block_once(tiny_fit_args: list[str],
     assert sorted(seen) == sorted(tuple(r) for r in blocks.tolist())  # each block once, across both ranks
 
 
-def test_accuracy(out: str) -> float:
+def printed_accuracy(out: str) -> float:
     """``test/acc`` from the table ``test`` prints (plain, or drawn with rich's box characters)."""
     return float(re.search(r"test/acc\W+([0-9.]+)", out).group(1))
 
@@ -172,7 +172,7 @@ def test_pretrain_classify_test_pipeline_beats_chance(
     out = run_cli("test", *common, "--ckpt_path", str(best)).stdout
     for metric in ("test/acc", "test/f1", "test/auroc"):
         assert metric in out
-    accuracy = test_accuracy(out)
+    accuracy = printed_accuracy(out)
     assert accuracy >= 0.7  # 80 balanced test reviews: chance is 0.5
 
 
@@ -186,7 +186,7 @@ def test_word_votes_train_test_and_explain_through_the_cli(
     )  # fmt: skip
     best = next((tmp_path / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
     out = run_cli("test", *common, "--ckpt_path", str(best)).stdout
-    assert test_accuracy(out) >= 0.9  # the sentiment words decide: chance is 0.5
+    assert printed_accuracy(out) >= 0.9  # the sentiment words decide: chance is 0.5
     texts = ["a wonderful superb film", "dull and boring"]
     out = run_cli("classify", "--classifier", str(best), "--explain", "true", *texts).stdout.splitlines()
     assert out[0].split("\t")[-1] == "words (share of the logit)"
