@@ -437,11 +437,6 @@ def verb_parser(name: str) -> ArgumentParser:
     return parser
 
 
-def _positional(name: str) -> list[argparse.Action]:
-    """The positional arguments of the verb ``name``."""
-    return [a for a in verb_parser(name)._actions if not a.option_strings]
-
-
 def _add_spelled(
     parser: ArgumentParser, key: str, hint: Any, default: Any, spelling: verbs.Spelled, about: str
 ) -> None:
@@ -481,11 +476,12 @@ class _Given(argparse.Action):
 
 def run_verb(name: str, argv: list[str]) -> None:
     """Parse ``argv`` for the verb ``name`` and call its function."""
+    parser = verb_parser(name)
     try:
-        options = verb_parser(name).parse_args(argv).as_dict()
+        options = parser.parse_args(argv).as_dict()
     except argparse.ArgumentError as err:  # one line naming the option and its type, not the usage
         hint = ""
-        if "unrecognized arguments" in str(err) and any(a.nargs in ("*", "?") for a in _positional(name)):
+        if "unrecognized arguments" in str(err) and any(not a.option_strings for a in parser._actions):
             hint = "; plain words (texts, a query) go after all the options"
         raise InputError(f"{' '.join(str(err).split())}{hint} (see imdb-transformer {name} --help)") from None
     options.pop("config", None)

@@ -160,32 +160,32 @@ def classify_args(imdb_dir: Path, cache_dir: Path, root: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def fit_and_test(
+    backbone: Path, imdb_dir: Path, cache_dir: Path, root: Path, *options: str
+) -> tuple[Path, str]:
+    """Train a classifier for 10 epochs through the CLI, then test its best checkpoint: the checkpoint
+    and what ``test`` printed."""
+    common = classify_args(imdb_dir, cache_dir, root)
+    run_cli("fit", *common, "--model.backbone", str(backbone), "--trainer.max_epochs", "10", *options)
+    best = next((root / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
+    return best, run_cli("test", *common, "--ckpt_path", str(best)).stdout
+
+
 def test_pretrain_classify_test_pipeline_beats_chance(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    common = classify_args(imdb_dir, cache_dir, tmp_path)
-    run_cli(
-        "fit", *common, "--model.backbone", str(pretrained_run / "backbone"), "--trainer.max_epochs", "10",
-        "--model.pooling", "last", "--model.learning_rate", "1e-2",
-    )  # fmt: skip
-    best = next((tmp_path / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
-    out = run_cli("test", *common, "--ckpt_path", str(best)).stdout
+    options = ["--model.pooling", "last", "--model.learning_rate", "1e-2"]
+    _, out = fit_and_test(pretrained_run / "backbone", imdb_dir, cache_dir, tmp_path, *options)
     for metric in ("test/acc", "test/f1", "test/auroc"):
         assert metric in out
-    accuracy = printed_accuracy(out)
-    assert accuracy >= 0.7  # 80 balanced test reviews: chance is 0.5
+    assert printed_accuracy(out) >= 0.7  # 80 balanced test reviews: chance is 0.5
 
 
 def test_word_votes_train_test_and_explain_through_the_cli(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    common = classify_args(imdb_dir, cache_dir, tmp_path)
-    run_cli(
-        "fit", *common, "--model.backbone", str(pretrained_run / "backbone"), "--trainer.max_epochs", "10",
-        "--model.pooled", "false", "--model.lexical", "context", "--model.learning_rate", "1e-1",
-    )  # fmt: skip
-    best = next((tmp_path / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
-    out = run_cli("test", *common, "--ckpt_path", str(best)).stdout
+    options = ["--model.pooled", "false", "--model.lexical", "context", "--model.learning_rate", "1e-1"]
+    best, out = fit_and_test(pretrained_run / "backbone", imdb_dir, cache_dir, tmp_path, *options)
     assert printed_accuracy(out) >= 0.9  # the sentiment words decide: chance is 0.5
     texts = ["a wonderful superb film", "dull and boring"]
     out = run_cli("classify", "--classifier", str(best), "--explain", "true", *texts).stdout.splitlines()

@@ -349,7 +349,9 @@ class Features:
         if reviews[0].ids is None:
             return Features(pooled)
         rows = [ids for r in reviews for ids in r.ids]
-        owner = torch.tensor([j for j, r in enumerate(reviews) for _ in r.ids], device=device)
+        owner = None  # one row per review, the usual case: no owner, so no per-step count of reviews
+        if len(rows) > len(reviews):
+            owner = torch.tensor([j for j, r in enumerate(reviews) for _ in r.ids], device=device)
         ids = nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
         lengths = torch.tensor([len(row) for row in rows], device=device)
         mask = torch.arange(ids.size(1), device=device) < lengths.unsqueeze(1)
