@@ -6,14 +6,16 @@
 
 Each classifier (a checkpoint of `fit --config configs/classify.yaml`, chosen on validation) and, with
 --tfidf, TF-IDF + logistic regression (C chosen on a validation split of train) reads the 25,000 test
-reviews once. Prints each one's accuracy, F1 and AUROC, then McNemar's exact test for every pair: how
-many reviews only one of the two got right, and the two-sided p-value that both are equally accurate.
+reviews once (classifiers over the same frozen backbone share one pass of it). Prints each one's
+accuracy, F1 and AUROC, then McNemar's exact test for every pair: how many reviews only one of the two
+got right, and the two-sided p-value that both are equally accurate.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +56,13 @@ def main(argv: list[str] | None = None) -> None:
         fitted = fit_tfidf(train.texts, np.array(train.labels))
         record.notes["tfidf_C"] = fitted["c"]
         probabilities["TF-IDF + LR"] = fitted["model"].predict_proba(test.texts)[:, 1]
-    for name, path in args.classifier:
-        ensemble = SentimentEnsemble([path], args.device)
-        probabilities[name] = ensemble.member_probabilities(test.texts, args.batch_size)[0].numpy()
+    if args.classifier:  # one ensemble: classifiers over one frozen backbone share its pass
+        started = time.perf_counter()
+        ensemble = SentimentEnsemble([path for _, path in args.classifier], args.device)
+        members = ensemble.member_probabilities(test.texts, args.batch_size)
+        record.notes["classifiers_seconds"] = round(time.perf_counter() - started, 1)
+        for (name, _), member in zip(args.classifier, members, strict=True):
+            probabilities[name] = member.numpy()
 
     from sklearn.metrics import f1_score, roc_auc_score
 

@@ -72,6 +72,23 @@ class RecordBatches(Callback):
         torch.save(torch.cat(self.rows), self.record_dir / f"rank{trainer.global_rank}.pt")
 
 
+def classifier_checkpoint(backbone: Path, path: Path, seed: int = 0, **settings) -> Path:
+    """An untrained ``SentimentClassifier`` over ``backbone`` with random head weights, saved to ``path``
+    as Lightning saves a checkpoint (its backbone's record included)."""
+    from imdb_transformer.models.classifier import SentimentClassifier
+
+    torch.manual_seed(seed)
+    model = SentimentClassifier(backbone=str(backbone), **settings)
+    with torch.no_grad():
+        for name, weights in model.named_parameters():
+            if not name.startswith("backbone."):
+                weights.normal_(std=0.1)
+    checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
 def train_blocks(config_path: Path) -> torch.Tensor:
     """The training blocks of the data module a run's saved config describes (as 2 ranks see them)."""
     args = yaml.safe_load(config_path.read_text())["data"]["init_args"]

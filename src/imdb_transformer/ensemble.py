@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from imdb_transformer.artifacts import check_shapes, read_artifact
-from imdb_transformer.core.backbone import load_checkpoint
+from imdb_transformer.artifacts import check_shapes, read_artifact, weights_fingerprint
+from imdb_transformer.core.backbone import load_checkpoint, tokenizer_fingerprint
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.classifier import SentimentClassifier
 from imdb_transformer.text.batching import collate_reviews, length_batches
@@ -66,7 +66,7 @@ class SentimentEnsemble:
         if empty:
             raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty: give every text some words")
         if words is not None:
-            if not any(m.lexical is not None for m in self.members):
+            if not self.explains:
                 raise InputError(
                     "explaining needs a classifier with word votes (trained with --model.lexical context "
                     "or bag); these classify from pooled features alone"
@@ -77,30 +77,61 @@ class SentimentEnsemble:
         bar = tqdm(
             total=len(texts) * len(self.members), desc="Classifying", unit="text", disable=not progress
         )
-        for m, member in enumerate(self.members):
-            ids = member.tokenizer.encode(cleaned)
-            config = member.backbone.config
-            explain = words is not None and member.lexical is not None
+        for group in self._shared_backbones():
+            first = self.members[group[0]]
+            ids = first.tokenizer.encode(cleaned)
+            config = first.backbone.config
+            shared = len(group) > 1 and any(self.members[m].runs_backbone for m in group)
             for chunk in length_batches(ids, batch_size, config.block_size, max_tokens):
                 batch = collate_reviews([{"ids": ids[i]} for i in chunk], config.block_size, config.reverse)
                 tokens, mask = batch["ids"].to(self.device), batch["mask"].to(self.device)
-                logits, shares = member.explain(tokens, mask) if explain else (member(tokens, mask), None)
-                out[m, chunk] = torch.sigmoid(logits.float()).cpu()
-                if shares is not None:
-                    for i, row, real, share in zip(
-                        chunk, tokens.cpu(), mask.cpu(), shares.cpu(), strict=True
-                    ):
-                        pieces, parts = member.tokenizer.pieces(row[real].tolist()), share[real].tolist()
-                        if config.reverse:  # back to reading order, so pieces join into words
-                            pieces, parts = pieces[::-1], parts[::-1]
-                        _add_word_shares(words[i], pieces, parts, 1 / len(self.members))
-                bar.update(len(chunk))
+                layers = first.backbone.layer_states(tokens, mask) if shared else None
+                for m in group:
+                    member = self.members[m]
+                    if words is not None and member.lexical is not None:
+                        logits, shares = member.explain(tokens, mask, layers)
+                    else:
+                        logits, shares = member.classify(member.features(tokens, mask, layers=layers)), None
+                    out[m, chunk] = torch.sigmoid(logits.float()).cpu()
+                    if shares is not None:
+                        for i, row, real, share in zip(
+                            chunk, tokens.cpu(), mask.cpu(), shares.cpu(), strict=True
+                        ):
+                            pieces, parts = member.tokenizer.pieces(row[real].tolist()), share[real].tolist()
+                            if config.reverse:  # back to reading order, so pieces join into words
+                                pieces, parts = pieces[::-1], parts[::-1]
+                            _add_word_shares(words[i], pieces, parts, 1 / len(self.members))
+                    bar.update(len(chunk))
         bar.close()
         return out
 
-    def probabilities(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor:
-        """Probability that each text is positive: the mean of the members' (texts,)."""
-        return self.member_probabilities(texts, batch_size, progress).mean(0)
+    @property
+    def explains(self) -> bool:
+        """Whether some member has word votes, whose shares explain a verdict word by word."""
+        return any(m.lexical is not None for m in self.members)
+
+    def _shared_backbones(self) -> list[list[int]]:
+        """The members in groups that share one backbone (the same weights and tokenizer, as frozen
+        classifiers over one pretraining run do): each group's backbone runs once per batch for all
+        of its members."""
+        if len(self.members) == 1:
+            return [[0]]
+        groups: dict[str, list[int]] = {}
+        for m, member in enumerate(self.members):
+            weights = weights_fingerprint(member.backbone.state_dict())
+            groups.setdefault(f"{weights}-{tokenizer_fingerprint(member.tokenizer)}", []).append(m)
+        return list(groups.values())
+
+    def probabilities(
+        self,
+        texts: list[str],
+        batch_size: int = 64,
+        progress: bool = True,
+        words: list[dict[str, float]] | None = None,
+    ) -> Tensor:
+        """Probability that each text is positive: the mean of the members' (texts,); ``words`` as in
+        :meth:`member_probabilities`."""
+        return self.member_probabilities(texts, batch_size, progress, words=words).mean(0)
 
 
 def _add_word_shares(into: dict[str, float], pieces: list[str], shares: list[float], scale: float) -> None:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 from conftest import tiny_pretrain_args
-from helpers import REPO, fails, run_cli, train_blocks
+from helpers import REPO, classifier_checkpoint, fails, run_cli, train_blocks
 
 from imdb_transformer.core.backbone import load_backbone, load_spec
 from imdb_transformer.data.lm import pack, reverse_each
@@ -110,6 +110,29 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(
     assert torch.allclose(members, torch.stack(alone))
     assert torch.allclose(both.probabilities(texts, progress=False), (alone[0] + alone[1]) / 2)
     assert not torch.allclose(alone[0], alone[1])  # two different models, really averaged
+
+
+def test_classifiers_sharing_a_frozen_backbone_run_it_once_per_batch(
+    pretrained_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    """Members over the same backbone (pooled, word votes in context, a plain bag) are scored from
+    one backbone pass per batch, with the probabilities each gives alone."""
+    kinds = [{}, {"pooled": False, "lexical": "context"}, {"pooled": False, "lexical": "bag"}, {"layers": 2}]
+    paths = [
+        classifier_checkpoint(pretrained_run / "backbone", tmp_path / f"member{i}.ckpt", **settings)
+        for i, settings in enumerate(kinds)
+    ]
+    texts = load_reviews(str(imdb_dir), "test").texts[:12]
+    alone = [SentimentEnsemble([p]).member_probabilities(texts, 5, progress=False)[0] for p in paths]
+    together = SentimentEnsemble(paths)
+    read = []  # the rows the backbones read: their token embeddings see each batch
+    for member in together.members:
+        member.backbone.wte.register_forward_hook(lambda module, args, out: read.append(args[0].shape[0]))
+    words: list = []
+    members = together.member_probabilities(texts, 5, progress=False, words=words)
+    assert sum(read) == len(texts)  # one pass for all four members
+    assert torch.allclose(members, torch.stack(alone), atol=1e-5)
+    assert all(words)  # the word votes still explain each text
 
 
 def test_a_forward_backward_ensemble_prints_its_test_accuracy(
