@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -136,10 +137,11 @@ class SentimentEnsemble:
 
 def _add_word_shares(into: dict[str, float], pieces: list[str], shares: list[float], scale: float) -> None:
     """Add ``scale`` times each word's share of a logit to ``into``: the pieces of a text in reading
-    order, joined into words (a piece that starts with ``▁`` starts one; punctuation stands alone),
-    the review's start and end marks left out."""
+    order, joined into words (a piece that starts with ``▁`` starts one; punctuation stands alone;
+    byte-fallback pieces ``<0xNN>`` are decoded, a run of them as one piece), the review's start and
+    end marks left out."""
     word, share = "", 0.0
-    for piece, part in [*zip(pieces, shares, strict=True), ("\u2581", 0.0)]:
+    for piece, part in [*_bytes_decoded(pieces, shares), ("\u2581", 0.0)]:
         special = piece.startswith("<") and piece.endswith(">")
         text = piece.lstrip("\u2581")
         alone = not any(c.isalnum() for c in text)
@@ -149,6 +151,29 @@ def _add_word_shares(into: dict[str, float], pieces: list[str], shares: list[flo
             word, share = "", 0.0
         if not special:
             word, share = word + text, share + part
+
+
+_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _bytes_decoded(pieces: list[str], shares: list[float]) -> list[tuple[str, float]]:
+    """``pieces`` with each run of byte-fallback pieces (``<0xNN>``: a character outside the vocabulary,
+    one piece per UTF-8 byte) decoded into the text it spells, its shares summed."""
+    out: list[tuple[str, float]] = []
+    run, run_share = bytearray(), 0.0
+    for piece, part in zip(pieces, shares, strict=True):
+        byte = _BYTE.fullmatch(piece)
+        if byte:
+            run.append(int(byte.group(1), 16))
+            run_share += part
+            continue
+        if run:
+            out.append((run.decode("utf-8", errors="replace"), run_share))
+            run, run_share = bytearray(), 0.0
+        out.append((piece, part))
+    if run:
+        out.append((run.decode("utf-8", errors="replace"), run_share))
+    return out
 
 
 def top_words(shares: dict[str, float], k: int = 5) -> list[tuple[str, float]]:

@@ -232,3 +232,14 @@ def test_a_backward_backbone_is_refused_for_generation(backward_run: Path) -> No
     err = fails("generate", "--backbone", str(backward_run / "backbone"), "--prompt", "The film")
     assert "backward" in err
     assert load_backbone(backward_run / "backbone").decoder.config.reverse
+
+
+def test_words_join_their_pieces_and_byte_fallback_pieces_decode() -> None:
+    from imdb_transformer.ensemble import _add_word_shares
+
+    pieces = ["<s>", "\u2581N", "<0x6F>", "t", "\u2581bad", "<0x2C>", "\u2581", "<0xC3>", "<0xA9>", "t", "é"]
+    pieces.append("</s>")
+    shares = [9.0, 0.1, 0.2, 0.3, -1.0, 0.5, 0.01, 0.02, 0.03, 0.04, 0.05, 9.0]
+    words: dict[str, float] = {}
+    _add_word_shares(words, pieces, shares, 1.0)
+    assert words == pytest.approx({"Not": 0.6, "bad": -1.0, ",": 0.5, "été": 0.15})

@@ -11,15 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import REPO, fails, run_cli
+from helpers import REPO, classifier_checkpoint, fails, run_cli
 
 pytest.importorskip("litserve", reason="the server needs the serve extra: pip install -e '.[serve]'")
 
 from imdb_transformer.errors import InputError  # noqa: E402
 from imdb_transformer.serve import ServeConfig, free_port, run
 from imdb_transformer.serve import ServerProcess as Server
+from imdb_transformer.serve.app import SentimentAPI, describe
 from imdb_transformer.serve.hosts import allowed_host_names
-from imdb_transformer.serve.schemas import MAX_NEW_TOKENS, MAX_TEXTS  # noqa: E402
+from imdb_transformer.serve.schemas import MAX_NEW_TOKENS, MAX_TEXTS, SentimentRequest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +33,7 @@ def served_models(pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_pat
         "fit", "--config", str(REPO / "configs/classify.yaml"), "--data.source", str(imdb_dir),
         "--data.cache_dir", str(cache_dir), "--trainer.default_root_dir", str(root),
         "--trainer.enable_progress_bar", "false", "--model.backbone", str(backbone),
-        "--trainer.max_epochs", "3", "--model.pooling", "last",
+        "--trainer.max_epochs", "3", "--model.pooling", "last", "--model.lexical", "context",
     )  # fmt: skip
     return {
         "backbone": backbone,
@@ -352,6 +353,43 @@ def test_the_page_shows_a_reviews_label_and_probability(page) -> None:
     assert text.startswith(("positive", "negative")) and "p(positive) = " in text
     probability = float(text.split("= ")[1].rstrip(")"))
     assert 0 <= probability <= 1
+
+
+def test_the_page_marks_the_words_that_drove_the_verdict(page, server: Server) -> None:
+    review = "great fun, a wonderful film. Not dull at all"
+    page.fill("#review", review)
+    page.click("#sentiment-form button")
+    page.wait_for_function(f"document.getElementById('explained').textContent === {json.dumps(review)}")
+    assert page.locator("#explained mark").count() > 0
+    marks = page.locator("#explained mark")
+    shares = {m.inner_text(): float(m.get_attribute("data-share")) for m in marks.all()}
+    answer = server.call("POST", "/sentiment", {"texts": [review], "explain": True})[1]["results"][0]
+    assert shares == pytest.approx(dict(answer["words"]))  # every word the server scored, with its share
+    assert not page.is_hidden("#explained-key")
+
+
+def test_sentiment_explains_on_request_and_says_when_it_cannot(
+    server: Server, served_models: dict[str, Path], tmp_path: Path
+) -> None:
+    status, info = server.call("GET", "/info")
+    assert info["model"]["explains"] is True
+    texts = ["great fun", "awful and dull"]
+    status, answer = server.call("POST", "/sentiment", {"texts": texts, "explain": True})
+    assert status == 200
+    for text, result in zip(texts, answer["results"], strict=True):
+        assert {word for word, _ in result["words"]} == set(text.split())
+        shares = [abs(share) for _, share in result["words"]]
+        assert shares == sorted(shares, reverse=True)  # largest first
+    assert "words" not in server.call("POST", "/sentiment", {"texts": ["great fun"]})[1]["results"][0]
+    # classifiers without word votes: words is null, and /info says so beforehand
+    plain = classifier_checkpoint(served_models["backbone"], tmp_path / "plain.ckpt")
+    config = ServeConfig(classifier=[str(plain)])
+    api = SentimentAPI(config, api_path="/sentiment")
+    api.load("cpu")
+    asked = [SentimentRequest(texts=["good"], explain=True), SentimentRequest(texts=["bad"])]
+    answers = api.predict_many(asked)
+    assert answers[0]["results"][0]["words"] is None and "words" not in answers[1]["results"][0]
+    assert describe(config, explains=False)["explains"] is False
 
 
 def test_the_page_reports_bad_input_and_generates(page) -> None:

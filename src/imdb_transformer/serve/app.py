@@ -5,8 +5,10 @@ requests that arrive within ``batch_timeout`` seconds of each other (up to ``max
 one forward pass. Endpoints (JSON in and out):
 
 - ``POST /search`` ``{"query", "k", "mode"}``: ranked hits from a search index (``--index``);
-- ``POST /sentiment`` ``{"texts"}``: label and probability per text (``--classifier``, one or an
-  ensemble);
+- ``POST /sentiment`` ``{"texts", "explain"}``: label and probability per text (``--classifier``, one
+  or an ensemble); with ``explain``, also ``words``: each word of the text and its share of the logit
+  (positive: towards positive), largest first, or null where the classifiers have no word votes
+  (``GET /info`` says ``explains``);
 - ``POST /embed`` ``{"texts"}``: a unit vector per text (the index's embedder, else the backbone's);
 - ``POST /generate`` ``{"prompt", "strategy", "max_new_tokens", "seed", ...}``: a continuation
   (``--backbone``);
@@ -52,11 +54,13 @@ from imdb_transformer.serve.schemas import (
     MAX_TEXTS,
     GenerateRequest,
     SearchRequest,
+    SentimentRequest,
     TextsRequest,
     request_error,
 )
 
 MAX_BATCH = 1024  # requests one forward pass may batch
+MAX_WORDS = 200  # words an explained verdict lists, largest shares first
 
 
 MAX_BATCH_TIMEOUT = 10.0  # seconds a request may wait for others to join its batch
@@ -181,13 +185,26 @@ class SentimentAPI(_API):
 
         self.ensemble = SentimentEnsemble(self.config.classifier, device)
 
-    def decode_request(self, request: TextsRequest) -> TextsRequest:
+    def decode_request(self, request: SentimentRequest) -> SentimentRequest:
         return request
 
-    def predict_many(self, requests: list[TextsRequest]) -> list[dict]:
+    def predict_many(self, requests: list[SentimentRequest]) -> list[dict]:
+        from imdb_transformer.ensemble import top_words
+
         texts = [t for r in requests for t in r.texts]  # every request's texts in one pass
-        probabilities = iter(self.ensemble.probabilities(texts, progress=False).tolist())
-        return [{"results": [_label(next(probabilities)) for _ in r.texts]} for r in requests]
+        explain = self.ensemble.explains and any(r.explain for r in requests)
+        words: list[dict[str, float]] | None = [] if explain else None
+        probabilities = self.ensemble.probabilities(texts, progress=False, words=words).tolist()
+        out, start = [], 0
+        for r in requests:
+            results = [_label(p) for p in probabilities[start : start + len(r.texts)]]
+            if r.explain:
+                for i, result in enumerate(results, start):
+                    shares = None if words is None else top_words(words[i], MAX_WORDS)
+                    result["words"] = None if shares is None else [[w, share] for w, share in shares]
+            out.append({"results": results})
+            start += len(r.texts)
+        return out
 
 
 class EmbedAPI(_API):
@@ -298,9 +315,10 @@ def _apis(config: ServeConfig) -> list[_API]:
     ]
 
 
-def describe(config: ServeConfig) -> dict:
+def describe(config: ServeConfig, explains: bool = False) -> dict:
     """What ``GET /info`` reports about the loaded models (cheap: fingerprints of files, sizes); file
-    paths only with ``config.info_paths``, as they tell a client about the machine's folders."""
+    paths only with ``config.info_paths``, as they tell a client about the machine's folders.
+    ``explains``: whether the classifiers have word votes (``/sentiment`` can explain its verdicts)."""
     info: dict = {"endpoints": served(config)}
     where = (lambda path: {"path": str(path)}) if config.info_paths else (lambda path: {})
     if config.backbone is not None:
@@ -320,6 +338,7 @@ def describe(config: ServeConfig) -> dict:
         info["classifier"] = [
             {**where(c), "sha256": _file_hash(c), "bytes": _size(c)} for c in config.classifier
         ]
+        info["explains"] = explains
     info["limits"] = {
         "max_body_bytes": MAX_BODY, "max_texts": MAX_TEXTS, "max_chars": MAX_CHARS, "max_k": MAX_K,
         "max_new_tokens": MAX_NEW_TOKENS,
@@ -367,12 +386,12 @@ def build_server(config: ServeConfig):
     from fastapi.responses import HTMLResponse, JSONResponse
 
     apis = _apis(config)
-    _preflight(config)
+    explains = _preflight(config)
     if not apis:
         raise InputError("nothing to serve: give --backbone PATH, --index DIR and/or --classifier CKPT")
     server = ls.LitServer(
         apis, accelerator="cpu" if not torch.cuda.is_available() else "auto", max_payload_size=MAX_BODY,
-        model_metadata=describe(config), timeout=60, disable_openapi_url=True,
+        model_metadata=describe(config, explains), timeout=60, disable_openapi_url=True,
     )  # fmt: skip
     html = page()
     # the page replaces LitServe's own "/" (a plain "litserve running")
@@ -398,9 +417,10 @@ def failure_report_name(api_path: str) -> str:
     return api_path.strip("/").replace("/", "_") + ".failed"
 
 
-def _preflight(config: ServeConfig) -> None:
+def _preflight(config: ServeConfig) -> bool:
     """Load every model once here, so a wrong path or a damaged file stops the command with one clear
-    line before any worker process starts (a worker's failure would only end the server)."""
+    line before any worker process starts (a worker's failure would only end the server). Returns
+    whether the classifiers can explain their verdicts (have word votes)."""
     if config.index is not None:
         from imdb_transformer.search import SemanticIndex
 
@@ -410,4 +430,5 @@ def _preflight(config: ServeConfig) -> None:
     if config.classifier:
         from imdb_transformer.ensemble import SentimentEnsemble
 
-        SentimentEnsemble(config.classifier)
+        return SentimentEnsemble(config.classifier).explains
+    return False

@@ -63,6 +63,10 @@ class TextsRequest(_Strict):
             _words(text)
 
 
+class SentimentRequest(TextsRequest):
+    explain: bool = False  # also each text's words with their share of its logit (needs word votes)
+
+
 class GenerateRequest(_Strict):
     prompt: Text
     strategy: Strategy = "top_k"
