@@ -1,5 +1,5 @@
 """The console script's verbs beyond training (``embed``, ``search``, ``generate``, ``classify``,
-``serve``): plain functions.
+``serve``, ``export``): plain functions.
 
 ``imdb-transformer VERB`` builds each one's options from its signature and docstring (see
 :mod:`imdb_transformer.cli`), so ``--help`` is this documentation and every verb takes ``--config``
@@ -363,6 +363,26 @@ def serve(
     run(config)
 
 
+def export(*, backbone: str, out: str, format: Literal["hf"] = "hf") -> None:
+    """Export a backbone for other tools: a Hugging Face transformers model folder (GPT-NeoX).
+
+    The folder (config.json, model.safetensors, tokenizer.json, README.md: a model card) loads with
+    AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR), no custom code.
+    Before the folder is kept, it is loaded back and its logits are checked against the backbone's.
+    Needs the hf extra: pip install -e ".[hf]".
+
+    Args:
+        backbone: A pretraining run's backbone/ folder or one of its checkpoints.
+        out: The folder to write: a new or empty folder, or an earlier export to replace (atomically).
+        format: hf (Hugging Face transformers).
+    """
+    from imdb_transformer.core.hf import check_out, export_hf
+
+    check_out(out, backbone)
+    folder = export_hf(backbone, out)
+    print(f"Exported {backbone} for Hugging Face transformers (GPT-NeoX) to {folder}")
+
+
 # The verbs of the console script, in the order its --help lists them; each one's name, options and
 # help come from its signature and docstring.
-VERBS = (embed, search, generate, classify, serve)
+VERBS = (embed, search, generate, classify, serve, export)
