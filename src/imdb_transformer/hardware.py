@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -43,3 +44,19 @@ def default_precision(accelerator: object = "auto") -> str:
     if name in ("auto", "cpu"):
         return "bf16-mixed" if native_bf16_cpu() else "32-true"
     return "32-true"  # other accelerators (mps, tpu...): Lightning's own default
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow),
+    else every core the machine has."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """PyTorch threads for each of ``workers`` processes sharing the cores: the cores split evenly, at
+    least one each. More threads than cores in all makes every process wait on the others (OpenMP
+    threads spin on a busy core), which costs far more than the threads would gain."""
+    return max(1, (cores or usable_cores()) // max(1, workers))

@@ -321,6 +321,7 @@ def serve(
     batch_timeout: float = 0.01,
     allowed_hosts: list[str] | str | None = None,
     info_paths: bool = False,
+    threads: PositiveInt | None = None,
 ) -> None:
     """Serve the models over HTTP (LitServe) with a web page at /: search, sentiment, embed, generate.
 
@@ -352,13 +353,16 @@ def serve(
             name or address clients reach the server by); * accepts any (no DNS rebinding check).
         info_paths: Show the models' file paths in GET /info (by default only fingerprints and
             sizes: the paths tell any client about this machine's folders).
+        threads: PyTorch threads of each worker process (one per endpoint). Default: the cores split
+            evenly among the workers, so that together they never ask for more cores than there are
+            (oversubscribed, each waits on the others).
     """
     from imdb_transformer.serve import ServeConfig, run
 
     config = ServeConfig(
         backbone=backbone, adapter=adapter, index=index, classifier=classifier or [],
         max_batch_size=max_batch_size, batch_timeout=batch_timeout, host=host, port=port,
-        allowed_hosts=allowed_hosts or (), info_paths=info_paths,
+        allowed_hosts=allowed_hosts or (), info_paths=info_paths, threads=threads,
     )  # fmt: skip
     run(config)
 

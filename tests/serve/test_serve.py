@@ -6,11 +6,13 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import REPO, classifier_checkpoint, fails, run_cli
 
 pytest.importorskip("litserve", reason="the server needs the serve extra: pip install -e '.[serve]'")
@@ -462,3 +464,30 @@ def test_the_host_names_answered(tmp_path: Path) -> None:
     assert ServeConfig(backbone="unused", allowed_hosts="a.example, 10.0.0.2").allowed_hosts == (
         "a.example", "10.0.0.2"
     )  # fmt: skip
+
+
+def test_workers_split_the_cores_and_threads_can_be_set(
+    served_models: dict[str, Path], server: Server
+) -> None:
+    from imdb_transformer.hardware import threads_per_worker
+    from imdb_transformer.serve.app import worker_threads
+
+    assert [threads_per_worker(w, cores=2) for w in (1, 2, 4)] == [2, 1, 1]  # never more threads than cores
+    assert [threads_per_worker(w, cores=16) for w in (1, 4, 5)] == [16, 4, 3]
+    every = ServeConfig(backbone=str(served_models["backbone"]), index=str(served_models["index"]),
+                        classifier=[str(served_models["classifier"])])  # fmt: skip
+    assert worker_threads(every) == threads_per_worker(4)  # search, sentiment, embed, generate
+    assert worker_threads(ServeConfig(classifier=["x.ckpt"], threads=3)) == 3
+    with pytest.raises(InputError, match="--threads must be a whole number"):
+        ServeConfig(classifier=["x.ckpt"], threads=0)
+    assert server.call("GET", "/info")[1]["model"]["threads_per_worker"] == threads_per_worker(4)
+    # a worker sets its threads as it starts, before it loads its model
+    before, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
+    try:
+        SentimentAPI(
+            ServeConfig(classifier=[str(served_models["classifier"])], threads=1), api_path="/s"
+        ).setup("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        signal.signal(signal.SIGINT, sigint)  # setup leaves Ctrl-C to a server's main process

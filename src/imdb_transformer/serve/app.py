@@ -83,6 +83,7 @@ class ServeConfig:
     allowed_hosts: Sequence[str] = ()  # Host header names answered beyond LOOPBACK and host; "*": any
     info_paths: bool = False  # GET /info shows the models' file paths
     failures: str | None = None  # where a worker whose model fails to load writes why (run() sets it)
+    threads: int | None = None  # PyTorch threads per worker; None: the cores split among the workers
 
     def __post_init__(self) -> None:
         if self.host not in HOSTS:
@@ -95,6 +96,13 @@ class ServeConfig:
             raise InputError(
                 f"--port must be an integer in 1024..65535 (got {self.port!r}); LitServe refuses the ports "
                 "below 1024, which need root"
+            )
+        threads = self.threads
+        whole = isinstance(threads, int) and not isinstance(threads, bool)
+        if threads is not None and not (whole and 1 <= threads <= 1024):
+            raise InputError(
+                f"--threads must be a whole number in 1..1024 (got {self.threads!r}); leave it out to split "
+                "the cores among the workers"
             )
         if not 1 <= self.max_batch_size <= MAX_BATCH:
             raise InputError(
@@ -132,6 +140,7 @@ class _API(ls.LitAPI):
         the reason written to ``config.failures``, which the main process reports in one line.
         """
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        torch.set_num_threads(worker_threads(self.config))
         try:
             self.load(device)
         except Exception as err:
@@ -315,6 +324,14 @@ def _apis(config: ServeConfig) -> list[_API]:
     ]
 
 
+def worker_threads(config: ServeConfig) -> int:
+    """PyTorch threads of each worker: ``config.threads``, else the usable cores split evenly among the
+    workers (one per endpoint served), so that together they never ask for more cores than there are."""
+    from imdb_transformer.hardware import threads_per_worker
+
+    return config.threads or threads_per_worker(len(served(config)))
+
+
 def describe(config: ServeConfig, explains: bool = False) -> dict:
     """What ``GET /info`` reports about the loaded models (cheap: fingerprints of files, sizes); file
     paths only with ``config.info_paths``, as they tell a client about the machine's folders.
@@ -339,6 +356,7 @@ def describe(config: ServeConfig, explains: bool = False) -> dict:
             {**where(c), "sha256": _file_hash(c), "bytes": _size(c)} for c in config.classifier
         ]
         info["explains"] = explains
+    info["threads_per_worker"] = worker_threads(config)
     info["limits"] = {
         "max_body_bytes": MAX_BODY, "max_texts": MAX_TEXTS, "max_chars": MAX_CHARS, "max_k": MAX_K,
         "max_new_tokens": MAX_NEW_TOKENS,

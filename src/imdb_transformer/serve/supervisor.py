@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from imdb_transformer.errors import ImdbError, InputError
-from imdb_transformer.serve.app import ServeConfig, build_server, failure_report_name, served
+from imdb_transformer.hardware import usable_cores
+from imdb_transformer.serve.app import ServeConfig, build_server, failure_report_name, served, worker_threads
 from imdb_transformer.serve.hosts import HOSTS
 
 GRACE_S = 3.0  # seconds the HTTP server gives open requests once told to stop
@@ -47,6 +48,11 @@ def run(config: ServeConfig) -> None:
         shown = f"[{config.host}]" if ":" in config.host else config.host
         endpoints = ", ".join(served(config))
         print(f"Serving on http://{shown}:{config.port}/ (page), API: {endpoints}", flush=True)
+        print(
+            f"Each endpoint's worker runs {worker_threads(config)} PyTorch thread(s) on {usable_cores()} "
+            "usable core(s) (--threads to change)",
+            flush=True,
+        )
         stopped_by = _Supervisor(server, Path(failures)).run(
             host=HOSTS[config.host], port=config.port, generate_client_file=False, num_api_servers=1
         )
