@@ -24,11 +24,11 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -226,6 +226,58 @@ def generate(
     context, it continues from its last ``block_size - slide`` tokens (default slide: a quarter
     of the context), with or without the cache alike.
     """
+    steps = _token_steps(
+        decoder, prompts, max_new_tokens, strategy, temperature, top_k, top_p, repetition_penalty,
+        eos_id, seed, use_cache, slide,
+    )  # fmt: skip
+    columns = list(steps)  # one (B,) tensor of new tokens per step
+    if not columns:
+        return [[] for _ in prompts]
+    out = []
+    for row in torch.stack(columns, dim=1).tolist():  # one host sync at the end, not one per step
+        out.append(row[: row.index(eos_id)] if eos_id is not None and eos_id in row else row)
+    return out
+
+
+def stream(
+    decoder: CausalDecoder,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    strategy: Strategy = "greedy",
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = EOS_ID,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """Continue one prompt token by token: yields each new token as soon as it is chosen, the same
+    tokens :func:`generate` returns (with the KV cache), stopping before ``eos_id``."""
+    for new in _token_steps(
+        decoder, [prompt], max_new_tokens, strategy, temperature, top_k, top_p, repetition_penalty,
+        eos_id, seed, True, None,
+    ):  # fmt: skip
+        token = int(new[0])
+        if eos_id is not None and token == eos_id:
+            return
+        yield token
+
+
+def _token_steps(
+    decoder: CausalDecoder,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    strategy: Strategy,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    eos_id: int | None,
+    seed: int | None,
+    use_cache: bool,
+    slide: int | None,
+) -> Iterator[Tensor]:
+    """The options checked, then each step's new tokens (B,), the decoder in eval mode meanwhile."""
     check_options(strategy, temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be in 0..{MAX_SEED} (got {seed})")
@@ -235,22 +287,25 @@ def generate(
     slide = slide or max(1, block // 4)
     if not 1 <= slide < block:
         raise InputError(f"slide must be in [1, {block - 1}] for a context of {block} (got {slide})")
-    keep = block - slide
-    was_training = decoder.training
-    try:
-        choose = partial(
+    return _steps_in_eval(
+        decoder, prompts, max_new_tokens, block - slide, eos_id, seed, use_cache,
+        partial(
             next_token, strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty,
-        )  # fmt: skip
-        track_seen = repetition_penalty != 1.0
-        return _generate(
-            decoder.eval(), prompts, max_new_tokens, keep, eos_id, seed, use_cache, choose, track_seen
-        )
+        ),
+        repetition_penalty != 1.0,
+    )  # fmt: skip
+
+
+def _steps_in_eval(decoder: CausalDecoder, *args: Any) -> Iterator[Tensor]:
+    was_training = decoder.training
+    try:
+        yield from _steps(decoder.eval(), *args)
     finally:
         decoder.train(was_training)
 
 
-def _generate(  # the loop of generate(), for a decoder already in eval mode
+def _steps(  # the decoding loop, for a decoder already in eval mode: each step's new tokens (B,)
     decoder: CausalDecoder,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
@@ -260,7 +315,7 @@ def _generate(  # the loop of generate(), for a decoder already in eval mode
     use_cache: bool,
     choose: Callable[..., Tensor],
     track_seen: bool,
-) -> list[list[int]]:
+) -> Iterator[Tensor]:
     block = decoder.config.block_size
     param = next(decoder.parameters())
     device, vocab = param.device, decoder.config.vocab_size
@@ -300,15 +355,11 @@ def _generate(  # the loop of generate(), for a decoder already in eval mode
         if seen is not None:
             seen[rows, new] = True
         end += 1
+        yield new
         if eos_id is not None:
             done |= new == eos_id
             if bool(done.all()):
                 break
-
-    out = []
-    for row in tokens[:, P:end].tolist():
-        out.append(row[: row.index(eos_id)] if eos_id is not None and eos_id in row else row)
-    return out
 
 
 def generate_text(backbone: Backbone, prompts: Sequence[str], max_new_tokens: int, **options) -> list[str]:
@@ -325,3 +376,27 @@ def generate_text(backbone: Backbone, prompts: Sequence[str], max_new_tokens: in
     new = generate(backbone.decoder, ids, max_new_tokens, eos_id=EOS_ID, **options)
     # decode prompt and continuation together, so a word split across them keeps its spacing
     return [tok.decode(p[1:] + n)[len(tok.decode(p[1:])) :] for p, n in zip(ids, new, strict=True)]
+
+
+def stream_text(backbone: Backbone, prompt: str, max_new_tokens: int, **options) -> Iterator[tuple[str, int]]:
+    """Continue one text prompt piece by piece: yields ``(text, tokens)``, the text the newest tokens
+    add to the continuation and how many tokens that took, as :func:`generate_text` reads them (a
+    character spelled by several byte tokens comes out whole, once its last byte is chosen).
+    ``options`` are those of :func:`stream`."""
+    if not prompt.strip():
+        raise InputError("the prompt is empty; give the opening words of a review to continue")
+    tok = backbone.tokenizer
+    ids = tok.encode(prompt)
+    before = tok.decode(ids)
+    new: list[int] = []
+    shown, pending = "", 0
+    for token in stream(backbone.decoder, [EOS_ID, *ids], max_new_tokens, **options):
+        new.append(token)
+        pending += 1
+        text = tok.decode(ids + new)[len(before) :]
+        if text.endswith("\ufffd") or not text.startswith(shown):  # a character still being spelled
+            continue
+        yield text[len(shown) :], pending
+        shown, pending = text, 0
+    if pending:  # bytes that never became a character: what decoding them gives
+        yield tok.decode(ids + new)[len(before) :][len(shown) :], pending

@@ -12,7 +12,15 @@ from helpers import cli
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.errors import InputError
-from imdb_transformer.generation import fastest_dtype, generate, generate_text, in_dtype, next_token
+from imdb_transformer.generation import (
+    fastest_dtype,
+    generate,
+    generate_text,
+    in_dtype,
+    next_token,
+    stream,
+    stream_text,
+)
 
 
 @pytest.fixture
@@ -223,3 +231,27 @@ def test_decode_speeds_times_both_dtypes(model: CausalDecoder) -> None:
 
     speeds = _decode_speeds(model, 2, steps=3)
     assert set(speeds) == {"float32", "bfloat16"} and all(v > 0 for v in speeds.values())
+
+
+@pytest.mark.parametrize("options", [{"strategy": "greedy"}, {"strategy": "top_p", "seed": 3}])
+def test_streaming_yields_the_tokens_generate_returns(model: CausalDecoder, options: dict) -> None:
+    prompt = [3, 5, 7, 9]
+    model.train()
+    streamed = list(stream(model, prompt, 40, eos_id=None, **options))
+    assert streamed == generate(model, [prompt], 40, eos_id=None, **options)[0]
+    assert model.training  # put back as it was
+    stopped = list(stream(model, prompt, 40, eos_id=streamed[5], **options))
+    assert stopped == streamed[: streamed.index(streamed[5])]  # ends before the end-of-text token
+
+
+def test_streamed_text_adds_up_to_the_generated_text(pretrained_run) -> None:
+    backbone = load_backbone(pretrained_run / "backbone")
+    for prompt in ("This movie", "Ünïcödé 🎬 film"):
+        pieces = list(stream_text(backbone, prompt, 30, strategy="top_k", seed=7))
+        assert (
+            "".join(text for text, _ in pieces)
+            == generate_text(backbone, [prompt], 30, strategy="top_k", seed=7)[0]
+        )
+        assert all(count >= 1 for _, count in pieces)
+    with pytest.raises(InputError, match="prompt is empty"):
+        next(stream_text(backbone, "  ", 5))
