@@ -60,7 +60,14 @@ def server(served_models: dict[str, Path], tmp_path_factory) -> Server:
 def test_each_endpoint_answers(server: Server) -> None:
     status, info = server.call("GET", "/info")
     assert status == 200 and info["model"]["index"]["reviews"] == 80
-    assert set(info["model"]["endpoints"]) == {"/search", "/sentiment", "/embed", "/generate"}
+    assert set(info["model"]["endpoints"]) == {
+        "/search",
+        "/sentiment",
+        "/embed",
+        "/generate",
+        "/v1/completions",
+        "/v1/embeddings",
+    }
     status, found = server.call("POST", "/search", {"query": "a good film", "k": 3})
     assert status == 200 and len(found["hits"]) == 3
     assert {"rank", "score", "id", "label", "snippet"} <= set(found["hits"][0])
@@ -476,11 +483,11 @@ def test_workers_split_the_cores_and_threads_can_be_set(
     assert [threads_per_worker(w, cores=16) for w in (1, 4, 5)] == [16, 4, 3]
     every = ServeConfig(backbone=str(served_models["backbone"]), index=str(served_models["index"]),
                         classifier=[str(served_models["classifier"])])  # fmt: skip
-    assert worker_threads(every) == threads_per_worker(4)  # search, sentiment, embed, generate
+    assert worker_threads(every) == threads_per_worker(6)  # search, sentiment, embed, generate and /v1's two
     assert worker_threads(ServeConfig(classifier=["x.ckpt"], threads=3)) == 3
     with pytest.raises(InputError, match="--threads must be a whole number"):
         ServeConfig(classifier=["x.ckpt"], threads=0)
-    assert server.call("GET", "/info")[1]["model"]["threads_per_worker"] == threads_per_worker(4)
+    assert server.call("GET", "/info")[1]["model"]["threads_per_worker"] == threads_per_worker(6)
     # a worker sets its threads as it starts, before it loads its model
     before, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
     try:
@@ -491,3 +498,102 @@ def test_workers_split_the_cores_and_threads_can_be_set(
     finally:
         torch.set_num_threads(before)
         signal.signal(signal.SIGINT, sigint)  # setup leaves Ctrl-C to a server's main process
+
+
+# --- OpenAI-compatible endpoints, called with the official openai client ----------------------------
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    openai = pytest.importorskip("openai", reason="the OpenAI tests need the openai client (dev extra)")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_lists_the_served_model(client, served_models: dict[str, Path]) -> None:
+    from imdb_transformer.core.backbone import load_spec
+
+    models = client.models.list().data
+    assert [m.id for m in models] == [f"imdb-transformer-{load_spec(served_models['backbone']).signature}"]
+    assert models[0].model_extra["embeddings"].startswith("dense, ")
+    assert set(models[0].model_extra["endpoints"]) == {"/v1/completions", "/v1/embeddings"}
+
+
+def test_completions_give_the_generate_endpoints_text(client, server: Server) -> None:
+    model = client.models.list().data[0].id
+    done = client.completions.create(model=model, prompt="This movie", max_tokens=12, temperature=0)
+    expected = server.call(
+        "POST", "/generate", {"prompt": "This movie", "strategy": "greedy", "max_new_tokens": 12}
+    )[1]["text"]
+    assert done.choices[0].text == expected and done.object == "text_completion"
+    assert done.choices[0].finish_reason in ("length", "stop") and done.usage.completion_tokens <= 12
+    assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
+    # the same text streamed, token by token, as server-sent events
+    chunks = list(
+        client.completions.create(model=model, prompt="This movie", max_tokens=12, temperature=0, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
+    # a seed repeats a sample; a stop sequence ends the text before it
+    sampling = {
+        "model": model,
+        "prompt": "A film",
+        "max_tokens": 20,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "seed": 5,
+    }
+    sampled = [client.completions.create(**sampling).choices[0].text for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    word = expected.split()[1] if len(expected.split()) > 1 else expected.split()[0]
+    stopped = client.completions.create(
+        model=model, prompt="This movie", max_tokens=12, temperature=0, stop=[word]
+    )
+    assert stopped.choices[0].text == expected[: expected.index(word)]
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(
+        model=model, prompt="This movie", max_tokens=12, temperature=0, stop=word, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == stopped.choices[0].text
+
+
+def test_embeddings_are_the_embed_endpoints_vectors(client, server: Server) -> None:
+    texts = ["a classic horror film", "great fun"]
+    ours = server.call("POST", "/embed", {"texts": texts})[1]["vectors"]
+    given = client.embeddings.create(model="any", input=texts)  # the client asks for base64 by default
+    assert [e.index for e in given.data] == [0, 1]
+    assert torch.allclose(torch.tensor([e.embedding for e in given.data]), torch.tensor(ours), atol=1e-6)
+    one = client.embeddings.create(model="any", input="great fun", encoding_format="float")
+    assert torch.allclose(torch.tensor(one.data[0].embedding), torch.tensor(ours[1]), atol=1e-6)
+    assert one.usage.prompt_tokens > 0
+
+
+def test_openai_requests_are_checked_alone(client) -> None:
+    import openai
+
+    bad = [
+        {"prompt": "  "}, {"prompt": "film", "max_tokens": MAX_NEW_TOKENS + 1}, {"prompt": "film", "n": 2},
+        {"prompt": "film", "temperature": 3}, {"prompt": ["a", "b"]}, {"prompt": "film", "stop": ["a"] * 5},
+        {"prompt": "film", "extra_body_field": 1},
+    ]  # fmt: skip
+    for request in bad:
+        extra = {k: request.pop(k) for k in list(request) if k == "extra_body_field"}
+        with pytest.raises(openai.UnprocessableEntityError):
+            client.completions.create(model="m", **request, extra_body=extra or None)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.embeddings.create(model="m", input=[])
+    assert client.completions.create(model="m", prompt="film", max_tokens=2).choices[0].text is not None
+
+
+def test_a_sparse_embedder_is_refused_with_the_reason(pretrained_run: Path, adapter_run: Path) -> None:
+    from fastapi import HTTPException
+
+    from imdb_transformer.serve.app import OpenAIEmbeddingsAPI
+    from imdb_transformer.serve.schemas import EmbeddingsRequest
+
+    config = ServeConfig(backbone=str(pretrained_run / "backbone"), adapter=str(adapter_run / "adapter"))
+    api = OpenAIEmbeddingsAPI(config, api_path="/v1/embeddings")
+    api.load("cpu")
+    assert api.embedder.sparse
+    with pytest.raises(HTTPException, match="sparse adapter") as refused:
+        api.predict_many([EmbeddingsRequest(input="good")])
+    assert refused.value.status_code == 400

@@ -35,6 +35,8 @@ import hashlib
 import json
 import signal
 import sys
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -52,6 +54,8 @@ from imdb_transformer.serve.schemas import (
     MAX_K,
     MAX_NEW_TOKENS,
     MAX_TEXTS,
+    CompletionRequest,
+    EmbeddingsRequest,
     GenerateRequest,
     SearchRequest,
     SentimentRequest,
@@ -253,6 +257,130 @@ class GenerateAPI(_API):
         return out
 
 
+class CompletionsAPI(_API):
+    """OpenAI's ``POST /v1/completions`` over the backbone, one request at a time; the answer streams
+    out as it is decoded: server-sent events (``data: {chunk}``, then ``data: [DONE]``) when the
+    request says ``stream``, else one JSON object once done. LitServe's OpenAI spec covers chat
+    completions, which a base language model has no template for; this is the completions API."""
+
+    def load(self, device: str) -> None:
+        from imdb_transformer.core.backbone import load_backbone
+
+        self.backbone = load_backbone(self.config.backbone)
+        self.backbone.decoder.to(device)
+        self.model_id = model_id(self.config)
+
+    def decode_request(self, request: CompletionRequest) -> CompletionRequest:
+        return request
+
+    def predict(self, request: CompletionRequest):
+        from imdb_transformer.generation import stream_text
+
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": self.model_id,
+        }  # fmt: skip
+        stops = request.stops
+        hold = max((len(s) for s in stops), default=1) - 1  # text that may still become a stop sequence
+        text, sent, tokens, finish = "", 0, 0, None
+        pieces = stream_text(self.backbone, request.text, request.max_tokens, **request.sampling())
+        for piece, count in pieces:
+            text, tokens = text + piece, tokens + count
+            found = [i for i in (text.find(s) for s in stops) if i >= 0]
+            if found:
+                text, finish = text[: min(found)], "stop"
+                break
+            if request.stream and len(text) - hold > sent:
+                yield _event(head, text[sent : len(text) - hold], None)
+                sent = len(text) - hold
+        finish = finish or ("length" if tokens >= request.max_tokens else "stop")  # else: end of text
+        if request.stream:
+            if len(text) > sent:
+                yield _event(head, text[sent:], None)
+            yield _event(head, "", finish)
+            yield "data: [DONE]\n\n"
+            return
+        prompt_tokens = len(self.backbone.tokenizer.encode(request.text)) + 1  # after an end-of-text mark
+        yield json.dumps({
+            **head,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+            "usage": {
+                "prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            },
+        })  # fmt: skip
+
+    def encode_response(self, outputs):
+        yield from outputs  # already what the client reads: events, or one JSON object
+
+
+def _event(head: dict, text: str, finish: str | None) -> str:
+    """One server-sent event of a streamed completion."""
+    choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+    return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
+
+
+class OpenAIEmbeddingsAPI(_API):
+    """OpenAI's ``POST /v1/embeddings``: the vectors ``/embed`` gives (the index's embedder, else the
+    backbone's), as floats or base64 of little-endian float32. A sparse adapter's vectors (one
+    dimension per vocabulary entry) do not fit OpenAI's dense lists: every request is then answered
+    400 saying so, and ``GET /v1/models`` says it beforehand."""
+
+    def load(self, device: str) -> None:
+        self.embedder = _embedder(self.config)
+        self.model_id = model_id(self.config)
+
+    def decode_request(self, request: EmbeddingsRequest) -> EmbeddingsRequest:
+        return request
+
+    def predict_many(self, requests: list[EmbeddingsRequest]) -> list[dict]:
+        import base64
+
+        import numpy as np
+        from fastapi import HTTPException
+
+        if self.embedder.sparse:
+            raise HTTPException(400, SPARSE_EMBEDDINGS)
+        texts = [t for r in requests for t in r.texts]
+        vectors = self.embedder.embed(texts, progress=False).float().numpy()
+        counts = [len(ids) for ids in self.embedder.tokenizer.encode(texts)]
+        out, start = [], 0
+        for r in requests:
+            data = []
+            for i in range(len(r.texts)):
+                row = vectors[start + i]
+                value = (
+                    row.tolist()
+                    if r.encoding_format == "float"
+                    else base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+                )
+                data.append({"object": "embedding", "index": i, "embedding": value})
+            used = int(np.sum(counts[start : start + len(r.texts)]))
+            start += len(r.texts)
+            out.append({
+                "object": "list", "data": data, "model": self.model_id,
+                "usage": {"prompt_tokens": used, "total_tokens": used},
+            })  # fmt: skip
+        return out
+
+
+SPARSE_EMBEDDINGS = (
+    "this server's embedder is a sparse adapter (one dimension per vocabulary entry, few of them non-zero), "
+    "which OpenAI's dense float lists cannot carry: POST /embed returns its vectors as indices and values; "
+    "start the server with --backbone alone (or an index of a dense adapter) for /v1/embeddings"
+)
+
+
+def model_id(config: ServeConfig) -> str:
+    """The name the OpenAI-compatible endpoints give the served model: the backbone's signature."""
+    from imdb_transformer.core.backbone import load_spec
+
+    if config.backbone is not None:
+        return f"imdb-transformer-{load_spec(config.backbone).signature}"
+    meta = _index_meta(config.index)
+    return f"imdb-transformer-index-{meta.get('count')}-reviews"
+
+
 def _label(probability: float) -> dict:
     return {"label": "pos" if probability > 0.5 else "neg", "probability": probability}
 
@@ -287,6 +415,7 @@ class Endpoint:
     needs: Callable[[ServeConfig], bool]
     missing: str
     batched: bool = True
+    stream: bool = False
 
 
 ENDPOINTS = (
@@ -306,6 +435,15 @@ ENDPOINTS = (
         "/generate", GenerateAPI, lambda c: c.backbone is not None,
         "start the server with --backbone PATH (a pretraining run's backbone/ folder)", batched=False,
     ),
+    Endpoint(  # OpenAI's completions, streamed as decoded: one request at a time
+        "/v1/completions", CompletionsAPI, lambda c: c.backbone is not None,
+        "start the server with --backbone PATH (a pretraining run's backbone/ folder)", batched=False,
+        stream=True,
+    ),
+    Endpoint(
+        "/v1/embeddings", OpenAIEmbeddingsAPI, lambda c: c.index is not None or c.backbone is not None,
+        "start the server with --backbone PATH or --index DIR",
+    ),
 )  # fmt: skip
 
 
@@ -318,7 +456,7 @@ def _apis(config: ServeConfig) -> list[_API]:
     """One LitServe API per endpoint whose model was given."""
     batching = {"max_batch_size": config.max_batch_size, "batch_timeout": config.batch_timeout}
     return [
-        e.api(config, api_path=e.path, **(batching if e.batched else {}))
+        e.api(config, api_path=e.path, stream=e.stream, **(batching if e.batched else {}))
         for e in ENDPOINTS
         if e.needs(config)
     ]
@@ -404,17 +542,20 @@ def build_server(config: ServeConfig):
     from fastapi.responses import HTMLResponse, JSONResponse
 
     apis = _apis(config)
-    explains = _preflight(config)
+    loaded = _preflight(config)
     if not apis:
         raise InputError("nothing to serve: give --backbone PATH, --index DIR and/or --classifier CKPT")
     server = ls.LitServer(
         apis, accelerator="cpu" if not torch.cuda.is_available() else "auto", max_payload_size=MAX_BODY,
-        model_metadata=describe(config, explains), timeout=60, disable_openapi_url=True,
+        model_metadata=describe(config, loaded.explains), timeout=60, disable_openapi_url=True,
     )  # fmt: skip
     html = page()
     # the page replaces LitServe's own "/" (a plain "litserve running")
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
     server.app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET"], include_in_schema=False)
+    if config.backbone is not None or config.index is not None:
+        models = models_list(config, loaded)
+        server.app.add_api_route("/v1/models", lambda: JSONResponse(models), methods=["GET"])
     for endpoint in ENDPOINTS:
         if endpoint.needs(config):
             continue
@@ -435,18 +576,42 @@ def failure_report_name(api_path: str) -> str:
     return api_path.strip("/").replace("/", "_") + ".failed"
 
 
-def _preflight(config: ServeConfig) -> bool:
+@dataclass
+class Loaded:
+    """What loading the models once in the main process told about them."""
+
+    explains: bool = False  # the classifiers have word votes: /sentiment can explain its verdicts
+    embeddings: str | None = None  # the vectors /v1/embeddings serves, or why it cannot
+
+
+def _preflight(config: ServeConfig) -> Loaded:
     """Load every model once here, so a wrong path or a damaged file stops the command with one clear
-    line before any worker process starts (a worker's failure would only end the server). Returns
-    whether the classifiers can explain their verdicts (have word votes)."""
+    line before any worker process starts (a worker's failure would only end the server)."""
+    loaded = Loaded()
+    embedder = None
     if config.index is not None:
         from imdb_transformer.search import SemanticIndex
 
-        SemanticIndex.load(config.index, backbone=config.backbone, adapter=config.adapter)
+        embedder = SemanticIndex.load(config.index, backbone=config.backbone, adapter=config.adapter).embedder
     elif config.backbone is not None:
-        _embedder(config)
+        embedder = _embedder(config)
+    if embedder is not None:
+        loaded.embeddings = SPARSE_EMBEDDINGS if embedder.sparse else f"dense, {embedder.dim} dimensions"
     if config.classifier:
         from imdb_transformer.ensemble import SentimentEnsemble
 
-        return SentimentEnsemble(config.classifier).explains
-    return False
+        loaded.explains = SentimentEnsemble(config.classifier).explains
+    return loaded
+
+
+def models_list(config: ServeConfig, loaded: Loaded) -> dict:
+    """``GET /v1/models``: the one served model, in OpenAI's shape, with the OpenAI-compatible
+    endpoints it answers and the vectors ``/v1/embeddings`` gives."""
+    return {
+        "object": "list",
+        "data": [{
+            "id": model_id(config), "object": "model", "created": 0, "owned_by": "imdb_transformer",
+            "endpoints": [path for path in served(config) if path.startswith("/v1/")],
+            "embeddings": loaded.embeddings,
+        }],
+    }  # fmt: skip

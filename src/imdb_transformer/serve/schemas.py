@@ -7,7 +7,7 @@ This module deliberately has no ``from __future__ import annotations``: LitServe
 type from ``decode_request``'s annotation at run time.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -106,3 +106,67 @@ def _printable(value: object, limit: int) -> str:
     """``value`` as text that JSON can carry (a lone surrogate escaped), cut to ``limit`` characters."""
     text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- OpenAI-compatible requests (/v1/completions, /v1/embeddings) -----------------------------------
+
+MAX_STOPS = 4  # stop sequences of one completion, as OpenAI allows
+
+
+class CompletionRequest(_Strict):
+    """OpenAI's ``/v1/completions`` for one prompt (``n`` 1, no ``logprobs``, ``echo`` or penalties:
+    an unknown field is a 422 naming it). ``temperature`` 0 decodes greedily; ``top_p`` below 1
+    samples from the nucleus, else from the whole distribution at ``temperature``."""
+
+    model: str | None = None
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    max_tokens: int = Field(16, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    stop: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200)]
+        | Annotated[
+            list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=MAX_STOPS)
+        ]
+        | None
+    ) = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    user: str | None = None
+
+    def model_post_init(self, context: object) -> None:
+        _words(self.text)
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def stops(self) -> list[str]:
+        return [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def sampling(self) -> dict:
+        """The options of :func:`imdb_transformer.generation.stream` this request asks for."""
+        if self.temperature == 0:
+            return {"strategy": "greedy", "seed": self.seed}
+        strategy = "top_p" if self.top_p < 1 else "sample"
+        return {"strategy": strategy, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+class EmbeddingsRequest(_Strict):
+    """OpenAI's ``/v1/embeddings``: one text or a list; vectors as floats or as base64 of float32
+    (what the official client asks for by default)."""
+
+    model: str | None = None
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)]
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+    def model_post_init(self, context: object) -> None:
+        for text in self.texts:
+            _words(text)
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
