@@ -401,7 +401,7 @@ def test_sentiment_explains_on_request_and_says_when_it_cannot(
     assert describe(config, explains=False)["explains"] is False
 
 
-def test_the_page_reports_bad_input_and_generates(page) -> None:
+def test_the_page_reports_bad_input_and_generates(page, server: Server) -> None:
     page.fill("#query", "   ")
     page.click("#search-form button")
     page.wait_for_function("document.getElementById('search-error').textContent.length > 0")
@@ -410,7 +410,12 @@ def test_the_page_reports_bad_input_and_generates(page) -> None:
     page.select_option("#strategy", "greedy")
     page.fill("#max_new_tokens", "8")
     page.click("#generate-form button")
-    page.wait_for_function("document.getElementById('generated').textContent.startsWith('This movie')")
+    greedy = {"prompt": "This movie", "max_tokens": 8, "temperature": 0}
+    expected = "This movie" + server.call("POST", "/v1/completions", greedy)[1]["choices"][0]["text"]
+    page.wait_for_function(f"document.getElementById('generated').textContent === {json.dumps(expected)}")
+    page.fill("#prompt", "   ")  # the server's reason is shown, as for the other boxes
+    page.click("#generate-form button")
+    page.wait_for_function("document.getElementById('generate-error').textContent.includes('empty')")
     page.fill("#query", "a good film")
     page.click("#search-form button")
     page.wait_for_function("document.getElementById('search-error').textContent === ''")
@@ -544,6 +549,10 @@ def test_completions_give_the_generate_endpoints_text(client, server: Server) ->
     }
     sampled = [client.completions.create(**sampling).choices[0].text for _ in range(2)]
     assert sampled[0] == sampled[1]
+    top_1 = client.completions.create(**sampling, extra_body={"top_k": 1})  # vLLM's extension: k likeliest
+    assert (
+        top_1.choices[0].text == client.completions.create(**{**sampling, "temperature": 0}).choices[0].text
+    )
     word = expected.split()[1] if len(expected.split()) > 1 else expected.split()[0]
     stopped = client.completions.create(
         model=model, prompt="This movie", max_tokens=12, temperature=0, stop=[word]

@@ -115,14 +115,16 @@ MAX_STOPS = 4  # stop sequences of one completion, as OpenAI allows
 
 class CompletionRequest(_Strict):
     """OpenAI's ``/v1/completions`` for one prompt (``n`` 1, no ``logprobs``, ``echo`` or penalties:
-    an unknown field is a 422 naming it). ``temperature`` 0 decodes greedily; ``top_p`` below 1
-    samples from the nucleus, else from the whole distribution at ``temperature``."""
+    an unknown field is a 422 naming it). ``temperature`` 0 decodes greedily; ``top_k`` (an extension
+    OpenAI does not have) samples from the k likeliest; ``top_p`` below 1 from the nucleus; else from
+    the whole distribution at ``temperature``."""
 
     model: str | None = None
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
     max_tokens: int = Field(16, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, le=10_000)  # beyond OpenAI's fields, as vLLM takes it
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     stop: (
         Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -150,8 +152,10 @@ class CompletionRequest(_Strict):
         """The options of :func:`imdb_transformer.generation.stream` this request asks for."""
         if self.temperature == 0:
             return {"strategy": "greedy", "seed": self.seed}
-        strategy = "top_p" if self.top_p < 1 else "sample"
-        return {"strategy": strategy, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        options = {"temperature": self.temperature, "seed": self.seed}
+        if self.top_k is not None:
+            return {"strategy": "top_k", "top_k": self.top_k, **options}
+        return {"strategy": "top_p" if self.top_p < 1 else "sample", "top_p": self.top_p, **options}
 
 
 class EmbeddingsRequest(_Strict):
