@@ -232,7 +232,7 @@ def test_a_real_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None
 def test_verbs_spell_their_options_as_their_signatures_declare(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert list(VERBS) == ["embed", "search", "generate", "classify", "serve"]
+    assert list(VERBS) == ["embed", "search", "generate", "classify", "serve", "export"]
     parse = {name: (lambda argv, name=name: verb_parser(name).parse_args(argv).as_dict()) for name in VERBS}
     # a list given by repeating its option, under its name or its old one (which says so)
     generate = parse["generate"](["--checkpoint", "b", "--prompt", "one", "--prompt=two"])
