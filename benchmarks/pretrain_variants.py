@@ -9,7 +9,8 @@ options, stopped by Lightning's ``--trainer.max_time`` after the same number of 
 learning-rate schedule stays the config's, so each run is the first minutes of the full run it would
 become), then ``imdb-transformer validate`` on its last checkpoint: the same held-out reviews for
 every variant, with its bits per byte. The runs go one after another on the same cores; the table
-gives each variant's steps, tokens/s and ``val/bpb``, and its difference from the first variant.
+gives each variant's steps, tokens/s (Lightning's throughput monitor over the last 50 steps) and
+``val/bpb``, and its difference from the first variant.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     record.notes.update(config=args.config, minutes=args.minutes, options=args.options)
     table = record.table(
         f"{args.minutes:g} minutes of training each",
-        ["variant", "options", "steps", "tokens/s", "val/bpb", "vs first"],
+        ["variant", "options", "steps", "tokens/s (last 50 steps)", "val/bpb", "vs first"],
     )
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.root or scratch).resolve()

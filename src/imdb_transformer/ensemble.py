@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ class SentimentEnsemble:
         self.checkpoints = [str(c) for c in checkpoints]
         self.members = [_load(c, device) for c in self.checkpoints]
         self.device = device
+        self.groups = self._shared_backbones()
 
     @property
     def names(self) -> list[str]:
@@ -78,7 +80,7 @@ class SentimentEnsemble:
         bar = tqdm(
             total=len(texts) * len(self.members), desc="Classifying", unit="text", disable=not progress
         )
-        for group in self._shared_backbones():
+        for group in self.groups:
             first = self.members[group[0]]
             ids = first.tokenizer.encode(cleaned)
             config = first.backbone.config
@@ -86,13 +88,14 @@ class SentimentEnsemble:
             for chunk in length_batches(ids, batch_size, config.block_size, max_tokens):
                 batch = collate_reviews([{"ids": ids[i]} for i in chunk], config.block_size, config.reverse)
                 tokens, mask = batch["ids"].to(self.device), batch["mask"].to(self.device)
-                layers = first.backbone.layer_states(tokens, mask) if shared else None
+                layer_states = first.backbone.layer_states(tokens, mask) if shared else None
                 for m in group:
                     member = self.members[m]
                     if words is not None and member.lexical is not None:
-                        logits, shares = member.explain(tokens, mask, layers)
+                        logits, shares = member.explain(tokens, mask, layer_states)
                     else:
-                        logits, shares = member.classify(member.features(tokens, mask, layers=layers)), None
+                        features = member.features(tokens, mask, layer_states=layer_states)
+                        logits, shares = member.classify(features), None
                     out[m, chunk] = torch.sigmoid(logits.float()).cpu()
                     if shares is not None:
                         for i, row, real, share in zip(
@@ -112,15 +115,18 @@ class SentimentEnsemble:
         return any(m.lexical is not None for m in self.members)
 
     def _shared_backbones(self) -> list[list[int]]:
-        """The members in groups that share one backbone (the same weights and tokenizer, as frozen
-        classifiers over one pretraining run do): each group's backbone runs once per batch for all
-        of its members."""
+        """The members in groups that share one backbone (the same weights, shape, direction and
+        tokenizer, as frozen classifiers over one pretraining run do): each group's backbone runs once
+        per batch for all of its members. Found once, when the ensemble is loaded."""
         if len(self.members) == 1:
             return [[0]]
         groups: dict[str, list[int]] = {}
         for m, member in enumerate(self.members):
+            shape = asdict(member.backbone.config)
+            shape.pop("dropout")  # off when classifying
             weights = weights_fingerprint(member.backbone.state_dict())
-            groups.setdefault(f"{weights}-{tokenizer_fingerprint(member.tokenizer)}", []).append(m)
+            key = f"{weights}-{tokenizer_fingerprint(member.tokenizer)}-{sorted(shape.items())}"
+            groups.setdefault(key, []).append(m)
         return list(groups.values())
 
     def probabilities(

@@ -239,6 +239,7 @@ def generate(
     return out
 
 
+@torch.inference_mode()
 def stream(
     decoder: CausalDecoder,
     prompt: Sequence[int],

@@ -47,8 +47,8 @@ def default_precision(accelerator: object = "auto") -> str:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow),
-    else every core the machine has."""
+    """The cores this process may run on: its CPU affinity (which ``taskset`` and cpusets narrow; a
+    cgroup CPU quota such as ``docker --cpus`` is not counted), else every core of the machine."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity on this platform
@@ -57,6 +57,6 @@ def usable_cores() -> int:
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """PyTorch threads for each of ``workers`` processes sharing the cores: the cores split evenly, at
-    least one each. More threads than cores in all makes every process wait on the others (OpenMP
-    threads spin on a busy core), which costs far more than the threads would gain."""
+    least one each. A process whose OpenMP threads share cores with other busy processes waits on its
+    slowest thread at every parallel region, which costs far more than the threads would gain."""
     return max(1, (cores or usable_cores()) // max(1, workers))

@@ -354,8 +354,8 @@ def serve(
         info_paths: Show the models' file paths in GET /info (by default only fingerprints and
             sizes: the paths tell any client about this machine's folders).
         threads: PyTorch threads of each worker process (one per endpoint). Default: the cores split
-            evenly among the workers, so that together they never ask for more cores than there are
-            (oversubscribed, each waits on the others).
+            evenly among the workers, at least one each (a worker whose threads share cores with
+            other workers waits on its slowest thread).
     """
     from imdb_transformer.serve import ServeConfig, run
 

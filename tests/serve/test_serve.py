@@ -20,7 +20,7 @@ pytest.importorskip("litserve", reason="the server needs the serve extra: pip in
 from imdb_transformer.errors import InputError  # noqa: E402
 from imdb_transformer.serve import ServeConfig, free_port, run
 from imdb_transformer.serve import ServerProcess as Server
-from imdb_transformer.serve.app import SentimentAPI, describe
+from imdb_transformer.serve.app import SentimentAPI, _preflight
 from imdb_transformer.serve.hosts import allowed_host_names
 from imdb_transformer.serve.schemas import MAX_NEW_TOKENS, MAX_TEXTS, SentimentRequest  # noqa: E402
 
@@ -398,7 +398,7 @@ def test_sentiment_explains_on_request_and_says_when_it_cannot(
     asked = [SentimentRequest(texts=["good"], explain=True), SentimentRequest(texts=["bad"])]
     answers = api.predict_many(asked)
     assert answers[0]["results"][0]["words"] is None and "words" not in answers[1]["results"][0]
-    assert describe(config, explains=False)["explains"] is False
+    assert _preflight(config).explains is False  # what GET /info reports as explains
 
 
 def test_the_page_reports_bad_input_and_generates(page, server: Server) -> None:
@@ -484,7 +484,7 @@ def test_workers_split_the_cores_and_threads_can_be_set(
     from imdb_transformer.hardware import threads_per_worker
     from imdb_transformer.serve.app import worker_threads
 
-    assert [threads_per_worker(w, cores=2) for w in (1, 2, 4)] == [2, 1, 1]  # never more threads than cores
+    assert [threads_per_worker(w, cores=2) for w in (1, 2, 4)] == [2, 1, 1]  # split, at least one each
     assert [threads_per_worker(w, cores=16) for w in (1, 4, 5)] == [16, 4, 3]
     every = ServeConfig(backbone=str(served_models["backbone"]), index=str(served_models["index"]),
                         classifier=[str(served_models["classifier"])])  # fmt: skip
@@ -549,7 +549,8 @@ def test_completions_give_the_generate_endpoints_text(client, server: Server) ->
     }
     sampled = [client.completions.create(**sampling).choices[0].text for _ in range(2)]
     assert sampled[0] == sampled[1]
-    top_1 = client.completions.create(**sampling, extra_body={"top_k": 1})  # vLLM's extension: k likeliest
+    # vLLM's extension top_k (with top_p left at 1): k = 1 is greedy
+    top_1 = client.completions.create(**{**sampling, "top_p": 1.0}, extra_body={"top_k": 1})
     assert (
         top_1.choices[0].text == client.completions.create(**{**sampling, "temperature": 0}).choices[0].text
     )
@@ -590,7 +591,15 @@ def test_openai_requests_are_checked_alone(client) -> None:
             client.completions.create(model="m", **request, extra_body=extra or None)
     with pytest.raises(openai.UnprocessableEntityError):
         client.embeddings.create(model="m", input=[])
-    assert client.completions.create(model="m", prompt="film", max_tokens=2).choices[0].text is not None
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.completions.create(model="m", prompt="film", top_p=0.5, extra_body={"top_k": 5})
+    assert "not both" in refused.value.response.text  # the reason, for the client to show
+    # what some wrappers send at its neutral value is accepted; the server still answers
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "echo": False, "logprobs": None}
+    assert (
+        client.completions.create(model="m", prompt="film", max_tokens=2, **neutral).object
+        == "text_completion"
+    )
 
 
 def test_a_sparse_embedder_is_refused_with_the_reason(pretrained_run: Path, adapter_run: Path) -> None:
@@ -606,3 +615,47 @@ def test_a_sparse_embedder_is_refused_with_the_reason(pretrained_run: Path, adap
     with pytest.raises(HTTPException, match="sparse adapter") as refused:
         api.predict_many([EmbeddingsRequest(input="good")])
     assert refused.value.status_code == 400
+
+
+def test_completions_say_their_content_type(server: Server) -> None:
+    import urllib.request
+
+    for stream, kind in ((False, "application/json"), (True, "text/event-stream")):
+        body = json.dumps({"prompt": "This movie", "max_tokens": 3, "stream": stream}).encode()
+        request = urllib.request.Request(
+            server.url + "/v1/completions", body, {"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.headers["Content-Type"] == kind
+            text = answer.read().decode()
+        assert (
+            text.endswith("data: [DONE]\n\n") if stream else json.loads(text)["object"] == "text_completion"
+        )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_sequence_split_across_pieces_is_held_back_and_cut(monkeypatch, stream: bool) -> None:
+    """The text a stream sends never holds a stop sequence, even one spelled across several pieces, and
+    adds up to the text before it."""
+    import imdb_transformer.generation as generation
+    from imdb_transformer.serve.app import CompletionsAPI
+    from imdb_transformer.serve.schemas import CompletionRequest
+
+    pieces = [("a", 1), ("b", 1), ("c", 1), ("d", 1), ("e", 1)]
+    monkeypatch.setattr(generation, "stream_text", lambda *args, **options: (piece for piece in pieces))
+    api = CompletionsAPI(ServeConfig(backbone="unused"), api_path="/v1/completions", stream=True)
+    api.backbone = type(
+        "Fake", (), {"tokenizer": type("T", (), {"encode": staticmethod(lambda t: [1, 2])})()}
+    )()
+    api.model_id = "m"
+    out = list(api.predict(CompletionRequest(prompt="x", stop=["bcd", "zz"], stream=stream, max_tokens=9)))
+    if stream:
+        events = [json.loads(e[len("data: ") :]) for e in out if e != "data: [DONE]\n\n"]
+        assert "".join(e["choices"][0]["text"] for e in events) == "a"
+        assert [e["choices"][0]["finish_reason"] for e in events][-1] == "stop" and out[
+            -1
+        ] == "data: [DONE]\n\n"
+    else:
+        answer = json.loads(out[0])
+        assert answer["choices"][0] == {"text": "a", "index": 0, "logprobs": None, "finish_reason": "stop"}
+        assert answer["usage"]["completion_tokens"] == 4  # the pieces up to the one that ends the stop

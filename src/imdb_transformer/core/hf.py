@@ -113,7 +113,7 @@ def _bias(state: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
     return state[name] if name in state else torch.zeros(size)
 
 
-def fast_tokenizer(tokenizer: Tokenizer):
+def fast_tokenizer(tokenizer: Tokenizer, model_max_length: int | None = None):
     """A ``PreTrainedTokenizerFast`` that encodes as our SentencePiece model does (no marks added)."""
     transformers = _transformers()
     from sentencepiece import sentencepiece_model_pb2
@@ -121,7 +121,10 @@ def fast_tokenizer(tokenizer: Tokenizer):
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(tokenizer.to_bytes())
-    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+    if proto.trainer_spec.model_type == proto.trainer_spec.BPE:  # the converter merges by piece score
+        vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    else:  # unigram: each piece with its log-probability
+        vocab = [(piece.piece, piece.score) for piece in proto.pieces]
     fast = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
     if fast is None:
         raise InputError("the tokenizer's SentencePiece model could not be converted (not unigram or BPE)")
@@ -138,7 +141,7 @@ def fast_tokenizer(tokenizer: Tokenizer):
         unk_token=pieces[1],
         bos_token=pieces[2],
         eos_token=pieces[3],
-        model_max_length=None,
+        model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
 
@@ -211,17 +214,18 @@ with `imdb-transformer export --format hf`.
   25,000 `test` reviews were never read, so sentiment figures on them stay honest.
 - **Tokenizer**: SentencePiece ({backbone.tokenizer.vocab_size:,} pieces, byte fallback: no unknown
   characters), fitted on the same reviews; `tokenizer.json` gives its ids. No marks are added when encoding;
-  reviews were trained as `<s>` review `</s>`.
+  reviews were packed one after another, each followed by `</s>`, so a text to continue starts after `</s>`.
 - **Direction**: {direction}.
 - **Validation bits per byte**: {bpb} (held-out reviews of train + unsupervised){steps}.
 - **Training**: {settings}.
 
 ```python
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")
 tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")
-ids = tokenizer("This movie was", return_tensors="pt").input_ids
-print(tokenizer.decode(model.generate(ids, max_new_tokens=30, do_sample=False)[0]))
+ids = torch.tensor([[tokenizer.eos_token_id, *tokenizer("This movie was").input_ids]])  # after </s>
+print(tokenizer.decode(model.generate(ids, max_new_tokens=30, do_sample=False)[0], skip_special_tokens=True))
 ```
 
 ## What it is not for
@@ -271,7 +275,7 @@ def export_hf(backbone_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     model.eval()
     with atomic_path(out, is_dir=True, overwrite=True) as tmp:
         model.save_pretrained(tmp)
-        fast_tokenizer(backbone.tokenizer).save_pretrained(tmp)
+        fast_tokenizer(backbone.tokenizer, backbone.decoder.config.block_size).save_pretrained(tmp)
         saved = json.loads((tmp / "config.json").read_text())
         (tmp / "config.json").write_text(json.dumps({**saved, **config_dict}, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(backbone, run_facts(Path(backbone_path))))
@@ -279,13 +283,24 @@ def export_hf(backbone_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
+CHECK_TEXTS = (
+    "A film that was not bad at all, and the acting was great!",
+    "  Two  spaces,\nnew lines\n\nand tabs\t; digits 1999; café, naïve, 映画 🎬 ﬁn.",
+)
+
+
 def check_export(backbone: Backbone, folder: Path, atol: float = 1e-4) -> float:
-    """Load ``folder`` with ``transformers`` (no custom code) and compare its logits with ours on a short
-    text; the largest difference. Raises if it is above ``atol``."""
+    """Load ``folder`` with ``transformers`` (no custom code): its tokenizer must give SentencePiece's ids
+    on a few texts, and its logits ours; the largest logit difference. Raises if they differ (the
+    logits by more than ``atol``)."""
     transformers = _transformers()
+    fast = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    for text in CHECK_TEXTS:
+        if fast(text, add_special_tokens=False).input_ids != backbone.tokenizer.encode(text):
+            raise RuntimeError(f"the exported tokenizer's ids differ from SentencePiece's on {text!r}")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False).eval()
-    ids = backbone.tokenizer.encode("A film that was not bad at all, and the acting was great!")
-    ids = torch.tensor([[BOS_ID, *ids][: backbone.decoder.config.block_size]])
+    ids = backbone.tokenizer.encode(CHECK_TEXTS[0])
+    ids = torch.tensor([[EOS_ID, *ids][: backbone.decoder.config.block_size]])
     with torch.no_grad():
         ours = backbone.decoder(ids).float()
         theirs = model(ids).logits.float()

@@ -152,19 +152,23 @@ class SentimentClassifier(L.LightningModule):
         return self.head is not None or (self.lexical is not None and self.lexical.uses_states)
 
     def features(
-        self, ids: Tensor, mask: Tensor, owner: Tensor | None = None, layers: list[Tensor] | None = None
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        owner: Tensor | None = None,
+        layer_states: list[Tensor] | None = None,
     ) -> Features:
         """What the heads read, from one pass of the backbone over padded reviews: the pooled features
         (B, F), or (B, layers, F) from several layers, and for word votes the token ids with their
         states. With ``owner`` the rows are windows of reviews (row i belongs to review ``owner[i]``):
         a review's pooled features are the mean of its windows', its bag the sum.
 
-        ``layers``: the backbone's :meth:`~CausalDecoder.layer_states` for ``ids``, already computed
-        (classifiers that share one frozen backbone run it once for all of them)."""
+        ``layer_states``: the backbone's :meth:`~CausalDecoder.layer_states` for ``ids``, already
+        computed (classifiers that share one frozen backbone run it once for all of them)."""
         pooled = states = None
         if self.runs_backbone:
-            if layers is not None:
-                top, layers = layers[-1], layers[-self.hparams.layers :]
+            if layer_states is not None:
+                top, layers = layer_states[-1], layer_states[-self.hparams.layers :]
             elif self.hparams.layers == 1:
                 top = self.backbone.hidden_states(ids, attention_mask=mask)
                 layers = [top]
@@ -223,12 +227,12 @@ class SentimentClassifier(L.LightningModule):
 
     @torch.no_grad()
     def explain(
-        self, ids: Tensor, mask: Tensor, layers: list[Tensor] | None = None
+        self, ids: Tensor, mask: Tensor, layer_states: list[Tensor] | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B,) and, with word votes, each token's share of its review's logit (B, T): what
-        drove the verdict, word by word (the pooled head's share is the rest). ``layers`` as in
-        :meth:`features`."""
-        features = self.features(ids, mask, layers=layers)
+        drove the verdict, word by word (the pooled head's share is the rest). ``layer_states`` as
+        in :meth:`features`."""
+        features = self.features(ids, mask, layer_states=layer_states)
         logits = self.classify(features)
         if self.lexical is None:
             return logits, None

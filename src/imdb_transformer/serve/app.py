@@ -31,6 +31,7 @@ This module deliberately has no ``from __future__ import annotations``: LitServe
 type from ``decode_request``'s annotation at run time.
 """
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -284,15 +285,16 @@ class CompletionsAPI(_API):
         hold = max((len(s) for s in stops), default=1) - 1  # text that may still become a stop sequence
         text, sent, tokens, finish = "", 0, 0, None
         pieces = stream_text(self.backbone, request.text, request.max_tokens, **request.sampling())
-        for piece, count in pieces:
-            text, tokens = text + piece, tokens + count
-            found = [i for i in (text.find(s) for s in stops) if i >= 0]
-            if found:
-                text, finish = text[: min(found)], "stop"
-                break
-            if request.stream and len(text) - hold > sent:
-                yield _event(head, text[sent : len(text) - hold], None)
-                sent = len(text) - hold
+        with contextlib.closing(pieces):  # a stop sequence ends decoding at once
+            for piece, count in pieces:
+                text, tokens = text + piece, tokens + count
+                found = [i for i in (text.find(s) for s in stops) if i >= 0]
+                if found:
+                    text, finish = text[: min(found)], "stop"
+                    break
+                if request.stream and len(text) - hold > sent:
+                    yield _event(head, text[sent : len(text) - hold], None)
+                    sent = len(text) - hold
         finish = finish or ("length" if tokens >= request.max_tokens else "stop")  # else: end of text
         if request.stream:
             if len(text) > sent:
@@ -312,6 +314,40 @@ class CompletionsAPI(_API):
 
     def encode_response(self, outputs):
         yield from outputs  # already what the client reads: events, or one JSON object
+
+
+class StreamContentType:
+    """ASGI middleware: LitServe's streaming answers carry no ``Content-Type``, and clients that check
+    it (SSE readers, proxies that buffer) need one. A 200 from a streaming endpoint gets
+    ``text/event-stream`` when its body is server-sent events (it starts with ``data:``), else
+    ``application/json`` (one object, as a non-streamed completion is)."""
+
+    def __init__(self, app, paths: Sequence[str]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        start: dict | None = None
+
+        async def typed(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                start = message  # held until the first bytes of the body say what it is
+                return
+            if start is not None and message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if not body and message.get("more_body", False):
+                    return  # nothing to tell the kind by yet
+                kind = b"text/event-stream" if body.startswith(b"data:") else b"application/json"
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-type"]
+                await send({**start, "headers": [*headers, (b"content-type", kind)]})
+                start = None
+            await send(message)
+
+        await self.app(scope, receive, typed)
 
 
 def _event(head: dict, text: str, finish: str | None) -> str:
@@ -464,7 +500,7 @@ def _apis(config: ServeConfig) -> list[_API]:
 
 def worker_threads(config: ServeConfig) -> int:
     """PyTorch threads of each worker: ``config.threads``, else the usable cores split evenly among the
-    workers (one per endpoint served), so that together they never ask for more cores than there are."""
+    workers (one per endpoint served), at least one each."""
     from imdb_transformer.hardware import threads_per_worker
 
     return config.threads or threads_per_worker(len(served(config)))
@@ -566,6 +602,9 @@ def build_server(config: ServeConfig):
             methods=["GET", "POST"],
         )
     server.app.add_exception_handler(RequestValidationError, request_error)
+    streamed = [e.path for e in ENDPOINTS if e.stream and e.needs(config)]
+    if streamed:
+        server.app.add_middleware(StreamContentType, paths=streamed)
     allowed = allowed_host_names(config.host, config.allowed_hosts)
     if allowed is not None:
         server.app.add_middleware(HostCheck, allowed=allowed)  # added last: it runs first
@@ -588,14 +627,8 @@ def _preflight(config: ServeConfig) -> Loaded:
     """Load every model once here, so a wrong path or a damaged file stops the command with one clear
     line before any worker process starts (a worker's failure would only end the server)."""
     loaded = Loaded()
-    embedder = None
-    if config.index is not None:
-        from imdb_transformer.search import SemanticIndex
-
-        embedder = SemanticIndex.load(config.index, backbone=config.backbone, adapter=config.adapter).embedder
-    elif config.backbone is not None:
-        embedder = _embedder(config)
-    if embedder is not None:
+    if config.index is not None or config.backbone is not None:
+        embedder = _embedder(config)  # the index (when given) is loaded and checked on the way
         loaded.embeddings = SPARSE_EMBEDDINGS if embedder.sparse else f"dense, {embedder.dim} dimensions"
     if config.classifier:
         from imdb_transformer.ensemble import SentimentEnsemble

@@ -114,10 +114,11 @@ MAX_STOPS = 4  # stop sequences of one completion, as OpenAI allows
 
 
 class CompletionRequest(_Strict):
-    """OpenAI's ``/v1/completions`` for one prompt (``n`` 1, no ``logprobs``, ``echo`` or penalties:
-    an unknown field is a 422 naming it). ``temperature`` 0 decodes greedily; ``top_k`` (an extension
-    OpenAI does not have) samples from the k likeliest; ``top_p`` below 1 from the nucleus; else from
-    the whole distribution at ``temperature``."""
+    """OpenAI's ``/v1/completions`` for one prompt (``n`` 1; ``logprobs``, ``echo``, ``best_of``,
+    ``suffix`` and the penalties only at their neutral values; an unknown field is a 422 naming it).
+    ``temperature`` 0 decodes greedily; ``top_k`` (an extension OpenAI does not have) samples from the
+    k likeliest; ``top_p`` below 1 from the nucleus; else from the whole distribution at
+    ``temperature``."""
 
     model: str | None = None
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
@@ -136,9 +137,18 @@ class CompletionRequest(_Strict):
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
     user: str | None = None
+    # what some OpenAI wrappers send at their neutral values: accepted at those values only
+    best_of: int = Field(1, ge=1, le=1)
+    echo: Literal[False] = False
+    logprobs: None = None
+    presence_penalty: float = Field(0.0, ge=0, le=0)
+    frequency_penalty: float = Field(0.0, ge=0, le=0)
+    suffix: None = None
 
     def model_post_init(self, context: object) -> None:
         _words(self.text)
+        if self.top_k is not None and self.top_p < 1:
+            raise ValueError("give top_k or top_p below 1, not both: each alone chooses how to sample")
 
     @property
     def text(self) -> str:
