@@ -89,12 +89,10 @@ def neox_weights(decoder: CausalDecoder) -> dict[str, torch.Tensor]:
     for i in range(c.n_layer):
         ours, theirs = f"blocks.{i}.", f"gpt_neox.layers.{i}."
         # ours: rows are (q|k|v, head, channel); NeoX's: (head, q|k|v, channel)
-        qkv = state[ours + "attn.qkv.weight"].view(3, c.n_head, c.head_size, c.n_embd)
-        out[theirs + "attention.query_key_value.weight"] = qkv.transpose(0, 1).reshape(3 * c.n_embd, c.n_embd)
-        out[theirs + "attention.query_key_value.bias"] = _bias(state, ours + "attn.qkv.bias", 3 * c.n_embd)
-        if ours + "attn.qkv.bias" in state:
-            b = out[theirs + "attention.query_key_value.bias"].view(3, c.n_head, c.head_size)
-            out[theirs + "attention.query_key_value.bias"] = b.transpose(0, 1).reshape(-1)
+        per_head = lambda t: t.view(3, c.n_head, c.head_size, -1).transpose(0, 1).reshape(t.shape)  # noqa: E731
+        out[theirs + "attention.query_key_value.weight"] = per_head(state[ours + "attn.qkv.weight"])
+        qkv_bias = _bias(state, ours + "attn.qkv.bias", 3 * c.n_embd)
+        out[theirs + "attention.query_key_value.bias"] = per_head(qkv_bias)
         out[theirs + "attention.dense.weight"] = state[ours + "attn.proj.weight"]
         out[theirs + "attention.dense.bias"] = _bias(state, ours + "attn.proj.bias", c.n_embd)
         for norm, name in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
