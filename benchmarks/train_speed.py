@@ -12,6 +12,10 @@ a learned position table, and an explicit ``(B*heads, T, T)`` mask built on the 
 (which also keeps the fused attention kernels from running). FLOPs are counted with
 ``torch.utils.flop_counter`` on one step of each model; MFU is achieved FLOP/s over the peak
 matmul FLOP/s measured here, in the same precision, in this run. Prints one table.
+
+``--decoders ours`` times the project's decoder alone; ``--profile N`` then runs N more steps of it under
+``torch.profiler`` and prints the operators that took the most device time (CUDA kernels on a GPU), the
+first place to look for what keeps MFU down.
 """
 
 from __future__ import annotations
@@ -139,8 +143,8 @@ def prepare(
 def measure(config: DecoderConfig, args: argparse.Namespace, precision: str, compiled: bool) -> dict:
     """Tokens/s and FLOP/s of both models. Their timings alternate, round by round, and each takes
     its median round, so a machine that speeds up or slows down during the run favours neither."""
-    prepared = {kind: prepare(kind, config, args, precision, compiled) for kind in KINDS}
-    rounds: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    prepared = {kind: prepare(kind, config, args, precision, compiled) for kind in args.decoders}
+    rounds: dict[str, list[float]] = {kind: [] for kind in args.decoders}
     for _ in range(args.rounds):
         for kind, (step, _) in prepared.items():
             rounds[kind].append(timed(step, args.steps, args.device))
@@ -151,7 +155,42 @@ def measure(config: DecoderConfig, args: argparse.Namespace, precision: str, com
             "tokens_per_s": args.batch_size * config.block_size / seconds,
             "flops_per_s": flops / seconds,
         }
+    if args.profile:
+        results["ours"]["profile"] = profile(prepared["ours"][0], args.profile, args.device)
     return results
+
+
+def profile(step: Callable[[], None], steps: int, device: str, top: int = 15) -> list[dict]:
+    """``steps`` training steps under ``torch.profiler``: the ``top`` operators by self time on the
+    device (the GPU's kernels; on a CPU, its own time), each with its share of that time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    with profiler(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    time_of = (
+        (lambda e: e.self_device_time_total)
+        if device.startswith("cuda")
+        else (lambda e: e.self_cpu_time_total)
+    )
+    total = sum(time_of(e) for e in events) or 1
+    ranked = sorted(events, key=time_of, reverse=True)[:top]
+    return [
+        {
+            "name": e.key[:80],
+            "calls": e.count,
+            "ms": round(time_of(e) / 1000, 3),
+            "share": round(time_of(e) / total, 4),
+        }
+        for e in ranked
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,8 +215,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="matrix size of the peak-FLOP/s matmul (8192 on GPU, 2048 on CPU)",
     )
+    parser.add_argument(
+        "--decoders", nargs="+", default=list(KINDS), choices=KINDS, help="which decoders to time"
+    )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="then profile this many steps of ours (0: no profile)"
+    )
     add_out_argument(parser)
     args = parser.parse_args(argv)
+    if args.profile and "ours" not in args.decoders:
+        parser.error("--profile profiles our decoder: keep ours in --decoders")
     record = Record("train_speed")
     peak_size = args.peak_size or (8192 if args.device.startswith("cuda") else 2048)
     config = DecoderConfig(
@@ -208,14 +255,25 @@ def main(argv: list[str] | None = None) -> None:
     table = record.table(
         "throughput", ["precision", "compile", "decoder", "tokens/s", "MFU", "speedup over original"]
     )
+    profiled = []
     for precision in args.precision:
         for compiled in args.compile:
             results = measure(config, args, precision, compiled == "on")
             for kind, r in results.items():
-                speedup = r["tokens_per_s"] / results["original"]["tokens_per_s"]
+                original = results.get("original")
+                speedup = f"{r['tokens_per_s'] / original['tokens_per_s']:.2f}x" if original else "-"
                 mfu = 100 * r["flops_per_s"] / peaks[precision]
-                figures = [f"{r['tokens_per_s']:,.0f}", f"{mfu:.1f}%", f"{speedup:.2f}x"]
-                table.add(precision, compiled, kind, *figures)
+                table.add(precision, compiled, kind, f"{r['tokens_per_s']:,.0f}", f"{mfu:.1f}%", speedup)
+            if "profile" in results.get("ours", {}):
+                profiled.append((precision, compiled, results["ours"]["profile"]))
+    for precision, compiled, ops in profiled:
+        print()
+        top = record.table(
+            f"profile {precision} compile {compiled}",
+            ["operator (top by device time)", "calls", "ms", "share"],
+        )
+        for op in ops:
+            top.add(op["name"], op["calls"], f"{op['ms']:.2f}", f"{100 * op['share']:.1f}%")
     record.save(args.out)
 
 

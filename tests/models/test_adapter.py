@@ -14,7 +14,7 @@ from helpers import REPO, fails, read_metrics, run_cli
 from imdb_transformer.core.backbone import export_backbone, load_backbone
 from imdb_transformer.core.decoder import CausalDecoder
 from imdb_transformer.core.head import AdapterError, EmbeddingHead, HeadConfig, load_adapter
-from imdb_transformer.data.crops import ContrastiveDataModule, random_crop
+from imdb_transformer.data.crops import ContrastiveDataModule, collate_crops, disjoint_crops, random_crop
 from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.adapter import EmbeddingAdapter, info_nce
@@ -40,6 +40,32 @@ def test_crops_are_spans_of_the_review_after_an_eos() -> None:
         start = ids.index(crop[1])
         assert crop[1:] == ids[start : start + len(crop) - 1]
     assert random_crop([7, 8], rng, 5, 20) == [3, 7, 8]  # shorter than crop_min: the whole review
+
+
+def test_disjoint_crops_share_no_position_and_stay_in_bounds() -> None:
+    ids = list(range(10, 110))  # each id marks its position
+    rng = random.Random(0)
+    sides = set()
+    for _ in range(200):
+        a, b = disjoint_crops(ids, rng, 5, 20)
+        assert a[0] == b[0] == 3 and 1 <= len(a) - 1 <= 20 and 1 <= len(b) - 1 <= 20
+        assert not set(a[1:]) & set(b[1:])
+        for crop in (a, b):  # each a contiguous span of the review
+            start = ids.index(crop[1])
+            assert crop[1:] == ids[start : start + len(crop) - 1]
+        sides.add(a[1] < b[1])
+        cut_side = a if a[1] < b[1] else b
+        assert ids.index(cut_side[-1]) < 2 * len(ids) // 3  # the earlier crop ends before the cut's latest
+    assert sides == {True, False}  # either side comes first
+    assert disjoint_crops([7], rng, 5, 20) == ([3, 7], [3, 7])  # one token: nothing to cut
+    batch = collate_crops([{"ids": ids, "idx": 0}] * 2, 5, 20, fixed=True, pairs="disjoint")
+    assert torch.equal(batch["a_ids"][0], batch["a_ids"][1])  # fixed: seeded by the review's index
+    assert not (set(batch["a_ids"][0].tolist()) - {0, 3}) & set(batch["b_ids"][0].tolist())
+
+
+def test_pairs_must_be_a_known_kind() -> None:
+    with pytest.raises(InputError, match="--data.pairs must be one of crops, disjoint"):
+        ContrastiveDataModule("unused", pairs="halves")
 
 
 def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:

@@ -659,3 +659,50 @@ def test_a_stop_sequence_split_across_pieces_is_held_back_and_cut(monkeypatch, s
         answer = json.loads(out[0])
         assert answer["choices"][0] == {"text": "a", "index": 0, "logprobs": None, "finish_reason": "stop"}
         assert answer["usage"]["completion_tokens"] == 4  # the pieces up to the one that ends the stop
+
+
+def test_serve_load_compares_thread_settings(
+    served_models: dict[str, Path], imdb_dir: Path, tmp_path: Path
+) -> None:
+    """``benchmarks/serve_load.py --compare threads``: two real servers (cores split among the workers
+    against every worker on all cores), decoding alone and under load, each row measured."""
+    import subprocess
+    import sys
+
+    m = served_models
+    record = tmp_path / "serve_load.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/serve_load.py"), "--compare", "threads",
+         "--index", str(m["index"]), "--classifier", str(m["classifier"]), "--backbone", str(m["backbone"]),
+         "--source", str(imdb_dir), "--clients", "2", "--requests", "4", "--rounds", "1", "--tokens", "4",
+         "--out", str(record)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = json.loads(record.read_text())["tables"]
+    rows = tables["threads"]["rows"]
+    under_load = "decoding + 2 clients each on /search, /sentiment"
+    loads = [("decoding alone", "/v1/completions")] + [
+        (under_load, p) for p in ("/v1/completions", "/search", "/sentiment")
+    ]
+    assert [tuple(r[:3]) for r in rows] == [
+        (*load, s) for load in loads for s in ("cores split", "all cores each")
+    ]
+    assert all(float(r[3].split()[0]) > 0 for r in rows)
+    assert [r[1] for r in tables["threads gain"]["rows"]] == ["/v1/completions"] * 2 + [
+        "/search",
+        "/sentiment",
+    ]
+
+
+def test_serve_load_threads_needs_a_backbone(served_models: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    m = served_models
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/serve_load.py"), "--compare", "threads",
+         "--index", str(m["index"]), "--classifier", str(m["classifier"])],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "give --backbone" in result.stderr

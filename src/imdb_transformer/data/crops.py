@@ -1,9 +1,10 @@
 """ContrastiveDataModule: pairs of random crops of the same review, for training an embedding adapter.
 
-Two independent random spans of one review are a positive pair (Contriever's independent cropping);
-every other review in the batch is a negative. No labels and no outside text: the ``train`` and
-``unsupervised`` reviews only. The ``test`` split is never read, so retrieval benchmarks on it stay
-honest.
+Two independent random spans of one review are a positive pair (Contriever's independent cropping), or
+two spans from either side of a cut, which share no text (``pairs="disjoint"``, as the inverse cloze
+task pairs a passage with its context); every other review in the batch is a negative. No labels and
+no outside text: the ``train`` and ``unsupervised`` reviews only. The ``test`` split is never read, so
+retrieval benchmarks on it stay honest.
 """
 
 from __future__ import annotations
@@ -32,19 +33,43 @@ def random_crop(ids: list[int], rng: random.Random, crop_min: int, crop_max: int
     return [EOS_ID, *ids[start : start + length]]
 
 
+def disjoint_crops(
+    ids: list[int], rng: random.Random, crop_min: int, crop_max: int
+) -> tuple[list[int], list[int]]:
+    """Two crops that share no token position: the review cut at a random point of its middle third,
+    one crop from each side (see :func:`random_crop`), in random order. A review of one token gives it
+    twice."""
+    if len(ids) < 2:
+        return random_crop(ids, rng, crop_min, crop_max), random_crop(ids, rng, crop_min, crop_max)
+    cut = rng.randint(max(1, len(ids) // 3), max(1, 2 * len(ids) // 3))
+    pair = random_crop(ids[:cut], rng, crop_min, crop_max), random_crop(ids[cut:], rng, crop_min, crop_max)
+    return pair if rng.random() < 0.5 else pair[::-1]
+
+
+PAIRS = ("crops", "disjoint")
+
+
 def collate_crops(
-    items: list[dict], crop_min: int, crop_max: int, fixed: bool, reverse: bool = False
+    items: list[dict], crop_min: int, crop_max: int, fixed: bool, reverse: bool = False, pairs: str = "crops"
 ) -> dict[str, torch.Tensor]:
-    """Two independent crops ``a`` and ``b`` of each review. With ``fixed`` each review's crops are
-    drawn from a generator seeded by its index, so validation sees the same pairs every time.
-    ``reverse``: reviews read last token first, for a backward backbone."""
+    """Two crops ``a`` and ``b`` of each review: independent (``pairs="crops"``) or from either side of
+    a cut (``"disjoint"``). With ``fixed`` each review's crops are drawn from a generator seeded by its
+    index, so validation sees the same pairs every time. ``reverse``: reviews read last token first, for
+    a backward backbone."""
     shared = random.Random()
     a, b = [], []
     for item in items:
         rng = random.Random(int(item["idx"])) if fixed else shared
         ids = reading_order(item["ids"], reverse)
-        a.append(random_crop(ids, rng, crop_min, crop_max))
-        b.append(random_crop(ids, rng, crop_min, crop_max))
+        if pairs == "disjoint":
+            first, second = disjoint_crops(ids, rng, crop_min, crop_max)
+        else:
+            first, second = (
+                random_crop(ids, rng, crop_min, crop_max),
+                random_crop(ids, rng, crop_min, crop_max),
+            )
+        a.append(first)
+        b.append(second)
     (a_ids, a_mask), (b_ids, b_mask) = pad(a), pad(b)
     return {"a_ids": a_ids, "a_mask": a_mask, "b_ids": b_ids, "b_mask": b_mask}
 
@@ -72,6 +97,9 @@ class ContrastiveDataModule(ReviewsDataModule):
         crop_min: Shortest crop, in tokens.
         crop_max: Longest crop, in tokens, capped at the context (a query is short, a review long:
             crops span both).
+        pairs: ``crops``: two independent random crops of a review (they may overlap); ``disjoint``:
+            one crop from each side of a random cut in the review's middle third (no shared text, so
+            the pair must match by topic and names rather than by copied words).
         val_fraction: Share of whole reviews held out for validation.
         max_reviews: Use only this many reviews of each split: for smoke runs.
         batch_size: Reviews per batch: each brings two crops, and every other review is a negative.
@@ -91,6 +119,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         max_length: int | None = None,
         crop_min: int = 16,
         crop_max: int = 128,
+        pairs: str = "crops",
         val_fraction: float = 0.02,
         max_reviews: int | None = None,
         batch_size: int = 256,
@@ -100,11 +129,13 @@ class ContrastiveDataModule(ReviewsDataModule):
     ) -> None:
         if not 1 <= crop_min <= crop_max:
             raise InputError(f"need 1 <= crop_min <= crop_max, got {crop_min} and {crop_max}")
+        if pairs not in PAIRS:
+            raise InputError(f"--data.pairs must be one of {', '.join(PAIRS)} (got {pairs!r})")
         super().__init__(
             source, cache_dir, backbone, tokenizer, max_length, val_fraction, max_reviews, batch_size,
             num_workers, num_proc, seed,
         )  # fmt: skip
-        self.crop_min, self.crop_max = crop_min, crop_max
+        self.crop_min, self.crop_max, self.pairs = crop_min, crop_max, pairs
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
         table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
@@ -120,8 +151,9 @@ class ContrastiveDataModule(ReviewsDataModule):
         crop_max = min(self.crop_max, self.context - 1)  # room for the EOS before it
         crop_min = min(self.crop_min, crop_max)
         return partial(
-            collate_crops, crop_min=crop_min, crop_max=crop_max, fixed=split != "train", reverse=self.reverse
-        )
+            collate_crops, crop_min=crop_min, crop_max=crop_max, fixed=split != "train", reverse=self.reverse,
+            pairs=self.pairs,
+        )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:
         raise InputError(

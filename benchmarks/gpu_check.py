@@ -1,0 +1,423 @@
+"""The GPU check: set up, then measure the GPU path in one command that fits one short window.
+
+    python3 benchmarks/gpu_check.py --data .gpu_check/imdb --wheels .gpu_check/wheels --out OUT
+    python3 benchmarks/gpu_check.py --smoke --data DIR --out OUT   # the same steps on CPU, tiny (minutes)
+
+Steps, one after another, each under its own time limit and all within ``--budget`` seconds:
+
+1. ``setup``: Python, torch and the GPU; the project runs from ``src/`` (nothing is built), and the
+   packages it needs that the machine lacks are installed from ``--wheels`` (no index is reached), or
+   from the package index where there is one. The machine's own torch is kept: a GPU image's CUDA build.
+2. ``train_speed``: ``train_speed.py`` at the GPU config's size (12 x 768, context 512, batch 64, bf16,
+   compiled): tokens/s, MFU against the bf16 matmul peak measured in the same run, the profiler's top
+   kernels.
+3. ``pretrain`` and ``validate``: ``configs/pretrain_gpu.yaml`` through the real CLI for
+   ``--pretrain_minutes`` (Lightning's ``--trainer.max_time``), then ``validate`` on its last checkpoint:
+   steps, tokens/s, MFU (Lightning's FLOP/s over the measured peak), ``val/bpb``.
+4. ``frozen`` and ``frozen_test``: a frozen classifier on that backbone (``configs/classify.yaml``), then
+   ``test`` of its best checkpoint on the 25,000 test reviews.
+5. ``decode`` and ``embed``: ``decode_speed.py`` and ``embed_speed.py`` on that backbone (fp32 and bf16).
+6. ``finetune`` and ``finetune_test``: one epoch of fine-tuning and its ``test``, when time is left.
+
+Each step appends one JSON object to ``OUT/results.jsonl`` as it ends (``step``, ``status``: ok, failed,
+timeout or skipped, ``seconds``, and what it measured, a step cut short included) and its output to
+``OUT/gpu_check.log``; nothing else is written under ``OUT`` (runs and checkpoints go to ``--work``), so
+the two files are all a short window has to bring back. Nothing is downloaded at run time: the data is
+a local parquet folder (``--data``).
+
+``--smoke`` runs every step on the CPU with tiny models and few steps, so the script is tested before a
+GPU is ever available (``tests/integration/test_gpu_check.py``). Only the Python standard library is
+imported here: this file runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# import name -> distribution: what the project imports (pyproject's dependencies and theirs that GPU
+# images tend to lack); torch is the machine's own
+NEEDED = {
+    "lightning": "lightning",
+    "torchmetrics": "torchmetrics",
+    "datasets": "datasets",
+    "dill": "dill",
+    "multiprocess": "multiprocess",
+    "sentencepiece": "sentencepiece",
+    "safetensors": "safetensors",
+    "jsonargparse": "jsonargparse",
+    "docstring_parser": "docstring-parser",
+    "typeshed_client": "typeshed-client",
+    "bm25s": "bm25s",
+    "scipy": "scipy",
+    "pyarrow": "pyarrow",
+    "tqdm": "tqdm",
+}
+GPU_SHAPE = ["--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "512"]
+TINY_SHAPE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
+
+
+class Check:
+    """The results file, the log, the deadline, and the environment the steps run in."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check-")).resolve()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.results = self.out / "results.jsonl"
+        self.log = self.out / "gpu_check.log"
+        self.deadline = time.monotonic() + args.budget
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.paths = [str(REPO / "src"), str(REPO / "benchmarks")]
+        self._path_env()
+
+    def _path_env(self) -> None:
+        self.env["PYTHONPATH"] = os.pathsep.join([*self.paths, os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def write(self, record: dict) -> None:
+        with self.results.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+
+    def say(self, text: str) -> None:
+        with self.log.open("a") as f:
+            f.write(text)
+
+    def run(self, command: list[str], limit: float) -> tuple[str, int | None, str]:
+        """Run ``command`` from the repository root for at most ``limit`` seconds, its output appended to
+        the log; (status, return code, output). A command over its limit is stopped with its children."""
+        self.say(f"\n$ {' '.join(command)}\n")
+        with tempfile.TemporaryFile("w+") as captured:
+            process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=self.env,
+                stdout=captured,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                code = process.wait(timeout=max(1.0, limit))
+                status = "ok" if code == 0 else "failed"
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGTERM)  # Lightning saves what it can on SIGTERM
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                code, status = None, "timeout"
+            captured.seek(0)
+            output = captured.read()
+        self.say(output)
+        return status, code, output
+
+    def step(
+        self,
+        name: str,
+        command: list[str],
+        limit: float,
+        read: Callable[[str], dict] | None = None,
+        needs: float = 10.0,
+    ) -> dict:
+        """One step: skipped when less than ``needs`` seconds are left, else run for at most ``limit``
+        seconds (cut to the budget left); its figures from ``read(output)``, also after a timeout."""
+        left = self.left()
+        if left < needs:
+            record = {
+                "step": name,
+                "status": "skipped",
+                "seconds": 0,
+                "why": f"{left:.0f} s of the budget left",
+            }
+            self.write(record)
+            return record
+        started = time.monotonic()
+        status, code, output = self.run(command, min(limit, left))
+        record = {"step": name, "status": status, "seconds": round(time.monotonic() - started, 1)}
+        if code:
+            record["returncode"] = code
+            record["tail"] = output[-1500:]
+        if read is not None:
+            try:
+                record.update(read(output))
+            except Exception as err:  # a figure missing from a step cut short: say so, keep the rest
+                record["unread"] = f"{type(err).__name__}: {err}"
+        self.write(record)
+        return record
+
+
+def python() -> str:
+    return sys.executable
+
+
+def setup(check: Check) -> dict:
+    """What the machine has, and the missing packages installed (from wheels, else from the index)."""
+    started = time.monotonic()
+    probe = (
+        "import json, importlib.util, platform, torch\n"
+        "cuda = torch.cuda.is_available()\n"
+        "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__, 'cuda': cuda,"
+        " 'gpu': torch.cuda.get_device_name() if cuda else None,"
+        f" 'missing': [m for m in {sorted(NEEDED)!r} if importlib.util.find_spec(m) is None]}}))"
+    )
+    status, _, output = check.run([python(), "-c", probe], 120)
+    if status != "ok":
+        record = {"step": "setup", "status": "failed", "why": "torch does not import: install the build for "
+                  "this machine (a CUDA build on a GPU) first", "tail": output[-1500:]}  # fmt: skip
+        check.write(record)
+        return record
+    found = json.loads(output.strip().splitlines()[-1])
+    missing = found.pop("missing")
+    record = {"step": "setup", "status": "ok", **found, "installed": []}
+    if missing:
+        site = check.work / "site"
+        names = [NEEDED[m] for m in missing]
+        if check.args.wheels:  # every wheel of the folder, without their dependencies: the folder is the set
+            wheels = sorted(glob.glob(str(Path(check.args.wheels).resolve() / "*.whl")))
+            command = [
+                python(),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--target",
+                str(site),
+            ]
+            command += wheels
+        else:
+            command = [python(), "-m", "pip", "install", "-q", "--target", str(site), *names]
+        status, _, output = check.run(command, 300)
+        check.paths.insert(0, str(site))
+        check._path_env()
+        record["installed"] = names
+        # imported, not only found: a wheel whose own needs the machine lacks fails here, not mid-step
+        recheck = (
+            "import importlib, json\nbad = []\n"
+            f"for m in {missing!r}:\n"
+            "    try:\n        importlib.import_module(m)\n"
+            "    except Exception as err:\n        bad.append(f'{m}: {type(err).__name__}: {err}')\n"
+            "print(json.dumps(bad))"
+        )
+        _, _, still = check.run([python(), "-c", recheck], 120)
+        broken = (
+            json.loads(still.strip().splitlines()[-1]) if still.strip() else ["the check printed nothing"]
+        )
+        if status != "ok" or broken:
+            record.update(status="failed", why=f"could not install {names}: {broken}", tail=output[-1500:])
+    if check.args.smoke:
+        record["smoke"] = True
+    record["seconds"] = round(time.monotonic() - started, 1)
+    check.write(record)
+    return record
+
+
+def json_record(path: Path) -> Callable[[str], dict]:
+    """A reader of a benchmark's ``--out`` record: its tables and notes."""
+
+    def read(output: str) -> dict:
+        saved = json.loads(path.read_text())
+        return {"tables": saved["tables"], "notes": saved.get("notes", {})}
+
+    return read
+
+
+def last_value(metrics: Path, column: str) -> float | None:
+    values = [row[column] for row in csv.DictReader(metrics.open()) if row.get(column)]
+    return float(values[-1]) if values else None
+
+
+def logged_metric(output: str, name: str) -> float:
+    """A metric from the results table Lightning prints (plain, or drawn with rich's box characters)."""
+    return float(re.search(re.escape(name) + r"\W+([0-9.]+)", output).group(1))
+
+
+def latest_version(root: Path) -> Path:
+    return max((root / "lightning_logs").glob("version_*"), key=lambda p: int(p.name[8:]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", required=True, help="a local IMDB parquet folder (train, test, unsupervised)"
+    )
+    parser.add_argument("--out", required=True, help="results.jsonl and gpu_check.log go here, nothing else")
+    parser.add_argument("--work", default=None, help="runs and checkpoints (default: a temporary folder)")
+    parser.add_argument(
+        "--wheels", default=None, help="a folder of wheels for the packages the machine lacks"
+    )
+    parser.add_argument("--budget", type=float, default=540, help="seconds for every step together")
+    parser.add_argument(
+        "--pretrain_minutes", type=float, default=3.5,
+        help="pretraining's wall time, after its data is prepared (3.5 leaves the other steps room in 540 s)",
+    )  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="the same steps on CPU with tiny models")
+    args = parser.parse_args(argv)
+    check = Check(args)
+    if args.smoke:  # a smoke run on a machine with a GPU still tests the CPU path
+        check.env["CUDA_VISIBLE_DEVICES"] = ""
+    if setup(check)["status"] != "ok":
+        return 1
+    data = str(Path(args.data).resolve())
+    cli = [python(), "-m", "imdb_transformer.cli"]
+    work, smoke = check.work, args.smoke
+
+    # 2. the training step's speed at the GPU config's size, profiled
+    speed = work / "train_speed.json"
+    shape = (
+        TINY_SHAPE + ["--batch_size", "2", "--peak_size", "128"]
+        if smoke
+        else GPU_SHAPE + ["--batch_size", "64"]
+    )
+    rounds = (
+        ["--steps", "1", "--rounds", "1", "--warmup", "1"]
+        if smoke
+        else ["--steps", "10", "--rounds", "3", "--warmup", "3"]
+    )
+    check.step(
+        "train_speed",
+        [python(), "benchmarks/train_speed.py", *shape, *rounds, "--precision", "bf16", "--decoders", "ours",
+         "--compile", "off" if smoke else "on", "--profile", "2" if smoke else "5", "--out", str(speed)],
+        limit=90 if smoke else 150, read=json_record(speed),
+    )  # fmt: skip
+    peak = None
+    if speed.exists():
+        peak = json.loads(speed.read_text())["notes"]["peak_matmul_gflops"]["bf16"] * 1e9
+
+    # 3. pretraining through the CLI for a fixed wall time, then validation of its last checkpoint
+    seconds = round((0.5 if smoke else args.pretrain_minutes) * 60)
+    config = [
+        "--config",
+        "configs/pretrain.yaml",
+        "--config",
+        "configs/tiny.yaml" if smoke else "configs/pretrain_gpu.yaml",
+    ]
+    config += [
+        "--data.source",
+        data,
+        "--data.cache_dir",
+        str(work / "cache"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    if smoke:
+        config += ["--data.vocab_size", "400", "--data.max_reviews", "null", "--trainer.max_steps", "30"]
+    lm = work / "lm"
+
+    def read_pretraining(output: str) -> dict:
+        metrics = latest_version(lm) / "metrics.csv"
+        tokens, flops = (
+            last_value(metrics, "train/device/items_per_sec"),
+            last_value(metrics, "train/device/flops_per_sec"),
+        )
+        found = {"steps": last_value(metrics, "step"), "tokens_per_s": tokens, "flops_per_s": flops}
+        if flops and peak:
+            found["mfu"] = round(flops / peak, 4)
+        return found
+
+    check.step(
+        "pretrain",
+        [*cli, "fit", *config, "--trainer.default_root_dir", str(lm),
+         "--trainer.max_time", f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"],
+        limit=seconds + (120 if smoke else 180), read=read_pretraining, needs=60,
+    )  # fmt: skip
+    last = next(iter(sorted(lm.glob("lightning_logs/version_*/checkpoints/last.ckpt"))), None)
+    backbone = next(iter(sorted(lm.glob("lightning_logs/version_*/backbone"))), None)
+    if last is not None:
+        check.step(
+            "validate",
+            [*cli, "validate", *config, "--trainer.default_root_dir", str(work / "validate"),
+             "--ckpt_path", str(last), "--model.compile", "false"],
+            limit=120, read=lambda out: {"val_bpb": logged_metric(out, "val/bpb")},
+        )  # fmt: skip
+    if backbone is None:
+        check.write(
+            {"step": "classifier", "status": "skipped", "seconds": 0, "why": "no backbone was exported"}
+        )
+        return 1
+
+    # 4. a frozen classifier on that backbone, tested on the test split; 6. one epoch fine-tuned
+    classify = [
+        "--config",
+        "configs/classify.yaml",
+        "--data.source",
+        data,
+        "--data.cache_dir",
+        str(work / "cache"),
+    ]
+    classify += ["--model.backbone", str(backbone), "--trainer.enable_progress_bar", "false"]
+    classify += (
+        ["--trainer.max_epochs", "1", "--data.max_reviews", "null"]
+        if smoke
+        else ["--trainer.precision", "bf16-mixed"]
+    )
+
+    def classifier(name: str, options: list[str], limit: float) -> None:
+        root = work / name
+        fit = [*cli, "fit", *classify, *options, "--trainer.default_root_dir", str(root)]
+        fitted = check.step(
+            name, fit, limit=limit, needs=60,
+            read=lambda out: {"val_acc": last_value(latest_version(root) / "metrics.csv", "val/acc")},
+        )  # fmt: skip
+        best = sorted(root.glob("lightning_logs/version_*/checkpoints/best-*.ckpt"))
+        if fitted["status"] == "skipped" or not best:
+            return
+        test = [*cli, "test", *classify, *options, "--trainer.default_root_dir", str(root / "test")]
+        check.step(
+            f"{name}_test", [*test, "--ckpt_path", str(best[-1])], limit=120,
+            read=lambda out: {"test_acc": logged_metric(out, "test/acc"), "checkpoint": best[-1].name},
+        )  # fmt: skip
+
+    classifier("frozen", [], limit=90 if smoke else 150)
+
+    # 5. decoding and embedding, fp32 against bf16
+    decode, embed = work / "decode_speed.json", work / "embed_speed.json"
+    if smoke:
+        tokens = ["--new_tokens", "8", "--batch_size", "1", "--rounds", "1", "--check_tokens", "4"]
+        reviews = ["--reviews", "40", "--rounds", "1"]
+    else:
+        tokens = ["--new_tokens", "256", "--batch_size", "1", "8", "--rounds", "3"]
+        reviews = ["--reviews", "5000", "--batch_size", "128"]
+    decoding = [python(), "benchmarks/decode_speed.py", "--checkpoint", str(backbone), *tokens]
+    check.step("decode", [*decoding, "--out", str(decode)], limit=90, read=json_record(decode))
+    embedding = [
+        python(),
+        "benchmarks/embed_speed.py",
+        "--backbone",
+        str(backbone),
+        "--source",
+        data,
+        *reviews,
+    ]
+    check.step("embed", [*embedding, "--out", str(embed)], limit=90, read=json_record(embed))
+
+    tuned = ["--model.freeze", "false", "--model.layer_lr_decay", "0.8"]
+    classifier(
+        "finetune", tuned + ([] if smoke else ["--trainer.max_epochs", "1"]), limit=90 if smoke else 240
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
