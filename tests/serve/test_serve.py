@@ -401,6 +401,26 @@ def test_sentiment_explains_on_request_and_says_when_it_cannot(
     assert _preflight(config).explains is False  # what GET /info reports as explains
 
 
+def test_a_backward_backbone_is_refused_before_any_worker_starts(served_models, tmp_path: Path) -> None:
+    """A backward LM would write text last word first on /generate and /v1/completions: the server
+    refuses it in one line, naming the fix, whatever else is served."""
+    from dataclasses import replace
+
+    from imdb_transformer.core.backbone import export_backbone, load_backbone
+    from imdb_transformer.core.decoder import CausalDecoder
+
+    forward = load_backbone(served_models["backbone"])
+    backward = CausalDecoder(replace(forward.decoder.config, reverse=True))
+    backward.load_state_dict(forward.decoder.state_dict())
+    folder = export_backbone(backward, forward.tokenizer, tmp_path / "backward")
+    with pytest.raises(InputError, match="is a backward LM .* Serve a forward backbone with --backbone"):
+        _preflight(ServeConfig(backbone=str(folder)))
+    with pytest.raises(InputError, match="backward LM"):
+        _preflight(ServeConfig(backbone=str(folder), index=str(served_models["index"])))
+    line = fails("serve", "--backbone", str(folder), "--port", str(free_port()))
+    assert "backward LM" in line
+
+
 def test_the_page_reports_bad_input_and_generates(page, server: Server) -> None:
     page.fill("#query", "   ")
     page.click("#search-form button")

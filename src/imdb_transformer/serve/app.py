@@ -627,6 +627,15 @@ def _preflight(config: ServeConfig) -> Loaded:
     """Load every model once here, so a wrong path or a damaged file stops the command with one clear
     line before any worker process starts (a worker's failure would only end the server)."""
     loaded = Loaded()
+    if config.backbone is not None:
+        from imdb_transformer.core.backbone import load_spec
+
+        if load_spec(config.backbone).config.reverse:
+            raise InputError(
+                f"--backbone {config.backbone} is a backward LM (trained with --data.reverse true): "
+                "/generate and /v1/completions would write text last word first. Serve a forward backbone "
+                "with --backbone; a backward backbone's index is served with --index alone"
+            )
     if config.index is not None or config.backbone is not None:
         embedder = _embedder(config)  # the index (when given) is loaded and checked on the way
         loaded.embeddings = SPARSE_EMBEDDINGS if embedder.sparse else f"dense, {embedder.dim} dimensions"
