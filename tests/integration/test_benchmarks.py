@@ -95,3 +95,26 @@ def test_retrieval_prints_every_method(pretrained_run: Path, adapter_run: Path, 
     assert set(expected) <= set(methods)
     assert any(m.startswith("hybrid: adapter + BM25, alpha") for m in methods)
     assert "chosen alpha" in out and out.count("| # | dense before") == 5
+
+
+def test_fusion_scores_every_ranker_and_fusion_with_ranx(
+    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    record = tmp_path / "fusion.json"
+    out = run_script(
+        "fusion.py", "--backbone", str(pretrained_run / "backbone"),
+        "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir),
+        "--val_fraction", "0.2", "--depth", "20", "--test", "--out", str(record),
+    )  # fmt: skip
+    tables = json.loads(record.read_text())["tables"]
+    assert list(tables) == ["held-out training reviews", "test reviews (80)"] and "| BM25 | " in out
+    runs = ["BM25", "TF-IDF", "adapter 1"]
+    runs += [f"adapter 1 + {lex}, {m}" for lex in ("BM25", "TF-IDF") for m in ("wsum", "rrf")]
+    for table in tables.values():
+        assert [row[0] for row in table["rows"]] == runs
+        assert table["rows"][0][3:5] == ["1.00x", "-"]
+        assert all(0 <= float(row[1]) <= 1 and row[4] != "-" for row in table["rows"][1:])
+    chosen = json.loads(record.read_text())["notes"]["chosen"]
+    assert chosen["adapter 1 + BM25, wsum"].startswith("weights ") and chosen[
+        "adapter 1 + BM25, rrf"
+    ].startswith("k ")

@@ -1,0 +1,181 @@
+"""Lexical, learned sparse and fused rankings on the halves task, scored with ranx.
+
+    python benchmarks/fusion.py --backbone RUN/backbone --adapters A1 [A2 ...] --source ../shared/data/imdb
+    python benchmarks/fusion.py ... --adapters A --test --out docs/results/fusion.json   # once, at the end
+
+The halves task (``benchmarks/retrieval.py``): the first half of a review is the query, its own second half
+the one relevant document among all the second halves. Rankers, each keeping its top ``--depth`` per query:
+BM25 (bm25s, the index's lexical side), TF-IDF cosine (scikit-learn, sublinear tf) and each adapter (learned
+sparse vectors, dot product). Each adapter is fused with each lexical ranker two ways with ranx: the convex
+combination of min-max normalised scores (``wsum``, what the index's hybrid mode does) and reciprocal rank
+fusion (``rrf``), the weight and RRF's k each chosen by ``ranx.optimize_fusion`` on MRR@10.
+
+Choices are made on the reviews the adapters held out of training (train + unsupervised, their validation
+split); ``--test`` then scores every run once on the 25,000 test reviews with the choices unchanged. Each
+table gives MRR@10, recall@10, the ratio to BM25's MRR@10 and ranx's paired two-sided test against BM25
+(Fisher's randomization test; p below 0.01 marked). Needs ``pip install -e ".[bench]"`` (ranx, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from common import Record, add_out_argument, encode, halves
+from ranx import Qrels, Run, compare, evaluate, fuse, optimize_fusion
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from imdb_transformer.core.backbone import load_backbone
+from imdb_transformer.core.head import load_adapter
+from imdb_transformer.data.crops import held_out
+from imdb_transformer.search import BM25Index
+from imdb_transformer.text.imdb import load_reviews
+
+METRICS = ["mrr@10", "recall@10"]
+
+
+def qrels_of(n: int) -> Qrels:
+    """Query ``i``'s one relevant document is document ``i``."""
+    return Qrels({f"q{i}": {f"d{i}": 1} for i in range(n)})
+
+
+def run_of(name: str, scores_of, n: int, depth: int) -> Run:
+    """A ranx run: each query's ``depth`` best documents by ``scores_of(rows)`` (a dense array of the
+    queries ``rows`` against every document), zero scores left out."""
+    found: dict[str, dict[str, float]] = {}
+    for start in range(0, n, 512):
+        rows = range(start, min(n, start + 512))
+        scores = torch.from_numpy(np.ascontiguousarray(scores_of(rows), dtype=np.float32))
+        values, docs = scores.topk(min(depth, scores.size(1)), dim=1)
+        for i, vals, ids in zip(rows, values.tolist(), docs.tolist(), strict=True):
+            found[f"q{i}"] = {f"d{d}": v for v, d in zip(vals, ids, strict=True) if v > 0} or {"d-1": 0.0}
+    return Run(found, name=name)
+
+
+def lexical_runs(queries: list[str], docs: list[str], depth: int) -> dict[str, Run]:
+    bm25 = BM25Index.build(docs)
+    tfidf = TfidfVectorizer(sublinear_tf=True, stop_words="english", min_df=2)
+    d = tfidf.fit_transform(docs)
+    q = tfidf.transform(queries)
+    return {
+        "BM25": run_of(
+            "BM25", lambda rows: np.stack([bm25.scores(queries[i]) for i in rows]), len(queries), depth
+        ),
+        "TF-IDF": run_of(
+            "TF-IDF", lambda rows: (q[rows.start : rows.stop] @ d.T).toarray(), len(queries), depth
+        ),
+    }
+
+
+def adapter_run(name: str, backbone, path: str, queries: list[str], docs: list[str], depth: int) -> Run:
+    head = load_adapter(path, backbone)
+    q, d = encode(backbone, head, queries, 64)["adapter"], encode(backbone, head, docs, 64)["adapter"]
+    if not sp.issparse(q):
+        q, d = sp.csr_matrix(q.numpy()), sp.csr_matrix(d.numpy())
+    return run_of(name, lambda rows: (q[rows.start : rows.stop] @ d.T).toarray(), len(queries), depth)
+
+
+def task(texts: list[str]) -> tuple[list[str], list[str]]:
+    queries, docs = zip(*(halves(t) for t in texts), strict=True)
+    return list(queries), list(docs)
+
+
+def choose(qrels: Qrels, runs: dict[str, Run], adapters: list[str]) -> dict[str, tuple[str, str, str, dict]]:
+    """Each fusion of an adapter with a lexical ranker: (adapter, lexical, method, chosen params)."""
+    chosen = {}
+    for adapter in adapters:
+        for lexical in ("BM25", "TF-IDF"):
+            pair = [runs[adapter], runs[lexical]]
+            for method in ("wsum", "rrf"):
+                params = optimize_fusion(qrels, pair, norm="min-max", method=method, metric="mrr@10")
+                chosen[f"{adapter} + {lexical}, {method}"] = (adapter, lexical, method, params)
+    return chosen
+
+
+def fused(runs: dict[str, Run], chosen: dict) -> dict[str, Run]:
+    out = {}
+    for name, (adapter, lexical, method, params) in chosen.items():
+        out[name] = fuse([runs[adapter], runs[lexical]], norm="min-max", method=method, params=params)
+        out[name].name = name
+    return out
+
+
+def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chosen: dict) -> None:
+    """One table: every run's metrics, its ratio to BM25 and the paired test against BM25."""
+    names = list(runs)
+    ordered = [runs["BM25"], *(runs[n] for n in names if n != "BM25")]
+    compared = compare(qrels, ordered, METRICS, stat_test="fisher", max_p=0.01, make_comparable=True)
+    scores = {name: evaluate(qrels, runs[name], METRICS, make_comparable=True) for name in names}
+    base = scores["BM25"]["mrr@10"]
+    table = record.table(title, ["run", "MRR@10", "recall@10", "vs BM25", "p vs BM25 (MRR@10)", "chosen"])
+    for name in ["BM25", *(n for n in names if n != "BM25")]:
+        p = "-"
+        if name != "BM25":
+            found = compared.comparisons[name, "BM25"]["mrr@10"]["p_value"]
+            p = (f"{found:.2g}" if found > 0 else "<0.001") + (" *" if found < 0.01 else "")
+        params = describe(chosen[name][3]) if name in chosen else "-"
+        mrr, recall = scores[name]["mrr@10"], scores[name]["recall@10"]
+        table.add(name, f"{mrr:.3f}", f"{recall:.3f}", f"{mrr / base:.2f}x", p, params)
+
+
+def describe(params: dict) -> str:
+    """ranx's chosen fusion parameters as plain numbers: ``weights 0.7/0.3`` or ``k 10``."""
+    if "weights" in params:
+        return "weights " + "/".join(f"{float(w):g}" for w in params["weights"])
+    return ", ".join(f"{k} {float(v):g}" for k, v in params.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument(
+        "--adapters", nargs="+", required=True, help="adapter/ folders trained on this backbone"
+    )
+    parser.add_argument("--source", default="stanfordnlp/imdb")
+    parser.add_argument(
+        "--val_fraction", type=float, default=0.02, help="as the adapters' data module held out"
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="as the adapters' data module split")
+    parser.add_argument("--depth", type=int, default=100, help="documents each ranker keeps per query")
+    parser.add_argument("--test", action="store_true", help="also score every run once on the test reviews")
+    parser.add_argument("--max_test", type=int, default=None, help="a sample of test reviews (default: all)")
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    record = Record("fusion")
+    backbone = load_backbone(args.backbone)
+    names = {path: f"adapter {i + 1}" for i, path in enumerate(args.adapters)}
+    record.notes["adapters"] = {name: path for path, name in names.items()}
+    for path, name in names.items():
+        print(f"{name}: {path}")
+
+    pool = load_reviews(args.source, "train").texts + load_reviews(args.source, "unsupervised").texts
+    queries, docs = task([pool[i] for i in held_out(len(pool), args.val_fraction, args.seed)])
+    print(f"held-out training reviews: {len(queries):,} (choices are made here)")
+    qrels = qrels_of(len(queries))
+    runs = lexical_runs(queries, docs, args.depth)
+    for path, name in names.items():
+        runs[name] = adapter_run(name, backbone, path, queries, docs, args.depth)
+    chosen = choose(qrels, runs, list(names.values()))
+    record.notes["chosen"] = {name: describe(params) for name, (_, _, _, params) in chosen.items()}
+    report(record, "held-out training reviews", qrels, {**runs, **fused(runs, chosen)}, chosen)
+    record.save(args.out)
+
+    if args.test:
+        print()
+        started = time.perf_counter()
+        test = load_reviews(args.source, "test", args.max_test).texts
+        queries, docs = task(test)
+        qrels = qrels_of(len(queries))
+        runs = lexical_runs(queries, docs, args.depth)
+        for path, name in names.items():
+            runs[name] = adapter_run(name, backbone, path, queries, docs, args.depth)
+        report(record, f"test reviews ({len(queries):,})", qrels, {**runs, **fused(runs, chosen)}, chosen)
+        record.notes["test_seconds"] = round(time.perf_counter() - started)
+        record.save(args.out)
+
+
+if __name__ == "__main__":
+    main()
