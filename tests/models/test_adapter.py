@@ -123,6 +123,41 @@ def test_the_sparse_head_learns_its_token_weights() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_a_term_bias_weighs_every_occurrence_of_its_token() -> None:
+    torch.manual_seed(0)
+    head = EmbeddingHead(
+        HeadConfig(1, 16, pooling="sparse", vocab_size=50, dropout=0.0, term_bias=True)
+    ).eval()
+    ids = torch.tensor([[5, 7, 9]])
+    states, keep = [torch.randn(1, 3, 16)], torch.ones(1, 3, dtype=torch.bool)
+    before = head(states, keep, ids)
+    with torch.no_grad():
+        head.term[7] = 5.0  # token 7 counts more wherever it appears
+    after = head(states, keep, ids)
+    assert after[0, 7] / after[0, 5] > before[0, 7] / before[0, 5]
+    assert after[0].nonzero().flatten().tolist() == [5, 7, 9]  # still only the review's own tokens
+    with pytest.raises(InputError, match="term_bias .* needs pooling='sparse'"):
+        EmbeddingHead(HeadConfig(1, 16, pooling="attention", term_bias=True))
+
+
+def test_a_sparse_adapter_with_term_bias_trains_through_the_cli_and_reloads(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    run_cli(
+        "fit", "--config", str(REPO / "configs/embed.yaml"),
+        "--config", str(REPO / "configs/embed_tiny.yaml"),
+        "--model.term_bias", "true", "--data.pairs", "disjoint",
+        "--model.backbone", str(pretrained_run / "backbone"),
+        "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    head = load_adapter(
+        tmp_path / "lightning_logs/version_0/adapter", load_backbone(pretrained_run / "backbone")
+    )
+    assert head.config.term_bias and head.term.abs().max() > 0.05  # the token weights moved from zero
+    assert head.term.shape == (head.config.vocab_size,)
+
+
 def test_training_leaves_the_backbone_unchanged_and_crops_find_their_review(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:

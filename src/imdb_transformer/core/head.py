@@ -60,6 +60,9 @@ class HeadConfig:
         dropout: Dropout on the mixed states while training (SimCSE's noise).
         vocab_size: The backbone's vocabulary (the width of ``sparse`` vectors; None for the dense
             poolings, which do not use it).
+        term_bias: ``sparse`` only: a learned weight for each vocabulary entry, added to every
+            occurrence's weight from its context before the softplus: how much a token counts wherever
+            it appears, the part of a term's importance BM25 takes from its IDF.
     """
 
     n_states: int
@@ -68,6 +71,7 @@ class HeadConfig:
     pooling: AdapterPooling = "attention"
     dropout: float = 0.1
     vocab_size: int | None = None
+    term_bias: bool = False
 
     @property
     def out_dim(self) -> int:
@@ -92,6 +96,8 @@ class EmbeddingHead(nn.Module):
             )
         if config.pooling == "sparse" and (config.vocab_size or 0) < 1:
             raise InputError("sparse pooling needs the backbone's vocab_size")
+        if config.term_bias and config.pooling != "sparse":
+            raise InputError("term_bias weighs vocabulary entries: it needs pooling='sparse'")
         self.config = config
         self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
         self.norm = nn.LayerNorm(config.n_embd, elementwise_affine=False)  # layers differ in scale
@@ -101,6 +107,7 @@ class EmbeddingHead(nn.Module):
             nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, out)
         )
         self.score = nn.Linear(config.n_embd, 1) if config.pooling == "attention" else None
+        self.term = nn.Parameter(torch.zeros(config.vocab_size)) if config.term_bias else None
 
     def forward(self, states: list[Tensor], mask: Tensor, ids: Tensor | None = None) -> Tensor:
         """Unit vectors (B, out_dim) from the backbone's layer states (each (B, T, C)), the mask (B, T)
@@ -111,7 +118,10 @@ class EmbeddingHead(nn.Module):
         if self.config.pooling == "sparse":
             if ids is None:
                 raise InputError("sparse pooling needs the token ids")
-            weight = F.softplus(self.token(x).squeeze(-1)) * mask  # (B, T), zero on padding
+            logit = self.token(x).squeeze(-1)  # (B, T): each occurrence's weight from its context
+            if self.term is not None:
+                logit = logit + self.term[ids]  # and its token's own weight
+            weight = F.softplus(logit) * mask  # zero on padding
             vectors = weight.new_zeros(len(ids), self.config.vocab_size)
             vectors = vectors.scatter_reduce(1, ids, weight, "amax")  # each token's largest weight
             return F.normalize(vectors, dim=-1)

@@ -58,6 +58,9 @@ class EmbeddingAdapter(L.LightningModule):
         weight_decay: AdamW weight decay (matrices only).
         warmup_steps: Linear warmup steps before cosine decay.
         backbone_chunk: Crops per forward pass of the frozen backbone.
+        term_bias: ``sparse`` only: also learn a weight per vocabulary entry (see :class:`HeadConfig`).
+        term_learning_rate: Peak learning rate of those weights: one per token, each seen only in the
+            batches holding its token, so they move faster than the MLP's.
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class EmbeddingAdapter(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
         backbone_chunk: int = 64,
+        term_bias: bool = False,
+        term_learning_rate: float = 3e-2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -82,7 +87,8 @@ class EmbeddingAdapter(L.LightningModule):
         if layers is not None and not 1 <= layers <= c.n_layer:
             raise InputError(f"layers={layers}: the backbone has 1 to {c.n_layer} blocks to read")
         states = (layers if layers is not None else c.n_layer) + 1
-        self.head = EmbeddingHead(HeadConfig(states, c.n_embd, dim, pooling, dropout, c.vocab_size))
+        config = HeadConfig(states, c.n_embd, dim, pooling, dropout, c.vocab_size, term_bias=term_bias)
+        self.head = EmbeddingHead(config)
         self.train()
 
     def train(self, mode: bool = True) -> EmbeddingAdapter:
@@ -122,7 +128,10 @@ class EmbeddingAdapter(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        groups = decay_groups(self.head.parameters(), hp.weight_decay)
+        term = self.head.term
+        groups = decay_groups([p for p in self.head.parameters() if p is not term], hp.weight_decay)
+        if term is not None:
+            groups.append({"params": [term], "weight_decay": 0.0, "lr": hp.term_learning_rate})
         return adamw_warmup_cosine(self.trainer, groups, hp.warmup_steps, 0.0, lr=hp.learning_rate)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
