@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import errno
 import inspect
-import os
 import shutil
 import signal
 import sys
@@ -168,11 +167,9 @@ class ImdbCLI(LightningCLI):
             logger, (CSVLogger, TensorBoardLogger)
         )
         self.claimed_run: Path | None = None
-        if (
-            is_default
-            and os.environ.get("LOCAL_RANK", "0") == "0"
-            and os.environ.get("NODE_RANK", "0") == "0"
-        ):
+        # the rank Lightning's cluster environment found (torchrun, SLURM, LSF, MPI, Kubeflow or its own
+        # launcher), already set by the strategy: only the first process of the job claims a folder
+        if is_default and trainer.global_rank == 0:
             root = Path(trainer.default_root_dir) / "lightning_logs"
             version = claim_version(root)
             self.claimed_run = root / f"version_{version}"
