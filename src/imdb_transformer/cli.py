@@ -26,7 +26,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -42,18 +42,28 @@ from imdb_transformer.callbacks import (
 )
 from imdb_transformer.core.backbone import load_checkpoint
 from imdb_transformer.errors import ImdbError, InputError
+from imdb_transformer.models.export import run_folder
 
 
 class SaveRunFiles(SaveConfigCallback):
     """Writes the resolved ``config.yaml`` and the ``tokenizer.model`` the model reads with into the run's
-    log dir, so every checkpoint there can be reloaded without guessing."""
+    folder beside its checkpoints (:func:`run_folder`, whatever the logger), so every checkpoint there can
+    be reloaded without guessing."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        log_dir = trainer.log_dir  # a collective call under DDP: every rank must make it
-        tokenizer = getattr(pl_module, "tokenizer", None)
-        if trainer.is_global_zero and tokenizer is not None and log_dir is not None:
-            tokenizer.save(Path(log_dir) / "tokenizer.model")
+        if self.already_saved:
+            return
+        folder = run_folder(trainer)  # a collective call under DDP: every rank must make it
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / self.config_filename
+            self.parser.save(
+                self.config, str(config), skip_none=False, overwrite=True, multifile=self.multifile
+            )
+            tokenizer = getattr(pl_module, "tokenizer", None)
+            if tokenizer is not None:
+                tokenizer.save(folder / "tokenizer.model")
+        self.already_saved = True
 
 
 class ImdbCLI(LightningCLI):
@@ -161,19 +171,17 @@ class ImdbCLI(LightningCLI):
         trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard(), PrecisionAdvice(), SaveOnTerm()]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        logger = trainer.logger
         config = self.config.get(self.subcommand, self.config)
-        is_default = config.trainer.logger in (None, True) and isinstance(
-            logger, (CSVLogger, TensorBoardLogger)
-        )
         self.claimed_run: Path | None = None
-        # the rank Lightning's cluster environment found (torchrun, SLURM, LSF, MPI, Kubeflow or its own
-        # launcher), already set by the strategy: only the first process of the job claims a folder
-        if is_default and trainer.global_rank == 0:
-            root = Path(trainer.default_root_dir) / "lightning_logs"
-            version = claim_version(root)
-            self.claimed_run = root / f"version_{version}"
-            trainer.logger = type(logger)(trainer.default_root_dir, name="lightning_logs", version=version)
+        if config.trainer.logger in (None, True):  # the default logger: CSV, whether or not TensorBoard is
+            # installed (Lightning's default would switch), so every run has its metrics.csv. Only the job's
+            # first process, as Lightning's cluster environment ranks it (torchrun, SLURM, LSF, MPI, Kubeflow
+            # or its own launcher), claims the folder; the others learn it from rank 0 (run_folder).
+            version = None
+            if trainer.global_rank == 0:
+                version = claim_version(Path(trainer.default_root_dir) / "lightning_logs")
+                self.claimed_run = Path(trainer.default_root_dir) / "lightning_logs" / f"version_{version}"
+            trainer.logger = CSVLogger(trainer.default_root_dir, name="lightning_logs", version=version)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -377,7 +385,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
     """Parse ``args`` (default: ``sys.argv``) and, with ``run``, execute the subcommand."""
     # Packed blocks are tensors in memory: loading a batch is a slice, so no workers are needed.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # Without tensorboard installed, runs log to CSV (lightning_logs/version_N/metrics.csv) on purpose.
+    # The default logger is CSV (lightning_logs/version_N/metrics.csv), TensorBoard installed or not.
     warnings.filterwarnings("ignore", ".*`tensorboardX` has been removed as a dependency.*")
     # A frozen backbone stays in eval mode on purpose (no dropout: the same features every epoch).
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
