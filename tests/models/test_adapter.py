@@ -58,14 +58,14 @@ def test_disjoint_crops_share_no_position_and_stay_in_bounds() -> None:
         assert ids.index(cut_side[-1]) < 2 * len(ids) // 3  # the earlier crop ends before the cut's latest
     assert sides == {True, False}  # either side comes first
     assert disjoint_crops([7], rng, 5, 20) == ([3, 7], [3, 7])  # one token: nothing to cut
-    batch = collate_crops([{"ids": ids, "idx": 0}] * 2, 5, 20, fixed=True, pairs="disjoint")
+    batch = collate_crops([{"ids": ids, "idx": 0}] * 2, 5, 20, fixed=True, positives="disjoint")
     assert torch.equal(batch["a_ids"][0], batch["a_ids"][1])  # fixed: seeded by the review's index
     assert not (set(batch["a_ids"][0].tolist()) - {0, 3}) & set(batch["b_ids"][0].tolist())
 
 
-def test_pairs_must_be_a_known_kind() -> None:
-    with pytest.raises(InputError, match="--data.pairs must be one of crops, disjoint"):
-        ContrastiveDataModule("unused", pairs="halves")
+def test_positives_must_be_a_known_kind() -> None:
+    with pytest.raises(InputError, match="--data.positives must be one of crops, disjoint"):
+        ContrastiveDataModule("unused", positives="halves")
 
 
 def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:
@@ -136,17 +136,35 @@ def test_a_term_bias_weighs_every_occurrence_of_its_token() -> None:
     after = head(states, keep, ids)
     assert after[0, 7] / after[0, 5] > before[0, 7] / before[0, 5]
     assert after[0].nonzero().flatten().tolist() == [5, 7, 9]  # still only the review's own tokens
-    with pytest.raises(InputError, match="term_bias .* needs pooling='sparse'"):
+    with pytest.raises(InputError, match="term_bias and pairs .* need pooling='sparse'"):
         EmbeddingHead(HeadConfig(1, 16, pooling="attention", term_bias=True))
 
 
-def test_a_sparse_adapter_with_term_bias_trains_through_the_cli_and_reloads(
+def test_pairs_add_one_dimension_per_pair_of_adjacent_pieces() -> None:
+    from imdb_transformer.core.head import PAIR_BITS
+    from imdb_transformer.core.lexical import pair_buckets
+
+    head = EmbeddingHead(HeadConfig(1, 16, pooling="sparse", vocab_size=50, dropout=0.0, pairs=True)).eval()
+    assert head.config.out_dim == 50 + 2**PAIR_BITS
+    ids, keep = torch.tensor([[5, 7, 9, 0]]), torch.tensor([[True, True, True, False]])  # one pad
+    found = head([torch.randn(1, 4, 16)], keep, ids)[0].nonzero().flatten().tolist()
+    pairs = [
+        50 + pair_buckets(torch.tensor(a), torch.tensor(b), 50, PAIR_BITS).item() for a, b in ((5, 7), (7, 9))
+    ]
+    assert found == sorted([5, 7, 9, *pairs])  # the pieces and their two pairs; none with the padding
+    swapped = (
+        head([torch.randn(1, 4, 16)], keep, torch.tensor([[7, 5, 9, 0]]))[0].nonzero().flatten().tolist()
+    )
+    assert set(swapped[3:]) != set(pairs)  # pairs are ordered: "7 5" is not "5 7"
+
+
+def test_a_sparse_adapter_with_term_bias_and_pairs_trains_through_the_cli_and_reloads(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     run_cli(
         "fit", "--config", str(REPO / "configs/embed.yaml"),
         "--config", str(REPO / "configs/embed_tiny.yaml"),
-        "--model.term_bias", "true", "--data.pairs", "disjoint",
+        "--model.term_bias", "true", "--model.pairs", "true", "--data.positives", "disjoint",
         "--model.backbone", str(pretrained_run / "backbone"),
         "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
@@ -155,7 +173,10 @@ def test_a_sparse_adapter_with_term_bias_trains_through_the_cli_and_reloads(
         tmp_path / "lightning_logs/version_0/adapter", load_backbone(pretrained_run / "backbone")
     )
     assert head.config.term_bias and head.term.abs().max() > 0.05  # the token weights moved from zero
-    assert head.term.shape == (head.config.vocab_size,)
+    assert head.term.shape == (head.config.vocab_size,) and head.config.pairs
+    backbone = load_backbone(pretrained_run / "backbone")
+    vectors = DocumentEmbedder(backbone, head=head).embed(["a good film", "a bad film"], progress=False)
+    assert vectors.shape[1] == head.config.out_dim and (vectors[:, head.config.vocab_size :].nnz > 0)
 
 
 def test_training_leaves_the_backbone_unchanged_and_crops_find_their_review(

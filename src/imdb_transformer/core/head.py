@@ -33,11 +33,13 @@ from imdb_transformer.artifacts import (
     typed_record,
 )
 from imdb_transformer.core.backbone import Backbone
+from imdb_transformer.core.lexical import pair_buckets
 from imdb_transformer.errors import InputError
 
 AdapterPooling = Literal["sparse", "attention", "weighted_mean", "mean"]
 ADAPTER_FORMAT = "imdb_transformer.adapter/1"
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter.json"
+PAIR_BITS = 16  # 65,536 pair dimensions after the vocabulary's: a batch's dense vectors stay small
 
 
 class AdapterError(InputError):
@@ -63,6 +65,9 @@ class HeadConfig:
         term_bias: ``sparse`` only: a learned weight for each vocabulary entry, added to every
             occurrence's weight from its context before the softplus: how much a token counts wherever
             it appears, the part of a term's importance BM25 takes from its IDF.
+        pairs: ``sparse`` only: also a dimension for each pair of adjacent pieces, hashed into
+            ``2**PAIR_BITS`` buckets after the vocabulary's (a word split into pieces matches as the word
+            it is, not as its common pieces); the pair's weight comes from the state at its second piece.
     """
 
     n_states: int
@@ -72,11 +77,14 @@ class HeadConfig:
     dropout: float = 0.1
     vocab_size: int | None = None
     term_bias: bool = False
+    pairs: bool = False
 
     @property
     def out_dim(self) -> int:
         """Width of the vectors the head returns."""
-        return self.vocab_size if self.pooling == "sparse" else self.dim
+        if self.pooling != "sparse":
+            return self.dim
+        return self.vocab_size + (1 << PAIR_BITS if self.pairs else 0)
 
 
 class EmbeddingHead(nn.Module):
@@ -96,13 +104,13 @@ class EmbeddingHead(nn.Module):
             )
         if config.pooling == "sparse" and (config.vocab_size or 0) < 1:
             raise InputError("sparse pooling needs the backbone's vocab_size")
-        if config.term_bias and config.pooling != "sparse":
-            raise InputError("term_bias weighs vocabulary entries: it needs pooling='sparse'")
+        if (config.term_bias or config.pairs) and config.pooling != "sparse":
+            raise InputError("term_bias and pairs weigh vocabulary entries: they need pooling='sparse'")
         self.config = config
         self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
         self.norm = nn.LayerNorm(config.n_embd, elementwise_affine=False)  # layers differ in scale
         self.drop = nn.Dropout(config.dropout)
-        out = 1 if config.pooling == "sparse" else config.dim
+        out = (2 if config.pairs else 1) if config.pooling == "sparse" else config.dim
         self.token = nn.Sequential(
             nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, out)
         )
@@ -118,12 +126,19 @@ class EmbeddingHead(nn.Module):
         if self.config.pooling == "sparse":
             if ids is None:
                 raise InputError("sparse pooling needs the token ids")
-            logit = self.token(x).squeeze(-1)  # (B, T): each occurrence's weight from its context
+            logits = self.token(x)  # (B, T, 1 or 2): each occurrence's weight from its context
+            logit = logits[..., 0]
             if self.term is not None:
                 logit = logit + self.term[ids]  # and its token's own weight
             weight = F.softplus(logit) * mask  # zero on padding
-            vectors = weight.new_zeros(len(ids), self.config.vocab_size)
+            vectors = weight.new_zeros(len(ids), self.config.out_dim)
             vectors = vectors.scatter_reduce(1, ids, weight, "amax")  # each token's largest weight
+            if self.config.pairs:  # the pair ending at each token, from the 2nd token on
+                vocab = self.config.vocab_size
+                keys = pair_buckets(ids[:, :-1], ids[:, 1:], vocab, PAIR_BITS) + vocab
+                both = mask[:, 1:] & mask[:, :-1]
+                pair = (F.softplus(logits[:, 1:, 1]) * both).to(vectors.dtype)  # under autocast too
+                vectors = vectors.scatter_reduce(1, keys, pair, "amax")
             return F.normalize(vectors, dim=-1)
         if self.score is not None:
             logits = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))

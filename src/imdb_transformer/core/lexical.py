@@ -23,11 +23,11 @@ PAIR_BUCKETS = 1 << PAIR_BITS
 _MIX = 2654435761  # Knuth's multiplicative hash: the top bits of (pair * _MIX) mod 2^32 spread pairs evenly
 
 
-def pair_buckets(first: Tensor, second: Tensor, vocab_size: int) -> Tensor:
-    """The bucket (0 to ``PAIR_BUCKETS - 1``) of each pair of pieces: a multiplicative hash of the
-    pair's number, so pairs that share a piece do not fall into a few buckets (a plain ``mod`` of the
-    pair's number would, for a power-of-two vocabulary)."""
-    return (((first * vocab_size + second) * _MIX) % (1 << 32)) >> (32 - PAIR_BITS)
+def pair_buckets(first: Tensor, second: Tensor, vocab_size: int, bits: int = PAIR_BITS) -> Tensor:
+    """The bucket (0 to ``2**bits - 1``) of each pair of pieces: a multiplicative hash of the pair's
+    number, so pairs that share a piece do not fall into a few buckets (a plain ``mod`` of the pair's
+    number would, for a power-of-two vocabulary)."""
+    return (((first * vocab_size + second) * _MIX) % (1 << 32)) >> (32 - bits)
 
 
 def signed_log(x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """ContrastiveDataModule: pairs of random crops of the same review, for training an embedding adapter.
 
 Two independent random spans of one review are a positive pair (Contriever's independent cropping), or
-two spans from either side of a cut, which share no text (``pairs="disjoint"``, as the inverse cloze
+two spans from either side of a cut, which share no text (``positives="disjoint"``, as the inverse cloze
 task pairs a passage with its context); every other review in the batch is a negative. No labels and
 no outside text: the ``train`` and ``unsupervised`` reviews only. The ``test`` split is never read, so
 retrieval benchmarks on it stay honest.
@@ -46,13 +46,18 @@ def disjoint_crops(
     return pair if rng.random() < 0.5 else pair[::-1]
 
 
-PAIRS = ("crops", "disjoint")
+POSITIVES = ("crops", "disjoint")
 
 
 def collate_crops(
-    items: list[dict], crop_min: int, crop_max: int, fixed: bool, reverse: bool = False, pairs: str = "crops"
+    items: list[dict],
+    crop_min: int,
+    crop_max: int,
+    fixed: bool,
+    reverse: bool = False,
+    positives: str = "crops",
 ) -> dict[str, torch.Tensor]:
-    """Two crops ``a`` and ``b`` of each review: independent (``pairs="crops"``) or from either side of
+    """Two crops ``a`` and ``b`` of each review: independent (``positives="crops"``) or from either side of
     a cut (``"disjoint"``). With ``fixed`` each review's crops are drawn from a generator seeded by its
     index, so validation sees the same pairs every time. ``reverse``: reviews read last token first, for
     a backward backbone."""
@@ -61,7 +66,7 @@ def collate_crops(
     for item in items:
         rng = random.Random(int(item["idx"])) if fixed else shared
         ids = reading_order(item["ids"], reverse)
-        if pairs == "disjoint":
+        if positives == "disjoint":
             first, second = disjoint_crops(ids, rng, crop_min, crop_max)
         else:
             first, second = (
@@ -97,7 +102,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         crop_min: Shortest crop, in tokens.
         crop_max: Longest crop, in tokens, capped at the context (a query is short, a review long:
             crops span both).
-        pairs: ``crops``: two independent random crops of a review (they may overlap); ``disjoint``:
+        positives: ``crops``: two independent random crops of a review (they may overlap); ``disjoint``:
             one crop from each side of a random cut in the review's middle third (no shared text, so
             the pair must match by topic and names rather than by copied words).
         val_fraction: Share of whole reviews held out for validation.
@@ -119,7 +124,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         max_length: int | None = None,
         crop_min: int = 16,
         crop_max: int = 128,
-        pairs: str = "crops",
+        positives: str = "crops",
         val_fraction: float = 0.02,
         max_reviews: int | None = None,
         batch_size: int = 256,
@@ -129,13 +134,13 @@ class ContrastiveDataModule(ReviewsDataModule):
     ) -> None:
         if not 1 <= crop_min <= crop_max:
             raise InputError(f"need 1 <= crop_min <= crop_max, got {crop_min} and {crop_max}")
-        if pairs not in PAIRS:
-            raise InputError(f"--data.pairs must be one of {', '.join(PAIRS)} (got {pairs!r})")
+        if positives not in POSITIVES:
+            raise InputError(f"--data.positives must be one of {', '.join(POSITIVES)} (got {positives!r})")
         super().__init__(
             source, cache_dir, backbone, tokenizer, max_length, val_fraction, max_reviews, batch_size,
             num_workers, num_proc, seed,
         )  # fmt: skip
-        self.crop_min, self.crop_max, self.pairs = crop_min, crop_max, pairs
+        self.crop_min, self.crop_max, self.positives = crop_min, crop_max, positives
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
         table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
@@ -152,7 +157,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         crop_min = min(self.crop_min, crop_max)
         return partial(
             collate_crops, crop_min=crop_min, crop_max=crop_max, fixed=split != "train", reverse=self.reverse,
-            pairs=self.pairs,
+            positives=self.positives,
         )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:

@@ -61,6 +61,7 @@ class EmbeddingAdapter(L.LightningModule):
         term_bias: ``sparse`` only: also learn a weight per vocabulary entry (see :class:`HeadConfig`).
         term_learning_rate: Peak learning rate of those weights: one per token, each seen only in the
             batches holding its token, so they move faster than the MLP's.
+        pairs: ``sparse`` only: also weigh pairs of adjacent pieces (see :class:`HeadConfig`).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class EmbeddingAdapter(L.LightningModule):
         backbone_chunk: int = 64,
         term_bias: bool = False,
         term_learning_rate: float = 3e-2,
+        pairs: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -87,7 +89,9 @@ class EmbeddingAdapter(L.LightningModule):
         if layers is not None and not 1 <= layers <= c.n_layer:
             raise InputError(f"layers={layers}: the backbone has 1 to {c.n_layer} blocks to read")
         states = (layers if layers is not None else c.n_layer) + 1
-        config = HeadConfig(states, c.n_embd, dim, pooling, dropout, c.vocab_size, term_bias=term_bias)
+        config = HeadConfig(
+            states, c.n_embd, dim, pooling, dropout, c.vocab_size, term_bias=term_bias, pairs=pairs
+        )
         self.head = EmbeddingHead(config)
         self.train()
 
