@@ -33,11 +33,12 @@ imported here: this file runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import glob
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -83,6 +84,7 @@ class Check:
         self.deadline = time.monotonic() + args.budget
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.paths = [str(REPO / "src"), str(REPO / "benchmarks")]
+        self.current: subprocess.Popen | None = None
         self._path_env()
 
     def _path_env(self) -> None:
@@ -104,32 +106,32 @@ class Check:
 
     def run(self, command: list[str], limit: float) -> tuple[str, int | None, str]:
         """Run ``command`` from the repository root for at most ``limit`` seconds, its output appended to
-        the log; (status, return code, output). A command over its limit is stopped with its children."""
-        self.say(f"\n$ {' '.join(command)}\n")
-        with tempfile.TemporaryFile("w+") as captured:
+        the log as it comes; (status, return code, its output). A command over its limit gets SIGTERM
+        (Lightning then saves a checkpoint), then its whole process group SIGKILL after a grace period."""
+        self.say(f"\n$ {shlex.join(command)}\n")
+        start = self.log.stat().st_size
+        with self.log.open("a") as log:
             process = subprocess.Popen(
-                command,
-                cwd=REPO,
-                env=self.env,
-                stdout=captured,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )  # fmt: skip
+            self.current = process
             try:
                 code = process.wait(timeout=max(1.0, limit))
                 status = "ok" if code == 0 else "failed"
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGTERM)  # Lightning saves what it can on SIGTERM
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
                 code, status = None, "timeout"
-            captured.seek(0)
-            output = captured.read()
-        self.say(output)
+            finally:
+                stop(process)  # also what a finished command left running (a worker, a server)
+                self.current = None
+        with self.log.open() as log:
+            log.seek(start)
+            output = log.read()
         return status, code, output
+
+    def skip(self, name: str, why: str) -> dict:
+        record = {"step": name, "status": "skipped", "seconds": 0, "why": why}
+        self.write(record)
+        return record
 
     def step(
         self,
@@ -143,16 +145,15 @@ class Check:
         seconds (cut to the budget left); its figures from ``read(output)``, also after a timeout."""
         left = self.left()
         if left < needs:
-            record = {
-                "step": name,
-                "status": "skipped",
-                "seconds": 0,
-                "why": f"{left:.0f} s of the budget left",
-            }
-            self.write(record)
-            return record
+            return self.skip(name, f"{left:.0f} s of the budget left")
         started = time.monotonic()
-        status, code, output = self.run(command, min(limit, left))
+        try:
+            status, code, output = self.run(command, min(limit, left))
+        except Interrupted:
+            self.write(
+                {"step": name, "status": "interrupted", "seconds": round(time.monotonic() - started, 1)}
+            )
+            raise
         record = {"step": name, "status": status, "seconds": round(time.monotonic() - started, 1)}
         if code:
             record["returncode"] = code
@@ -164,6 +165,27 @@ class Check:
                 record["unread"] = f"{type(err).__name__}: {err}"
         self.write(record)
         return record
+
+
+class Interrupted(Exception):
+    """The check itself was told to stop (SIGTERM, SIGINT)."""
+
+
+def stop(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM to ``process`` alone (its data workers must not die first, or nothing is saved), then,
+    after ``grace`` seconds at most, SIGKILL to whatever of its process group is left."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def python() -> str:
@@ -180,38 +202,32 @@ def setup(check: Check) -> dict:
         " 'gpu': torch.cuda.get_device_name() if cuda else None,"
         f" 'missing': [m for m in {sorted(NEEDED)!r} if importlib.util.find_spec(m) is None]}}))"
     )
-    status, _, output = check.run([python(), "-c", probe], 120)
-    if status != "ok":
-        record = {"step": "setup", "status": "failed", "why": "torch does not import: install the build for "
-                  "this machine (a CUDA build on a GPU) first", "tail": output[-1500:]}  # fmt: skip
+    status, _, output = check.run([python(), "-c", probe], min(120, check.left()))
+    found = last_json(output) if status == "ok" else None
+    if not isinstance(found, dict):
+        why = "torch does not import: install the build for this machine (a CUDA build on a GPU) first"
+        record = {"step": "setup", "status": "failed", "why": why, "tail": output[-1500:]}
+        record["seconds"] = round(time.monotonic() - started, 1)
         check.write(record)
         return record
-    found = json.loads(output.strip().splitlines()[-1])
     missing = found.pop("missing")
     record = {"step": "setup", "status": "ok", **found, "installed": []}
     if missing:
         site = check.work / "site"
         names = [NEEDED[m] for m in missing]
-        if check.args.wheels:  # every wheel of the folder, without their dependencies: the folder is the set
-            wheels = sorted(glob.glob(str(Path(check.args.wheels).resolve() / "*.whl")))
-            command = [
-                python(),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-index",
-                "--no-deps",
-                "--target",
-                str(site),
+        command = [python(), "-m", "pip", "install", "-q", "--target", str(site)]
+        if check.args.wheels:  # only the missing ones' wheels: the machine's own packages stay in use
+            wheels = [
+                w for w in sorted(Path(check.args.wheels).resolve().glob("*.whl")) if wheel_name(w) in names
             ]
-            command += wheels
+            command += ["--no-index", "--no-deps", *map(str, wheels)]
+            record["installed"] = [w.name for w in wheels]
         else:
-            command = [python(), "-m", "pip", "install", "-q", "--target", str(site), *names]
-        status, _, output = check.run(command, 300)
+            command += names
+            record["installed"] = names
+        status, _, output = check.run(command, min(300, check.left()))
         check.paths.insert(0, str(site))
         check._path_env()
-        record["installed"] = names
         # imported, not only found: a wheel whose own needs the machine lacks fails here, not mid-step
         recheck = (
             "import importlib, json\nbad = []\n"
@@ -220,17 +236,32 @@ def setup(check: Check) -> dict:
             "    except Exception as err:\n        bad.append(f'{m}: {type(err).__name__}: {err}')\n"
             "print(json.dumps(bad))"
         )
-        _, _, still = check.run([python(), "-c", recheck], 120)
-        broken = (
-            json.loads(still.strip().splitlines()[-1]) if still.strip() else ["the check printed nothing"]
-        )
-        if status != "ok" or broken:
-            record.update(status="failed", why=f"could not install {names}: {broken}", tail=output[-1500:])
+        _, _, still = check.run([python(), "-c", recheck], min(120, check.left()))
+        broken = last_json(still)
+        if status != "ok" or broken != []:
+            found = broken if broken is not None else "the check printed no answer"
+            why = f"could not install {names}: {found}"
+            record.update(status="failed", why=why, tail=output[-1500:])
     if check.args.smoke:
         record["smoke"] = True
     record["seconds"] = round(time.monotonic() - started, 1)
     check.write(record)
     return record
+
+
+def last_json(output: str) -> object:
+    """The JSON on the last line of ``output``, or None if it holds none."""
+    lines = output.strip().splitlines()
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+
+
+def wheel_name(wheel: Path) -> str:
+    """A wheel file's distribution, normalised as pip compares names (``typeshed_client`` ->
+    ``typeshed-client``)."""
+    return re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
 
 
 def json_record(path: Path) -> Callable[[str], dict]:
@@ -253,8 +284,20 @@ def logged_metric(output: str, name: str) -> float:
     return float(re.search(re.escape(name) + r"\W+([0-9.]+)", output).group(1))
 
 
-def latest_version(root: Path) -> Path:
-    return max((root / "lightning_logs").glob("version_*"), key=lambda p: int(p.name[8:]))
+def latest_version(root: Path) -> Path | None:
+    """The newest ``root/lightning_logs/version_N`` by its number, or None."""
+    found = [p for p in (root / "lightning_logs").glob("version_*") if p.name[8:].isdigit()]
+    return max(found, key=lambda p: int(p.name[8:]), default=None)
+
+
+def empty_or_new(value: str) -> Path:
+    """An argparse type: a folder that is new or empty, so no earlier run's files are read as this one's."""
+    path = Path(value).resolve()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise argparse.ArgumentTypeError(
+            f"{path} is not a new or empty folder: give a fresh one for each run"
+        )
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,51 +305,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data", required=True, help="a local IMDB parquet folder (train, test, unsupervised)"
     )
-    parser.add_argument("--out", required=True, help="results.jsonl and gpu_check.log go here, nothing else")
-    parser.add_argument("--work", default=None, help="runs and checkpoints (default: a temporary folder)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=empty_or_new,
+        help="results.jsonl and gpu_check.log go here, nothing else",
+    )
+    parser.add_argument(
+        "--work", type=empty_or_new, default=None, help="runs and checkpoints (default: a temporary folder)"
+    )
     parser.add_argument(
         "--wheels", default=None, help="a folder of wheels for the packages the machine lacks"
     )
     parser.add_argument("--budget", type=float, default=540, help="seconds for every step together")
     parser.add_argument(
         "--pretrain_minutes", type=float, default=3.5,
-        help="pretraining's wall time, after its data is prepared (3.5 leaves the other steps room in 540 s)",
+        help="pretraining's wall time at most, after its data is prepared; less if the budget left needs it",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="the same steps on CPU with tiny models")
     args = parser.parse_args(argv)
     check = Check(args)
     if args.smoke:  # a smoke run on a machine with a GPU still tests the CPU path
         check.env["CUDA_VISIBLE_DEVICES"] = ""
+    signal.signal(signal.SIGTERM, interrupt)  # a stopped check stops its step and records it
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        return steps(check)
+    except Interrupted as err:
+        check.say(f"\nstopped by {err}\n")
+        return 130
+
+
+def steps(check: Check) -> int:
+    """Every step after the set-up, in order; 0 if the classifier steps were reached."""
     if setup(check)["status"] != "ok":
         return 1
+    args, work, smoke = check.args, check.work, check.args.smoke
     data = str(Path(args.data).resolve())
     cli = [python(), "-m", "imdb_transformer.cli"]
-    work, smoke = check.work, args.smoke
 
     # 2. the training step's speed at the GPU config's size, profiled
     speed = work / "train_speed.json"
-    shape = (
-        TINY_SHAPE + ["--batch_size", "2", "--peak_size", "128"]
-        if smoke
-        else GPU_SHAPE + ["--batch_size", "64"]
+    if smoke:
+        shape = [*TINY_SHAPE, "--batch_size", "2", "--peak_size", "128", "--compile", "off", "--profile", "2"]
+        shape += ["--steps", "1", "--rounds", "1", "--warmup", "1"]
+    else:
+        shape = [*GPU_SHAPE, "--batch_size", "64", "--compile", "on", "--profile", "5"]
+        shape += ["--steps", "10", "--rounds", "3", "--warmup", "3"]
+    timing = [python(), "benchmarks/train_speed.py", *shape, "--precision", "bf16", "--decoders", "ours"]
+    timed = check.step(
+        "train_speed", [*timing, "--out", str(speed)], limit=90 if smoke else 150, read=json_record(speed)
     )
-    rounds = (
-        ["--steps", "1", "--rounds", "1", "--warmup", "1"]
-        if smoke
-        else ["--steps", "10", "--rounds", "3", "--warmup", "3"]
-    )
-    check.step(
-        "train_speed",
-        [python(), "benchmarks/train_speed.py", *shape, *rounds, "--precision", "bf16", "--decoders", "ours",
-         "--compile", "off" if smoke else "on", "--profile", "2" if smoke else "5", "--out", str(speed)],
-        limit=90 if smoke else 150, read=json_record(speed),
-    )  # fmt: skip
-    peak = None
-    if speed.exists():
-        peak = json.loads(speed.read_text())["notes"]["peak_matmul_gflops"]["bf16"] * 1e9
+    peak = timed.get("notes", {}).get("peak_matmul_gflops", {}).get("bf16")
 
-    # 3. pretraining through the CLI for a fixed wall time, then validation of its last checkpoint
-    seconds = round((0.5 if smoke else args.pretrain_minutes) * 60)
+    # 3. pretraining through the CLI for a wall time that leaves the later steps their share of the budget
+    overhead, later = (40, 90) if smoke else (120, 200)  # data, compile and export; the steps after it
+    wanted = round((0.5 if smoke else args.pretrain_minutes) * 60)
+    seconds = max(10, min(wanted, round(check.left() - overhead - later)))
     config = [
         "--config",
         "configs/pretrain.yaml",
@@ -327,34 +382,32 @@ def main(argv: list[str] | None = None) -> int:
 
     def read_pretraining(output: str) -> dict:
         metrics = latest_version(lm) / "metrics.csv"
-        tokens, flops = (
-            last_value(metrics, "train/device/items_per_sec"),
-            last_value(metrics, "train/device/flops_per_sec"),
-        )
-        found = {"steps": last_value(metrics, "step"), "tokens_per_s": tokens, "flops_per_s": flops}
+        flops = last_value(metrics, "train/device/flops_per_sec")
+        found = {"max_time_s": seconds, "steps": last_value(metrics, "step"), "flops_per_s": flops}
+        found["tokens_per_s"] = last_value(metrics, "train/device/items_per_sec")
+        found["val_bpb_logged"] = last_value(metrics, "val/bpb")  # the last validation during training
         if flops and peak:
-            found["mfu"] = round(flops / peak, 4)
+            found["mfu"] = round(flops / (peak * 1e9), 4)
         return found
 
-    check.step(
-        "pretrain",
-        [*cli, "fit", *config, "--trainer.default_root_dir", str(lm),
-         "--trainer.max_time", f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"],
-        limit=seconds + (120 if smoke else 180), read=read_pretraining, needs=60,
-    )  # fmt: skip
-    last = next(iter(sorted(lm.glob("lightning_logs/version_*/checkpoints/last.ckpt"))), None)
-    backbone = next(iter(sorted(lm.glob("lightning_logs/version_*/backbone"))), None)
-    if last is not None:
+    max_time = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
+    fit = [*cli, "fit", *config, "--trainer.default_root_dir", str(lm), "--trainer.max_time", max_time]
+    check.step("pretrain", fit, limit=seconds + overhead, read=read_pretraining, needs=60)
+    run = latest_version(lm)
+    last = run / "checkpoints" / "last.ckpt" if run else None
+    if last is not None and last.is_file():
+        # the checkpoint's own hyper-parameters apply (a compiled model compiles again): a generous limit
+        validate = [*cli, "validate", *config, "--trainer.default_root_dir", str(work / "validate")]
         check.step(
-            "validate",
-            [*cli, "validate", *config, "--trainer.default_root_dir", str(work / "validate"),
-             "--ckpt_path", str(last), "--model.compile", "false"],
-            limit=120, read=lambda out: {"val_bpb": logged_metric(out, "val/bpb")},
+            "validate", [*validate, "--ckpt_path", str(last)], limit=60 if smoke else 150,
+            read=lambda out: {"val_bpb": logged_metric(out, "val/bpb")},
         )  # fmt: skip
-    if backbone is None:
-        check.write(
-            {"step": "classifier", "status": "skipped", "seconds": 0, "why": "no backbone was exported"}
-        )
+    else:
+        check.skip("validate", "pretraining left no last.ckpt")
+    backbone = run / "backbone" if run else None
+    if backbone is None or not backbone.is_dir():
+        for name in ("frozen", "frozen_test", "decode", "embed", "finetune", "finetune_test"):
+            check.skip(name, "pretraining exported no backbone")
         return 1
 
     # 4. a frozen classifier on that backbone, tested on the test split; 6. one epoch fine-tuned
@@ -380,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
             name, fit, limit=limit, needs=60,
             read=lambda out: {"val_acc": last_value(latest_version(root) / "metrics.csv", "val/acc")},
         )  # fmt: skip
-        best = sorted(root.glob("lightning_logs/version_*/checkpoints/best-*.ckpt"))
+        version = latest_version(root)
+        best = sorted(version.glob("checkpoints/best-*.ckpt")) if version else []
         if fitted["status"] == "skipped" or not best:
+            check.skip(f"{name}_test", "no best checkpoint to test")
             return
         test = [*cli, "test", *classify, *options, "--trainer.default_root_dir", str(root / "test")]
         check.step(

@@ -161,8 +161,9 @@ def measure(config: DecoderConfig, args: argparse.Namespace, precision: str, com
 
 
 def profile(step: Callable[[], None], steps: int, device: str, top: int = 15) -> list[dict]:
-    """``steps`` training steps under ``torch.profiler``: the ``top`` operators by self time on the
-    device (the GPU's kernels; on a CPU, its own time), each with its share of that time."""
+    """``steps`` training steps under ``torch.profiler``: the ``top`` entries by self time on the device
+    (on a GPU its kernels, operators' and annotations' rows left out as they repeat the kernels' time;
+    on a CPU the operators), each with its share of that time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
@@ -174,12 +175,23 @@ def profile(step: Callable[[], None], steps: int, device: str, top: int = 15) ->
             step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-    events = prof.key_averages()
-    time_of = (
-        (lambda e: e.self_device_time_total)
-        if device.startswith("cuda")
-        else (lambda e: e.self_cpu_time_total)
-    )
+    events = list(prof.key_averages())
+    if device.startswith("cuda"):  # the kernels alone: an operator's row repeats its kernels' time
+        from torch.autograd import DeviceType
+
+        events = [
+            e
+            for e in events
+            if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+        ]
+
+        def time_of(e) -> float:
+            return e.self_device_time_total
+    else:
+
+        def time_of(e) -> float:
+            return e.self_cpu_time_total
+
     total = sum(time_of(e) for e in events) or 1
     ranked = sorted(events, key=time_of, reverse=True)[:top]
     return [

@@ -54,9 +54,16 @@ class SaveRunFiles(SaveConfigCallback):
         if self.already_saved:
             return
         folder = run_folder(trainer)  # a collective call under DDP: every rank must make it
+        config = folder / self.config_filename
+        taken = trainer.strategy.broadcast(trainer.is_global_zero and config.exists())
+        if taken and not self.overwrite:  # a folder every run shares (no logger, a fixed version)
+            raise InputError(
+                f"{config} exists: an earlier run keeps its files in {folder}, and this run's would "
+                "replace them. Give --trainer.default_root_dir a new folder, or leave --trainer.logger at "
+                "its default (each run gets its own lightning_logs/version_N)"
+            )
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
-            config = folder / self.config_filename
             self.parser.save(
                 self.config, str(config), skip_none=False, overwrite=True, multifile=self.multifile
             )

@@ -48,9 +48,9 @@ def test_smoke_runs_every_step_and_records_each(imdb_dir: Path, tmp_path: Path) 
     assert "benchmarks/train_speed.py" in log and " fit " in log and " test " in log
 
 
-def test_a_step_over_budget_is_cut_and_the_rest_skipped(imdb_dir: Path, tmp_path: Path) -> None:
-    """With 25 s in all, a step is stopped at the budget and recorded; the steps after it are skipped,
-    each with its reason, and the results file is whole JSON lines."""
+def test_a_short_budget_still_gives_every_step_its_record(imdb_dir: Path, tmp_path: Path) -> None:
+    """With 25 s in all, steps are cut at the budget or skipped, each with its reason, and the results
+    file is whole JSON lines, one per step."""
     out = tmp_path / "out"
     check(
         "--smoke",
@@ -64,13 +64,52 @@ def test_a_step_over_budget_is_cut_and_the_rest_skipped(imdb_dir: Path, tmp_path
         str(tmp_path / "work"),
     )
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    statuses = {r["step"]: r["status"] for r in records}
-    assert statuses["setup"] == "ok"
-    assert "timeout" in statuses.values() or "skipped" in statuses.values()
-    assert all(r["why"] for r in records if r["status"] == "skipped")
+    assert [r["step"] for r in records] == STEPS and records[0]["status"] == "ok"
+    assert {r["status"] for r in records[1:]} <= {"ok", "timeout", "skipped", "failed"}
+    assert "skipped" in {r["status"] for r in records} and all(
+        r["why"] for r in records if r["status"] == "skipped"
+    )
     assert sum(r["seconds"] for r in records) < 25 + 30  # a stopped step gets 20 s to save, no more
 
 
+def test_a_step_over_its_limit_is_stopped_with_its_children(tmp_path: Path) -> None:
+    """SIGTERM to the step itself, then SIGKILL to what is left of its process group: a child it
+    started does not outlive it."""
+    import argparse
+    import os
+    import time
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", budget=60, smoke=True)
+    pid_file = tmp_path / "child.pid"
+    stubborn = (  # ignores SIGTERM, as a busy worker might, and leaves a child sleeping
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(120)"
+    )
+    started = time.monotonic()
+    status, code, output = gpu_check.Check(args).run([sys.executable, "-c", stubborn], limit=2)
+    assert status == "timeout" and code is None and "started" in output
+    assert time.monotonic() - started < 2 + 20 + 5  # the limit, the grace period, a margin
+    child = int(pid_file.read_text())
+    time.sleep(0.5)
+    try:
+        os.kill(child, 0)
+        alive = Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+    except ProcessLookupError:
+        alive = False
+    assert not alive
+
+
+def test_a_used_out_or_work_folder_is_refused(imdb_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.jsonl").write_text("{}\n")
+    done = check("--smoke", "--data", str(imdb_dir), "--out", str(tmp_path / "out"), timeout=60)
+    assert done.returncode == 2 and "not a new or empty folder" in done.stderr
+
+
 def test_missing_data_or_out_is_a_usage_error(tmp_path: Path) -> None:
-    done = check("--smoke", "--out", str(tmp_path), timeout=60)
+    done = check("--smoke", "--out", str(tmp_path / "fresh"), timeout=60)
     assert done.returncode == 2 and "--data" in done.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_pretrain_args
-from helpers import run_cli
+from helpers import fails, run_cli
 
 from imdb_transformer.core.backbone import load_backbone
 
@@ -54,3 +54,19 @@ def test_mlflow_runs_keep_their_own_folders(imdb_dir: Path, cache_dir: Path, tmp
     folders = sorted(p.parent for p in store.glob("*/*/checkpoints"))
     assert_two_whole_runs(folders)
     assert not (store / "backbone").exists() and not (store / "config.yaml").exists()
+
+
+def test_a_second_run_in_a_folder_another_run_keeps_is_refused(
+    imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """A logger given a fixed version names one folder for every run: the second run stops before it
+    replaces the first's files, naming the fix."""
+    logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+              "--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.version", "fixed"]  # fmt: skip
+    args = [*tiny_pretrain_args(imdb_dir, cache_dir, tmp_path), "--trainer.max_steps", "2", *logger]
+    run_cli("fit", *args)
+    folder = tmp_path / "lightning_logs" / "fixed"
+    first = load_backbone(folder / "backbone").fingerprint
+    error = fails("fit", *args, "--seed_everything", "2")
+    assert "config.yaml exists" in error and "--trainer.default_root_dir a new folder" in error
+    assert load_backbone(folder / "backbone").fingerprint == first

@@ -34,12 +34,13 @@ def part(state: dict, prefix: str) -> dict:
 
 
 def run_folder(trainer: L.Trainer) -> Path:
-    """The folder of one run's own files (its checkpoints, exports, config and tokenizer): where
-    ``ModelCheckpoint`` puts the run's ``checkpoints/``, ``save_dir/name/version`` of the first logger
-    (``lightning_logs/version_N`` for CSV and TensorBoard, the run's id for MLflow or W&B), else the
-    root folder when there is no logger. Unlike ``trainer.log_dir``, which is a logger's ``save_dir``
-    shared by all its runs for loggers other than CSV and TensorBoard, two runs never share it. A
-    collective call under DDP: every rank must make it (rank 0's answer is broadcast)."""
+    """The folder of one run's own files (its exports, config and tokenizer): the folder in which
+    ``ModelCheckpoint`` puts the run's ``checkpoints/`` unless ``--checkpoint.dirpath`` moves them,
+    ``save_dir/name/version`` of the first logger (``lightning_logs/version_N`` for CSV and TensorBoard,
+    the run's id for MLflow or W&B), else the root folder when there is no logger. Unlike
+    ``trainer.log_dir``, which for loggers other than CSV and TensorBoard is the ``save_dir`` all their
+    runs share, it is the run's own wherever the logger names each run apart. A collective call under
+    DDP: every rank must make it (rank 0's answer is broadcast)."""
     if not trainer.loggers:
         folder = trainer.default_root_dir
     else:
