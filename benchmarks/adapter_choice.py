@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from common import Record, add_out_argument, dense_top, encode, halves, index_top, mrr_recall
+from common import Record, add_out_argument, dense_top, encode, halves, held_out_texts, index_top, mrr_recall
 
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.head import load_adapter
-from imdb_transformer.data.crops import held_out
 from imdb_transformer.search import BM25Index, SemanticIndex, review_table
-from imdb_transformer.text.imdb import load_reviews
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,8 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     record = Record("adapter_choice")
 
     backbone = load_backbone(args.backbone)
-    texts = load_reviews(args.source, "train").texts + load_reviews(args.source, "unsupervised").texts
-    val = [texts[i] for i in held_out(len(texts), args.val_fraction, args.seed)]
+    val = held_out_texts(args.source, args.val_fraction, args.seed)
     queries, docs = (list(half) for half in zip(*(halves(t) for t in val), strict=True))
     lexical = BM25Index.build(docs)
     print()

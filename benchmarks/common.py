@@ -145,6 +145,26 @@ def hardware() -> dict[str, str | None]:
 # --- retrieval evaluation: the halves task and ranking through the index ---------------------------
 
 
+def held_out_texts(source: str, val_fraction: float, seed: int) -> list[str]:
+    """The training reviews (train + unsupervised) the embedding adapters held out of training, by their
+    data module's ``val_fraction`` and ``seed``: where retrieval choices are made."""
+    from imdb_transformer.data.crops import held_out
+    from imdb_transformer.text.imdb import load_reviews
+
+    pool = load_reviews(source, "train").texts + load_reviews(source, "unsupervised").texts
+    return [pool[i] for i in held_out(len(pool), val_fraction, seed)]
+
+
+def tfidf_matrices(queries: list[str], docs: list[str]):
+    """TF-IDF vectors (sublinear tf, English stop words, fit on ``docs``) of queries and documents: their
+    products are cosines. Needs scikit-learn."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", min_df=2)
+    d = vectorizer.fit_transform(docs)
+    return vectorizer.transform(queries), d
+
+
 def halves(text: str) -> tuple[str, str]:
     """A review split at the word boundary nearest its middle."""
     words = text.split()

@@ -24,13 +24,11 @@ import time
 import numpy as np
 import scipy.sparse as sp
 import torch
-from common import Record, add_out_argument, encode, halves
+from common import Record, add_out_argument, encode, halves, held_out_texts, tfidf_matrices
 from ranx import Qrels, Run, compare, evaluate, fuse, optimize_fusion
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.head import load_adapter
-from imdb_transformer.data.crops import held_out
 from imdb_transformer.search import BM25Index
 from imdb_transformer.text.imdb import load_reviews
 
@@ -57,9 +55,7 @@ def run_of(name: str, scores_of, n: int, depth: int) -> Run:
 
 def lexical_runs(queries: list[str], docs: list[str], depth: int) -> dict[str, Run]:
     bm25 = BM25Index.build(docs)
-    tfidf = TfidfVectorizer(sublinear_tf=True, stop_words="english", min_df=2)
-    d = tfidf.fit_transform(docs)
-    q = tfidf.transform(queries)
+    q, d = tfidf_matrices(queries, docs)
     return {
         "BM25": run_of(
             "BM25", lambda rows: np.stack([bm25.scores(queries[i]) for i in rows]), len(queries), depth
@@ -151,8 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     for path, name in names.items():
         print(f"{name}: {path}")
 
-    pool = load_reviews(args.source, "train").texts + load_reviews(args.source, "unsupervised").texts
-    queries, docs = task([pool[i] for i in held_out(len(pool), args.val_fraction, args.seed)])
+    queries, docs = task(held_out_texts(args.source, args.val_fraction, args.seed))
     print(f"held-out training reviews: {len(queries):,} (choices are made here)")
     qrels = qrels_of(len(queries))
     runs = lexical_runs(queries, docs, args.depth)

@@ -27,12 +27,20 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import Record, add_out_argument, dense_top, encode, halves, index_top, mrr_recall
-from sklearn.feature_extraction.text import TfidfVectorizer
+from common import (
+    Record,
+    add_out_argument,
+    dense_top,
+    encode,
+    halves,
+    held_out_texts,
+    index_top,
+    mrr_recall,
+    tfidf_matrices,
+)
 
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.head import load_adapter
-from imdb_transformer.data.crops import held_out
 from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.search import BM25Index, SemanticIndex, review_table
 from imdb_transformer.text.imdb import load_reviews
@@ -54,9 +62,7 @@ def whitening(vectors: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def tfidf_top(queries: list[str], docs: list[str], k: int, exclude_self: bool = False) -> np.ndarray:
-    vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", min_df=2)
-    d = vectorizer.fit_transform(docs)
-    q = vectorizer.transform(queries)
+    q, d = tfidf_matrices(queries, docs)
     out = []
     for start in range(0, q.shape[0], 1024):
         scores = (q[start : start + 1024] @ d.T).toarray()
@@ -113,9 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     # held-out training reviews: where alpha is chosen
-    train, unsup = load_reviews(args.source, "train"), load_reviews(args.source, "unsupervised")
-    pool_texts = train.texts + unsup.texts
-    val_texts = [pool_texts[i] for i in held_out(len(pool_texts), args.val_fraction, args.seed)]
+    val_texts = held_out_texts(args.source, args.val_fraction, args.seed)
+    train = load_reviews(args.source, "train")  # its first reviews time the embedders
     val_q, val_d = zip(*(halves(t) for t in val_texts), strict=True)
     test = load_reviews(args.source, "test", args.max_test)
     test_q, test_d = zip(*(halves(t) for t in test.texts), strict=True)

@@ -15,8 +15,9 @@ requests back to back.
 ``--compare threads`` (needs --backbone): one server splits the cores among its workers (the default),
 the other gives every worker all the cores (``--threads`` set to the usable cores: PyTorch's own default,
 so the workers' thread pools overlap). Measured: one prompt decoded alone (/v1/completions, greedy,
-tokens/s), then the same decoding while --clients[-1] clients keep /sentiment and /search busy, with each
-endpoint's requests/s and latency.
+tokens/s), then the same decoding while --clients[-1] clients per endpoint send their --requests to
+/search and to /sentiment (the completions that end while that load runs count), with each endpoint's
+requests/s and latency. /search's requests are quick, so most of the load is /sentiment's.
 """
 
 from __future__ import annotations
@@ -77,13 +78,20 @@ def mixed_round(
     server: ServerProcess, work: dict[str, list[dict]], clients: int, tokens: int
 ) -> dict[str, tuple[float, list[float]]]:
     """Greedy completions back to back while ``clients`` threads per endpoint of ``work`` send its
-    bodies; each endpoint's (requests/s, latencies) and the decoding's (tokens/s, [])."""
+    bodies; each endpoint's (requests/s, latencies) and the decoding's (median tokens/s of the
+    completions that ended while the load ran, [])."""
     done = threading.Event()
     rates: list[float] = []
+    errors: list[BaseException] = []
 
     def decode() -> None:
-        while not done.is_set():
-            rates.append(decode_rate(server, tokens))
+        try:
+            while not done.is_set():
+                rate = decode_rate(server, tokens)
+                if not done.is_set():  # a completion that outlasted the load ran partly unloaded
+                    rates.append(rate)
+        except BaseException as err:  # re-raised below, in the caller's thread
+            errors.append(err)
 
     decoder = threading.Thread(target=decode)
     decoder.start()
@@ -94,6 +102,10 @@ def mixed_round(
     finally:
         done.set()
         decoder.join()
+    if errors:
+        raise errors[0]
+    if not rates:
+        raise RuntimeError("no completion ended while the load ran: raise --requests or lower --tokens")
     found["/v1/completions"] = (statistics.median(rates), [])
     return found
 

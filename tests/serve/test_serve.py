@@ -401,24 +401,29 @@ def test_sentiment_explains_on_request_and_says_when_it_cannot(
     assert _preflight(config).explains is False  # what GET /info reports as explains
 
 
-def test_a_backward_backbone_is_refused_before_any_worker_starts(served_models, tmp_path: Path) -> None:
-    """A backward LM would write text last word first on /generate and /v1/completions: the server
-    refuses it in one line, naming the fix, whatever else is served."""
+def test_a_backward_backbone_serves_embeddings_but_not_generation(served_models, tmp_path: Path) -> None:
+    """A backward LM would write text last word first: /generate and /v1/completions are not served
+    (their 404 says why), /embed and /v1/embeddings are."""
     from dataclasses import replace
 
     from imdb_transformer.core.backbone import export_backbone, load_backbone
     from imdb_transformer.core.decoder import CausalDecoder
+    from imdb_transformer.serve.app import WRITER, served
 
     forward = load_backbone(served_models["backbone"])
     backward = CausalDecoder(replace(forward.decoder.config, reverse=True))
     backward.load_state_dict(forward.decoder.state_dict())
     folder = export_backbone(backward, forward.tokenizer, tmp_path / "backward")
-    with pytest.raises(InputError, match="is a backward LM .* Serve a forward backbone with --backbone"):
-        _preflight(ServeConfig(backbone=str(folder)))
-    with pytest.raises(InputError, match="backward LM"):
-        _preflight(ServeConfig(backbone=str(folder), index=str(served_models["index"])))
-    line = fails("serve", "--backbone", str(folder), "--port", str(free_port()))
-    assert "backward LM" in line
+    assert served(ServeConfig(backbone=str(folder))) == ["/embed", "/v1/embeddings"]
+    assert "/generate" in served(ServeConfig(backbone=str(served_models["backbone"])))
+    assert "a backward one" in WRITER and "would write text last word first" in WRITER
+    running = Server(["--backbone", str(folder)], tmp_path / "server.log")
+    try:
+        status, answer = running.call("POST", "/generate", {"prompt": "This movie"})
+        assert status == 404 and "last word first" in answer["error"]
+        assert running.call("POST", "/embed", {"texts": ["a film"]})[0] == 200
+    finally:
+        running.stop()
 
 
 def test_the_page_reports_bad_input_and_generates(page, server: Server) -> None:

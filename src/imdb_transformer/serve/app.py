@@ -32,6 +32,7 @@ type from ``decode_request``'s annotation at run time.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import signal
@@ -454,6 +455,23 @@ class Endpoint:
     stream: bool = False
 
 
+WRITER = (
+    "start the server with --backbone PATH, a forward pretraining run's backbone/ folder (a backward one, "
+    "trained with --data.reverse true, would write text last word first: it serves /embed and "
+    "/v1/embeddings only)"
+)
+
+
+@functools.lru_cache(maxsize=8)
+def writes_forward(backbone: str | None) -> bool:
+    """Whether ``backbone`` is given and reads left to right, so it can continue a prompt."""
+    if backbone is None:
+        return False
+    from imdb_transformer.core.backbone import load_spec
+
+    return not load_spec(backbone).config.reverse
+
+
 ENDPOINTS = (
     Endpoint(
         "/search", SearchAPI, lambda c: c.index is not None,
@@ -468,12 +486,10 @@ ENDPOINTS = (
         "start the server with --backbone PATH or --index DIR",
     ),
     Endpoint(  # one request at a time: the sampling options differ per request
-        "/generate", GenerateAPI, lambda c: c.backbone is not None,
-        "start the server with --backbone PATH (a pretraining run's backbone/ folder)", batched=False,
+        "/generate", GenerateAPI, lambda c: writes_forward(c.backbone), WRITER, batched=False,
     ),
     Endpoint(  # OpenAI's completions, streamed as decoded: one request at a time
-        "/v1/completions", CompletionsAPI, lambda c: c.backbone is not None,
-        "start the server with --backbone PATH (a pretraining run's backbone/ folder)", batched=False,
+        "/v1/completions", CompletionsAPI, lambda c: writes_forward(c.backbone), WRITER, batched=False,
         stream=True,
     ),
     Endpoint(
@@ -627,15 +643,6 @@ def _preflight(config: ServeConfig) -> Loaded:
     """Load every model once here, so a wrong path or a damaged file stops the command with one clear
     line before any worker process starts (a worker's failure would only end the server)."""
     loaded = Loaded()
-    if config.backbone is not None:
-        from imdb_transformer.core.backbone import load_spec
-
-        if load_spec(config.backbone).config.reverse:
-            raise InputError(
-                f"--backbone {config.backbone} is a backward LM (trained with --data.reverse true): "
-                "/generate and /v1/completions would write text last word first. Serve a forward backbone "
-                "with --backbone; a backward backbone's index is served with --index alone"
-            )
     if config.index is not None or config.backbone is not None:
         embedder = _embedder(config)  # the index (when given) is loaded and checked on the way
         loaded.embeddings = SPARSE_EMBEDDINGS if embedder.sparse else f"dense, {embedder.dim} dimensions"
