@@ -4,8 +4,9 @@
 
 The same training reviews (the test split stays unread) are embedded by :class:`DocumentEmbedder`
 (mean pooling, or ``--adapter``'s head) in each precision, in alternating rounds; each precision's median
-round counts. The table gives reviews/s, the ratio to fp32, and how far the bf16 vectors are from the fp32
-ones (the smallest cosine between a review's two vectors).
+round counts. The table gives reviews/s, the ratio to the first precision given (fp32 by default), and how
+far each precision's vectors are from that one's (the smallest cosine between a review's two vectors). The
+timed work includes tokenising the reviews, which a faster device does not speed up.
 """
 
 from __future__ import annotations
