@@ -686,6 +686,7 @@ def test_a_stop_sequence_split_across_pieces_is_held_back_and_cut(monkeypatch, s
         assert answer["usage"]["completion_tokens"] == 4  # the pieces up to the one that ends the stop
 
 
+@pytest.mark.slow  # two more servers with every model: minutes on 2 cores
 def test_serve_load_compares_thread_settings(
     served_models: dict[str, Path], imdb_dir: Path, tmp_path: Path
 ) -> None:
