@@ -12,18 +12,20 @@ Steps, one after another, each under its own time limit and all within ``--budge
    compiled): tokens/s, MFU against the bf16 matmul peak measured in the same run, the profiler's top
    kernels.
 3. ``pretrain`` and ``validate``: ``configs/pretrain_gpu.yaml`` through the real CLI for
-   ``--pretrain_minutes`` (Lightning's ``--trainer.max_time``), then ``validate`` on its last checkpoint:
-   steps, tokens/s, MFU (Lightning's FLOP/s over the measured peak), ``val/bpb``.
+   ``--pretrain_minutes`` (Lightning's ``--trainer.max_time``; fewer if the later steps need the budget
+   left), then ``validate`` on its last checkpoint: steps, tokens/s, MFU (Lightning's FLOP/s over the
+   measured peak), ``val/bpb``.
 4. ``frozen`` and ``frozen_test``: a frozen classifier on that backbone (``configs/classify.yaml``), then
    ``test`` of its best checkpoint on the 25,000 test reviews.
 5. ``decode`` and ``embed``: ``decode_speed.py`` and ``embed_speed.py`` on that backbone (fp32 and bf16).
 6. ``finetune`` and ``finetune_test``: one epoch of fine-tuning and its ``test``, when time is left.
 
 Each step appends one JSON object to ``OUT/results.jsonl`` as it ends (``step``, ``status``: ok, failed,
-timeout or skipped, ``seconds``, and what it measured, a step cut short included) and its output to
-``OUT/gpu_check.log``; nothing else is written under ``OUT`` (runs and checkpoints go to ``--work``), so
-the two files are all a short window has to bring back. Nothing is downloaded at run time: the data is
-a local parquet folder (``--data``).
+timeout, skipped or interrupted, ``seconds``, and what it measured: a CLI step cut short keeps the figures
+its ``metrics.csv`` holds) and streams its output to ``OUT/gpu_check.log``; nothing else is written under
+``OUT`` (runs and checkpoints go to ``--work``), so the two files are all a short window has to bring back.
+A step over its limit gets SIGTERM, then SIGKILL with its children; the check stopped by a signal stops
+its step the same way. Nothing is downloaded at run time: the data is a local parquet folder (``--data``).
 
 ``--smoke`` runs every step on the CPU with tiny models and few steps, so the script is tested before a
 GPU is ever available (``tests/integration/test_gpu_check.py``). Only the Python standard library is
