@@ -18,6 +18,7 @@ import time
 
 import torch
 from common import Record, add_out_argument
+from train_speed import sync
 
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.embedder import DocumentEmbedder
@@ -36,11 +37,6 @@ def embed_in(embedder: DocumentEmbedder, texts: list[str], precision: str, batch
     with autocast:
         vectors = embedder.embed(texts, batch_size=batch_size, progress=False)
     return torch.as_tensor(vectors.toarray()) if hasattr(vectors, "toarray") else vectors
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[str, list[float]] = {p: [] for p in args.precision}
     for _ in range(args.rounds):
         for p in args.precision:
-            synchronize(args.device)
+            sync(args.device)
             start = time.perf_counter()
             vectors[p] = embed_in(embedder, texts, p, args.batch_size)
-            synchronize(args.device)
+            sync(args.device)
             times[p].append(time.perf_counter() - start)
     rates = {p: len(texts) / statistics.median(t) for p, t in times.items()}
     first = args.precision[0]

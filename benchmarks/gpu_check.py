@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import re
@@ -48,6 +47,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from runs import last_value, latest_version, logged_metric
 
 REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution: what the project imports (pyproject's dependencies and theirs that GPU
@@ -274,22 +275,6 @@ def json_record(path: Path) -> Callable[[str], dict]:
         return {"tables": saved["tables"], "notes": saved.get("notes", {})}
 
     return read
-
-
-def last_value(metrics: Path, column: str) -> float | None:
-    values = [row[column] for row in csv.DictReader(metrics.open()) if row.get(column)]
-    return float(values[-1]) if values else None
-
-
-def logged_metric(output: str, name: str) -> float:
-    """A metric from the results table Lightning prints (plain, or drawn with rich's box characters)."""
-    return float(re.search(re.escape(name) + r"\W+([0-9.]+)", output).group(1))
-
-
-def latest_version(root: Path) -> Path | None:
-    """The newest ``root/lightning_logs/version_N`` by its number, or None."""
-    found = [p for p in (root / "lightning_logs").glob("version_*") if p.name[8:].isdigit()]
-    return max(found, key=lambda p: int(p.name[8:]), default=None)
 
 
 def empty_or_new(value: str) -> Path:

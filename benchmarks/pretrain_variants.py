@@ -16,7 +16,6 @@ gives each variant's steps, tokens/s (Lightning's throughput monitor over the la
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from common import REPO, Record, add_out_argument
+from runs import last_value, latest_version, logged_metric
 
 
 def named(value: str) -> tuple[str, list[str]]:
@@ -44,19 +44,6 @@ def cli(*args: str, log: Path) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}); see {log}")
     return done.stdout + done.stderr
-
-
-def metric(out: str, name: str) -> float:
-    """A metric from the results table Lightning prints (plain, or drawn with rich's box characters)."""
-    return float(re.search(re.escape(name) + r"\W+([0-9.]+)", out).group(1))
-
-
-def last_logged(metrics_csv: Path, column: str) -> float | None:
-    """The last value of ``column`` in a run's ``metrics.csv``."""
-    import csv
-
-    values = [row[column] for row in csv.DictReader(metrics_csv.open()) if row.get(column)]
-    return float(values[-1]) if values else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,12 +79,12 @@ def main(argv: list[str] | None = None) -> None:
             common += ["--trainer.enable_progress_bar", "false"]
             started = time.perf_counter()
             cli("fit", *common, "--trainer.max_time", max_time, log=log)
-            version = max((run_root / "lightning_logs").glob("version_*"), key=lambda p: int(p.name[8:]))
+            version = latest_version(run_root)
             metrics = version / "metrics.csv"
-            steps = last_logged(metrics, "step")
-            speed = last_logged(metrics, "train/device/items_per_sec")
+            steps = last_value(metrics, "step")
+            speed = last_value(metrics, "train/device/items_per_sec")
             out = cli("validate", *common, "--ckpt_path", str(version / "checkpoints" / "last.ckpt"), log=log)
-            bpb = metric(out, "val/bpb")
+            bpb = logged_metric(out, "val/bpb")
             first = bpb if first is None else first
             table.add(
                 name,

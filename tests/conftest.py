@@ -100,10 +100,20 @@ def adapter_run(
     """A tiny embedding adapter trained through the real console script (made once per session)."""
     root = tmp_path_factory.mktemp("adapter")
     run_cli(
-        "fit", "--config", str(REPO / "configs/embed.yaml"),
-        "--config", str(REPO / "configs/embed_tiny.yaml"),
-        "--model.backbone", str(pretrained_run / "backbone"), "--data.source", str(imdb_dir),
-        "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null", "--data.val_fraction", "0.1",
-        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-    )  # fmt: skip
+        "fit", *tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, root), "--data.val_fraction", "0.1"
+    )
     return root / "lightning_logs" / "version_0"
+
+
+def tiny_adapter_args(pretrained_run: Path, imdb_dir: Path, cache_dir: Path, root: Path) -> list[str]:
+    """``fit`` arguments for a seconds-long embedding adapter on the tiny backbone, logging under ``root``."""
+    return [
+        "--config", str(REPO / "configs/embed.yaml"),
+        "--config", str(REPO / "configs/embed_tiny.yaml"),
+        "--model.backbone", str(pretrained_run / "backbone"),
+        "--data.source", str(imdb_dir),
+        "--data.cache_dir", str(cache_dir),
+        "--data.max_reviews", "null",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip

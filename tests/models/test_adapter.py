@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, fails, read_metrics, run_cli
+from conftest import tiny_adapter_args
+from helpers import fails, read_metrics, run_cli
 
 from imdb_transformer.core.backbone import export_backbone, load_backbone
 from imdb_transformer.core.decoder import CausalDecoder
@@ -94,12 +95,11 @@ def test_a_tiny_dense_adapter_trains_through_the_cli_and_its_loss_falls(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     run_cli(
-        "fit", "--config", str(REPO / "configs/embed.yaml"),
-        "--config", str(REPO / "configs/embed_tiny.yaml"),
-        "--model.pooling", "attention", "--model.backbone", str(pretrained_run / "backbone"),
-        "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-    )  # fmt: skip
+        "fit",
+        *tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path),
+        "--model.pooling",
+        "attention",
+    )
     train = [v for _, v in read_metrics(tmp_path / "lightning_logs" / "version_0")["train/loss_step"]]
     assert train[-1] < train[0]
 
@@ -161,14 +161,8 @@ def test_pairs_add_one_dimension_per_pair_of_adjacent_pieces() -> None:
 def test_a_sparse_adapter_with_term_bias_and_pairs_trains_through_the_cli_and_reloads(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    run_cli(
-        "fit", "--config", str(REPO / "configs/embed.yaml"),
-        "--config", str(REPO / "configs/embed_tiny.yaml"),
-        "--model.term_bias", "true", "--model.pairs", "true", "--data.positives", "disjoint",
-        "--model.backbone", str(pretrained_run / "backbone"),
-        "--data.source", str(imdb_dir), "--data.cache_dir", str(cache_dir), "--data.max_reviews", "null",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-    )  # fmt: skip
+    options = ["--model.term_bias", "true", "--model.pairs", "true", "--data.positives", "disjoint"]
+    run_cli("fit", *tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path), *options)
     head = load_adapter(
         tmp_path / "lightning_logs/version_0/adapter", load_backbone(pretrained_run / "backbone")
     )

@@ -1,0 +1,26 @@
+"""Reading a finished CLI run, with the standard library alone (``gpu_check.py`` imports it before
+anything is installed): the newest run folder, a column of its ``metrics.csv``, a metric Lightning printed."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+
+def latest_version(root: Path) -> Path | None:
+    """The newest ``root/lightning_logs/version_N`` by its number, or None."""
+    found = [p for p in (root / "lightning_logs").glob("version_*") if p.name[8:].isdigit()]
+    return max(found, key=lambda p: int(p.name[8:]), default=None)
+
+
+def last_value(metrics: Path, column: str) -> float | None:
+    """The last value of ``column`` in a run's ``metrics.csv``, or None if it has none."""
+    with metrics.open() as f:
+        values = [row[column] for row in csv.DictReader(f) if row.get(column)]
+    return float(values[-1]) if values else None
+
+
+def logged_metric(output: str, name: str) -> float:
+    """A metric from the results table Lightning prints (plain, or drawn with rich's box characters)."""
+    return float(re.search(re.escape(name) + r"\W+([0-9.]+)", output).group(1))
