@@ -413,7 +413,8 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
     )
 
 
-VERBS: dict[str, Callable[..., None]] = {function.__name__: function for function in verbs.VERBS}
+# a verb's name is its function's, with dashes (export_index: export-index)
+VERBS: dict[str, Callable[..., None]] = {f.__name__.replace("_", "-"): f for f in verbs.VERBS}
 
 
 def _summary(function: Callable[..., None]) -> str:

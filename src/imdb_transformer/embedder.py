@@ -8,6 +8,7 @@ import os
 import numpy as np
 import scipy.sparse as sp
 import torch
+from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -20,9 +21,11 @@ from imdb_transformer.text.batching import collate_reviews, length_batches
 from imdb_transformer.text.imdb import clean_text
 
 
-class DocumentEmbedder(nn.Module):
+class DocumentEmbedder(LightningModule):
     """Frozen backbone + pooling over real tokens (or a trained adapter head) + L2 normalisation, so a
-    dot product is a cosine.
+    dot product is a cosine. :meth:`embed` embeds texts in a loop on the embedder's device (a query, a
+    few texts); ``Trainer.predict`` runs :meth:`predict_step` over a collection on any devices (see
+    :func:`~imdb_transformer.predict.predict`).
 
     A review longer than the context keeps its head and tail (as the classifier reads it): one
     forward pass per review, and the opening and the verdict at the end both count.
@@ -82,17 +85,13 @@ class DocumentEmbedder(nn.Module):
         for a sparse head a ``scipy.sparse`` CSR matrix (float32)."""
         if any(not t.strip() for t in texts):
             raise InputError("cannot embed an empty text: give at least one word")
-        ids = self.tokenizer.encode([clean_text(t) for t in texts])
+        ids = self.encode(texts)
         batches = length_batches(ids, batch_size, self.max_length)  # little padding per batch
-        device = self.decoder.wte.weight.device
         out = torch.empty(len(ids), self.dim) if not self.sparse else []
         for chunk in tqdm(batches, desc="Embedding", unit="batch", disable=not progress or len(batches) < 2):
-            batch = collate_reviews(
-                [{"ids": ids[i]} for i in chunk], self.max_length, self.decoder.config.reverse
-            )
-            vectors = self(batch["ids"].to(device), batch["mask"].to(device)).cpu()
+            vectors = self.embed_ids([ids[i] for i in chunk])
             if self.sparse:
-                out.append(_csr(vectors))
+                out.append(vectors)
             else:
                 out[chunk] = vectors
         if self.sparse:
@@ -102,6 +101,23 @@ class DocumentEmbedder(nn.Module):
                 return stacked
             return stacked[np.argsort(order)]  # back in the texts' order
         return out
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of raw texts, cleaned as the reviews the backbone learned from."""
+        return self.tokenizer.encode([clean_text(t) for t in texts])
+
+    def embed_ids(self, ids: list[list[int]]) -> Tensor | sp.csr_matrix:
+        """Unit vectors of one batch of token ids (see :meth:`encode`), on the CPU: a tensor (B, C), or
+        for a sparse head a CSR matrix."""
+        batch = collate_reviews([{"ids": i} for i in ids], self.max_length, self.decoder.config.reverse)
+        device = self.decoder.wte.weight.device
+        vectors = self(batch["ids"].to(device), batch["mask"].to(device)).float().cpu()
+        return _csr(vectors) if self.sparse else vectors
+
+    def predict_step(self, batch: dict) -> dict:
+        """The vectors of a batch of :class:`~imdb_transformer.predict.PredictTexts`, with its text
+        positions."""
+        return {"index": batch["index"].cpu(), "vectors": self.embed_ids(batch["ids"])}
 
 
 def _csr(vectors: Tensor) -> sp.csr_matrix:

@@ -10,7 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from imdb_transformer.artifacts import check_shapes, read_artifact, weights_fingerprint
@@ -21,10 +22,13 @@ from imdb_transformer.text.batching import collate_reviews, length_batches
 from imdb_transformer.text.imdb import clean_text
 
 
-class SentimentEnsemble:
+class SentimentEnsemble(LightningModule):
     """Classifier checkpoints (``SentimentClassifier``, e.g. one over a forward and one over a
     backward backbone) that vote by averaging their probabilities. Each member reads a text with its
     own tokenizer, context and direction (a backward member sees the review reversed).
+    :meth:`member_probabilities` classifies texts in a loop on the ensemble's device;
+    ``Trainer.predict`` runs :meth:`predict_step` over a collection on any devices (see
+    :func:`~imdb_transformer.predict.predict`).
 
     Args:
         checkpoints: ``.ckpt`` files of `imdb-transformer fit --config configs/classify.yaml` runs.
@@ -34,10 +38,12 @@ class SentimentEnsemble:
     def __init__(self, checkpoints: list[str | os.PathLike], device: str = "cpu") -> None:
         if not checkpoints:
             raise InputError("an ensemble needs at least one classifier checkpoint (--checkpoint CKPT)")
+        super().__init__()
         self.checkpoints = [str(c) for c in checkpoints]
-        self.members = [_load(c, device) for c in self.checkpoints]
-        self.device = device
+        self.members = nn.ModuleList([_load(c, device) for c in self.checkpoints])
         self.groups = self._shared_backbones()
+        self.explaining = False  # whether predict_step also gives each text's word shares
+        self.to(device)
 
     @property
     def names(self) -> list[str]:
@@ -63,51 +69,79 @@ class SentimentEnsemble:
         With ``words`` (an empty list), it is filled with one dict per text: each word and its share of
         the logit in the word votes (the shares of its pieces and of the pairs it ends), averaged over
         the members: what drove the verdict."""
+        self.check(texts, explain=words is not None)
+        if words is not None:
+            words[:] = [{} for _ in texts]
+        out = torch.empty(len(self.members), len(texts))
+        ids = self.encode(texts)
+        first = self.members[0].backbone.config
+        bar = tqdm(
+            total=len(texts) * len(self.members), desc="Classifying", unit="text", disable=not progress
+        )
+        for chunk in length_batches(ids, batch_size, first.block_size, max_tokens):
+            shares = [words[i] for i in chunk] if words is not None else None
+            out[:, chunk] = self.batch_probabilities([texts[i] for i in chunk], shares)
+            bar.update(len(chunk) * len(self.members))
+        bar.close()
+        return out
+
+    def check(self, texts: list[str], explain: bool = False) -> None:
+        """Refuse no texts, an empty text, and ``explain`` without word votes to explain with."""
         if not texts:
             raise InputError("no texts to classify")
         empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
         if empty:
             raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty: give every text some words")
-        if words is not None:
-            if not self.explains:
-                raise InputError(
-                    "explaining needs a classifier with word votes (trained with --model.lexical context "
-                    "or bag); these classify from pooled features alone"
-                )
-            words[:] = [{} for _ in texts]
+        if explain and not self.explains:
+            raise InputError(
+                "explaining needs a classifier with word votes (trained with --model.lexical context "
+                "or bag); these classify from pooled features alone"
+            )
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of raw texts by the first member's tokenizer: what batches are formed by."""
+        return self.members[0].tokenizer.encode([clean_text(t) for t in texts])
+
+    @torch.inference_mode()
+    def batch_probabilities(self, texts: list[str], words: list[dict[str, float]] | None = None) -> Tensor:
+        """Probability that each text of one batch is positive, by each member: (members, texts), on the
+        CPU. Each group of members that share a backbone runs it once. With ``words`` (one dict per
+        text), each word's share of the logit is added to its text's dict, averaged over the members."""
         out = torch.empty(len(self.members), len(texts))
         cleaned = [clean_text(t) for t in texts]
-        bar = tqdm(
-            total=len(texts) * len(self.members), desc="Classifying", unit="text", disable=not progress
-        )
         for group in self.groups:
             first = self.members[group[0]]
-            ids = first.tokenizer.encode(cleaned)
             config = first.backbone.config
+            ids = first.tokenizer.encode(cleaned)
+            batch = collate_reviews([{"ids": i} for i in ids], config.block_size, config.reverse)
+            tokens, mask = batch["ids"].to(self.device), batch["mask"].to(self.device)
             shared = len(group) > 1 and any(self.members[m].runs_backbone for m in group)
-            for chunk in length_batches(ids, batch_size, config.block_size, max_tokens):
-                batch = collate_reviews([{"ids": ids[i]} for i in chunk], config.block_size, config.reverse)
-                tokens, mask = batch["ids"].to(self.device), batch["mask"].to(self.device)
-                layer_states = first.backbone.layer_states(tokens, mask) if shared else None
-                for m in group:
-                    member = self.members[m]
-                    if words is not None and member.lexical is not None:
-                        logits, shares = member.explain(tokens, mask, layer_states)
-                    else:
-                        features = member.features(tokens, mask, layer_states=layer_states)
-                        logits, shares = member.classify(features), None
-                    out[m, chunk] = torch.sigmoid(logits.float()).cpu()
-                    if shares is not None:
-                        for i, row, real, share in zip(
-                            chunk, tokens.cpu(), mask.cpu(), shares.cpu(), strict=True
-                        ):
-                            pieces, parts = member.tokenizer.pieces(row[real].tolist()), share[real].tolist()
-                            if config.reverse:  # back to reading order, so pieces join into words
-                                pieces, parts = pieces[::-1], parts[::-1]
-                            _add_word_shares(words[i], pieces, parts, 1 / len(self.members))
-                    bar.update(len(chunk))
-        bar.close()
+            layer_states = first.backbone.layer_states(tokens, mask) if shared else None
+            for m in group:
+                member = self.members[m]
+                if words is not None and member.lexical is not None:
+                    logits, shares = member.explain(tokens, mask, layer_states)
+                else:
+                    features = member.features(tokens, mask, layer_states=layer_states)
+                    logits, shares = member.classify(features), None
+                out[m] = torch.sigmoid(logits.float()).cpu()
+                if shares is None:
+                    continue
+                for into, row, real, share in zip(words, tokens.cpu(), mask.cpu(), shares.cpu(), strict=True):
+                    pieces, parts = member.tokenizer.pieces(row[real].tolist()), share[real].float().tolist()
+                    if config.reverse:  # back to reading order, so pieces join into words
+                        pieces, parts = pieces[::-1], parts[::-1]
+                    _add_word_shares(into, pieces, parts, 1 / len(self.members))
         return out
+
+    def predict_step(self, batch: dict) -> dict:
+        """The members' probabilities (texts, members) of a batch of
+        :class:`~imdb_transformer.predict.PredictTexts`, with its text positions and, when
+        ``explaining``, each text's word shares."""
+        words = [{} for _ in batch["texts"]] if self.explaining else None
+        probabilities = self.batch_probabilities(batch["texts"], words).T
+        out = {"index": batch["index"].cpu(), "probabilities": probabilities}
+        return out | ({"words": words} if words is not None else {})
 
     @property
     def explains(self) -> bool:

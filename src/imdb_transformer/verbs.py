@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -19,6 +20,7 @@ from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from imdb_transformer.core.pooling import Pooling
 from imdb_transformer.errors import InputError
 from imdb_transformer.generation import DecodeDType, Strategy
+from imdb_transformer.predict import TrainerOptions
 from imdb_transformer.search import Mode
 from imdb_transformer.text.imdb import DEFAULT_SOURCE
 
@@ -79,11 +81,14 @@ def embed(
     lexical: bool = True,
     alpha: ClosedUnitInterval = 0.5,
     device: str | None = None,
+    trainer: TrainerOptions = TrainerOptions(),  # noqa: B008 (frozen: shared safely)
 ) -> None:
     """Embed the reviews of an IMDB split and save them as a search index.
 
     The index is a folder (vectors.safetensors, reviews.parquet, index.json) that `imdb-transformer
-    search` queries; it records the backbone relative to itself.
+    search` queries; it records the backbone relative to itself. The embedding runs as Lightning's
+    Trainer.predict: --trainer.devices, --trainer.strategy, --trainer.precision and --trainer.num_nodes
+    spread it over devices and machines (docs/scaling.md), and the first process writes the index.
 
     Args:
         backbone: A pretraining run's backbone/ folder or one of its checkpoints.
@@ -100,27 +105,34 @@ def embed(
         lexical: Also index the words with BM25, for lexical and hybrid search.
         alpha: Weight of the dense score in hybrid search (the rest is BM25's), as chosen on held-out
             training reviews by benchmarks/retrieval.py.
-        device: cpu or cuda (default: cuda when available).
+        device: cpu, cuda or cuda:N: one device (a shorthand for --trainer.accelerator and
+            --trainer.devices; default: a GPU when there is one).
+        trainer: Lightning Trainer options for the embedding (see docs/scaling.md).
     """
     from imdb_transformer.embedder import load_embedder
+    from imdb_transformer.predict import predict, shard_folder, trainer_options
     from imdb_transformer.search import SemanticIndex, check_alpha, check_out_folder
     from imdb_transformer.text.imdb import is_local, load_reviews
 
     # every check that needs no model or data first: a mistake fails in a moment, and nothing is written
     _check_positive(batch_size=batch_size, max_reviews=max_reviews)
     check_alpha(alpha)
-    device = _device(device)
+    options = trainer_options(trainer, device and _device(device))
     keep = {"source": source if is_local(source) else None, "backbone": backbone, "adapter": adapter}
     check_out_folder(out, keep)
     embedder = load_embedder(backbone, adapter, pooling)  # the models next: a wrong one fails before any data
     reviews = load_reviews(source, split, max_reviews)
-    embedder = embedder.to(device)
     start = time.perf_counter()
-    index = SemanticIndex.build(
-        embedder, reviews.texts, reviews.ids, reviews.labels, batch_size, backbone, adapter,
-        lexical=lexical, alpha=alpha, keys=reviews.keys,
+    outputs = predict(
+        embedder, reviews.texts, embedder.encode, context=embedder.max_length, batch_size=batch_size,
+        trainer=options, shards=shard_folder(out, "embed"),
     )  # fmt: skip
-    index.embedder.cpu()
+    if outputs is None:  # another process of a distributed job: the first one writes the index
+        return
+    index = SemanticIndex.build(
+        embedder.cpu(), reviews.texts, reviews.ids, reviews.labels, batch_size, backbone, adapter,
+        lexical=lexical, alpha=alpha, keys=reviews.keys, vectors=outputs["vectors"],
+    )  # fmt: skip
     rate = len(index) / (time.perf_counter() - start)
     print(f"Saved {len(index):,} review embeddings ({rate:.1f} reviews/s) to {index.save(out)}")
 
@@ -129,21 +141,26 @@ def search(
     query: Annotated[str, Spelled(words=True)] = "",
     /,
     *,
-    index: str,
+    index: str | None = None,
     k: Annotated[PositiveInt, Spelled(short="-k")] = 5,
     mode: Mode | None = None,
     like: str | None = None,
     backbone: str | None = None,
     adapter: str | None = None,
+    url: str | None = None,
+    path: str | None = None,
+    collection: str = "imdb",
 ) -> None:
     """Print the k reviews of an index that best match a query, as a table.
 
     Examples: imdb-transformer search --index index/test "classic horror movie" -k 5;
-    imdb-transformer search --index index/test --like test/pos/2221 (more like that review).
+    imdb-transformer search --index index/test --like test/pos/2221 (more like that review);
+    imdb-transformer search --url http://localhost:6333 "classic horror movie" (an index exported to
+    Qdrant by `imdb-transformer export-index`; --path DIR for a local Qdrant folder).
 
     Args:
         query: The text to search for (leave it out with --like).
-        index: An index folder written by `imdb-transformer embed`.
+        index: An index folder written by `imdb-transformer embed` (or give --url or --path).
         k: How many results.
         mode: hybrid (BM25 and dense vectors fused; the default when the index has both), dense
             (vectors only) or lexical (BM25 only: exact words, names).
@@ -153,12 +170,28 @@ def search(
         backbone: The backbone that built the index, if it has moved since (default: the one the
             index records, relative to the index folder).
         adapter: Likewise for the index's adapter.
+        url: Search a Qdrant server's collection instead (http://HOST:6333).
+        path: Search a local Qdrant folder's collection instead.
+        collection: The Qdrant collection, with --url or --path.
     """
     from imdb_transformer.search import SemanticIndex, format_hits
 
     if bool(query) == (like is not None):
         raise InputError("give either a query or --like REVIEW_KEY (not both)")
     _check_positive(k=k)
+    if (index is None) == (url is None and path is None):
+        raise InputError("give the index one way: --index DIR, or a Qdrant collection with --url or --path")
+    if index is None:
+        if like is not None or backbone is not None or adapter is not None:
+            raise InputError("--like, --backbone and --adapter are for an index folder (--index), not Qdrant")
+        from imdb_transformer.search.qdrant import QdrantIndex, connect
+
+        client = connect(url, path)
+        try:
+            print(format_hits(QdrantIndex(client, collection).query(query, k, mode)))
+        finally:
+            client.close()
+        return
     loaded = SemanticIndex.load(index, backbone=backbone, adapter=adapter)
     hits = loaded.like(like, k, mode) if like is not None else loaded.query(query, k, mode)
     print(format_hits(hits))
@@ -240,6 +273,8 @@ def classify(
     batch_size: PositiveInt = 64,
     device: str | None = None,
     explain: bool = False,
+    out: str | None = None,
+    trainer: TrainerOptions = TrainerOptions(),  # noqa: B008 (frozen: shared safely)
 ) -> None:
     """Label texts positive or negative with a trained classifier, or an ensemble of several.
 
@@ -247,7 +282,9 @@ def classify(
     imdb-transformer classify --classifier fwd.ckpt --classifier bwd.ckpt --file reviews.txt;
     imdb-transformer classify --classifier fwd.ckpt --classifier bwd.ckpt --split test --source
     ../shared/data/imdb (the accuracy of each member and of the ensemble on the official test split).
-    With several checkpoints the probability is the mean of theirs.
+    With several checkpoints the probability is the mean of theirs. Classifying runs as Lightning's
+    Trainer.predict: --trainer.devices, --trainer.strategy, --trainer.precision and --trainer.num_nodes
+    spread it over devices and machines (docs/scaling.md).
 
     Args:
         classifier: A classifier's .ckpt (of `fit --config configs/classify.yaml`; what `serve
@@ -260,11 +297,17 @@ def classify(
         source: With --split: a dataset id or a local folder of {split}.parquet files.
         max_reviews: With --split: a sample of this many reviews (default: all 25,000).
         batch_size: Texts per forward pass.
-        device: cpu or cuda (default: cuda when available).
+        device: cpu, cuda or cuda:N: one device (a shorthand for --trainer.accelerator and
+            --trainer.devices; default: a GPU when there is one).
         explain: Add the words that drove each verdict, with their share of its logit (+ towards
             positive), from the word votes of a classifier trained with --model.lexical.
+        out: Also write the predictions to this .parquet file, in the order of the texts: id (the
+            review's id with --split, else the text's number), key and label (with --split),
+            probability (of positive) and predicted (1 positive, 0 negative). Replaced if it exists.
+        trainer: Lightning Trainer options for classifying (see docs/scaling.md).
     """
     from imdb_transformer.ensemble import SentimentEnsemble, top_words
+    from imdb_transformer.predict import predict, shard_folder, trainer_options
     from imdb_transformer.text.imdb import load_reviews
     from imdb_transformer.text.texts import read_texts
 
@@ -277,7 +320,9 @@ def classify(
     _check_positive(max_reviews=max_reviews, batch_size=batch_size)
     if explain and split is not None:
         raise InputError("--explain shows the words behind each verdict of given texts, not for --split")
-    device = _device(device)
+    if out is not None and (not out.endswith(".parquet") or Path(out).is_dir()):
+        raise InputError(f"--out {out}: give a file name ending in .parquet (the predictions are a table)")
+    options = trainer_options(trainer, device and _device(device))
     inputs = texts or []
     if file is not None:
         inputs = read_texts(file, column)
@@ -285,12 +330,22 @@ def classify(
     if split is not None:
         reviews = load_reviews(source, split, max_reviews)
         inputs, labels = reviews.texts, torch.tensor(reviews.labels)
-    ensemble = SentimentEnsemble(classifier, device)
-    words: list[dict[str, float]] | None = [] if explain else None
-    members = ensemble.member_probabilities(
-        inputs, batch_size, progress=len(inputs) > batch_size, words=words
-    )
+    ensemble = SentimentEnsemble(classifier)
+    ensemble.check(inputs, explain)
+    ensemble.explaining = explain
+    outputs = predict(
+        ensemble, inputs, ensemble.encode, context=ensemble.members[0].backbone.config.block_size,
+        batch_size=batch_size, max_tokens=8192, trainer=options, shards=shard_folder(out, "classify"),
+        progress=len(inputs) > batch_size,
+    )  # fmt: skip
+    if outputs is None:  # another process of a distributed job: the first one reports
+        return
+    members = outputs["probabilities"].T  # (members, texts)
+    words = outputs.get("words")
     mean = members.mean(0)
+    if out is not None:
+        keys = {"id": reviews.ids, "key": reviews.keys, "label": reviews.labels} if split else None
+        print(f"Saved {len(inputs):,} predictions to {_write_predictions(out, mean, keys)}")
     if labels is not None:
         print(f"| model | test accuracy ({len(inputs):,} reviews) |\n| --- | --- |")
         rows = list(zip(ensemble.names, members, strict=True))
@@ -298,6 +353,8 @@ def classify(
             rows.append((f"ensemble (mean of {len(ensemble.members)})", mean))
         for name, p in rows:
             print(f"| {name} | {((p > 0.5).long() == labels).float().mean().item():.2%} |")
+        return
+    if out is not None:
         return
     from imdb_transformer.search import snippet
 
@@ -307,6 +364,22 @@ def classify(
         if words is not None:
             line += "\t" + ", ".join(f"{word} {share:+.2f}" for word, share in top_words(words[i - 1]))
         print(line)
+
+
+def _write_predictions(out: str, probabilities: torch.Tensor, reviews: dict[str, list] | None) -> Path:
+    """Write ``probabilities`` (of positive, one per text) to the parquet file ``out`` in one piece,
+    with each text's ``reviews`` columns (id, key, label) or else its number as its id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imdb_transformer.artifacts import atomic_path
+
+    p = probabilities.float().numpy()
+    columns = reviews or {"id": list(range(1, len(p) + 1))}
+    table = pa.table({**columns, "probability": p, "predicted": (p > 0.5).astype("int64")})
+    with atomic_path(out, overwrite=True) as tmp:
+        pq.write_table(table, tmp)
+    return Path(out)
 
 
 def serve(
@@ -389,4 +462,44 @@ def export(*, backbone: str, out: str, format: Literal["hf"] = "hf") -> None:
 
 # The verbs of the console script, in the order its --help lists them; each one's name, options and
 # help come from its signature and docstring.
-VERBS = (embed, search, generate, classify, serve, export)
+def export_index(
+    *,
+    index: str,
+    to: Literal["qdrant"] = "qdrant",
+    url: str | None = None,
+    path: str | None = None,
+    collection: str = "imdb",
+    replace: bool = False,
+    batch_size: PositiveInt = 256,
+) -> None:
+    """Copy an index into a search engine that runs beyond one process (Qdrant).
+
+    The collection holds the index's vectors (dense, or sparse from an adapter), each review's BM25
+    weights as a sparse vector, and its key, id, label and text; `imdb-transformer search --url URL`
+    (or --path) queries it as it queries the index. Example: imdb-transformer export-index --index
+    index/test --url http://localhost:6333 --collection imdb.
+
+    Args:
+        index: An index folder written by `imdb-transformer embed`.
+        to: The engine: qdrant (pip install 'imdb-transformer[qdrant]').
+        url: A Qdrant server (http://HOST:6333).
+        path: A local Qdrant folder instead (created if missing; Qdrant's local mode, in this process).
+        collection: The collection to write.
+        replace: Replace the collection if it exists (else it is refused).
+        batch_size: Reviews per upload request.
+    """
+    from imdb_transformer.search import SemanticIndex
+    from imdb_transformer.search.qdrant import connect
+    from imdb_transformer.search.qdrant import export_index as export
+
+    _check_positive(batch_size=batch_size)
+    client = connect(url, path)
+    try:
+        loaded = SemanticIndex.load(index)
+        count = export(loaded, client, collection, batch_size=batch_size, replace=replace)
+    finally:
+        client.close()
+    print(f"Exported {count:,} reviews of {index} to Qdrant collection {collection!r} at {url or path}")
+
+
+VERBS = (embed, search, generate, classify, serve, export, export_index)

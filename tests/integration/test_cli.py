@@ -232,7 +232,7 @@ def test_a_real_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None
 def test_verbs_spell_their_options_as_their_signatures_declare(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert list(VERBS) == ["embed", "search", "generate", "classify", "serve", "export"]
+    assert list(VERBS) == ["embed", "search", "generate", "classify", "serve", "export", "export-index"]
     parse = {name: (lambda argv, name=name: verb_parser(name).parse_args(argv).as_dict()) for name in VERBS}
     # a list given by repeating its option, under its name or its old one (which says so)
     generate = parse["generate"](["--checkpoint", "b", "--prompt", "one", "--prompt=two"])
@@ -243,6 +243,11 @@ def test_verbs_spell_their_options_as_their_signatures_declare(
     assert "note: --checkpoint is the old name of --classifier" in capsys.readouterr().err
     # a short alias; a positional that --like makes optional
     assert parse["search"](["--index", "i", "-k", "3", "film"])["k"] == 3
+    # the Trainer's options of a verb that runs Trainer.predict, nested as the training verbs' are
+    embed = parse["embed"](
+        ["--backbone", "b", "--out", "o", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    )
+    assert embed["trainer"] == {**embed["trainer"], "devices": 2, "strategy": "ddp", "accelerator": "auto"}
     assert parse["search"](["--index", "i", "--like", "test/pos/1"])["query"] == ""
     # the same lists from a config file
     config = tmp_path / "g.yaml"

@@ -16,7 +16,7 @@ LAYERS = {
     "text": 1,
     "core": 2,
     "data": 3, "models": 3, "callbacks": 3,
-    "embedder": 4, "ensemble": 4, "generation": 4,
+    "embedder": 4, "ensemble": 4, "generation": 4, "predict": 4,
     "search": 5,
     "serve": 6,
     "verbs": 7, "cli": 7,

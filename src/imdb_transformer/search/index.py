@@ -143,18 +143,23 @@ class SemanticIndex:
         lexical: bool = True,
         alpha: float = DEFAULT_ALPHA,
         keys: list[str] | None = None,
+        vectors: torch.Tensor | sp.csr_matrix | None = None,
     ) -> SemanticIndex:
         """Embed ``texts`` (with their review ids, labels and unique keys, if known) into a new index,
         and index their words with BM25 (``lexical``); ``backbone`` and ``adapter`` record where the
         embedder came from, so the saved index can load it again. Without ``keys`` the reviews are
-        named by their ids (which must then be unique), or without ids by their row numbers."""
+        named by their ids (which must then be unique), or without ids by their row numbers.
+        ``vectors``: the texts' vectors by this embedder, computed already (by ``Trainer.predict``)."""
         if not texts:
             raise InputError("cannot build an index of no reviews")
         check_alpha(alpha)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size={batch_size!r}: give a positive number of reviews per pass")
         reviews = review_table(texts, ids, labels, keys)  # before embedding: a bad key fails at once
-        vectors = embedder.embed(texts, batch_size=batch_size, progress=progress)
+        if vectors is None:
+            vectors = embedder.embed(texts, batch_size=batch_size, progress=progress)
+        elif vectors.shape != (len(texts), embedder.dim):
+            raise InputError(f"{vectors.shape[0]} vectors of width {vectors.shape[1]} for {len(texts)} texts")
         words = BM25Index.build(texts) if lexical else None
         return cls(embedder, vectors, reviews, backbone, adapter, words, alpha)
 
