@@ -17,7 +17,9 @@ Steps, one after another, each under its own time limit and all within ``--budge
    measured peak), ``val/bpb``.
 4. ``frozen`` and ``frozen_test``: a frozen classifier on that backbone (``configs/classify.yaml``), then
    ``test`` of its best checkpoint on the 25,000 test reviews.
-5. ``decode`` and ``embed``: ``decode_speed.py`` and ``embed_speed.py`` on that backbone (fp32 and bf16).
+5. ``decode`` and ``embed``: ``decode_speed.py`` and ``embed_speed.py`` on that backbone (fp32 and bf16);
+   ``embed_index``: ``imdb-transformer embed`` of the 25,000 test reviews into an index through
+   ``Trainer.predict`` in ``bf16-mixed`` (reviews/s, BM25 and saving included).
 6. ``finetune`` and ``finetune_test``: one epoch of fine-tuning and its ``test``, when time is left.
 
 Each step appends one JSON object to ``OUT/results.jsonl`` as it ends (``step``, ``status``: ok, failed,
@@ -393,7 +395,7 @@ def steps(check: Check) -> int:
         check.skip("validate", "pretraining left no last.ckpt")
     backbone = run / "backbone" if run else None
     if backbone is None or not backbone.is_dir():
-        for name in ("frozen", "frozen_test", "decode", "embed", "finetune", "finetune_test"):
+        for name in ("frozen", "frozen_test", "decode", "embed", "embed_index", "finetune", "finetune_test"):
             check.skip(name, "pretraining exported no backbone")
         return 1
 
@@ -453,6 +455,15 @@ def steps(check: Check) -> int:
         *reviews,
     ]
     check.step("embed", [*embedding, "--out", str(embed)], limit=90, read=json_record(embed))
+    index = [*cli, "embed", "--backbone", str(backbone), "--source", data, "--out", str(work / "index")]
+    index += ["--max_reviews", "40", "--trainer.precision", "32-true"] if smoke else []
+    index += [] if smoke else ["--batch_size", "128", "--trainer.precision", "bf16-mixed"]
+
+    def read_index(output: str) -> dict:
+        saved = re.search(r"Saved ([0-9,]+) review embeddings \(([0-9.]+) reviews/s\)", output)
+        return {"reviews": int(saved[1].replace(",", "")), "reviews_per_s": float(saved[2])} if saved else {}
+
+    check.step("embed_index", index, limit=120, read=read_index)
 
     tuned = ["--model.freeze", "false", "--model.layer_lr_decay", "0.8"]
     classifier(

@@ -11,20 +11,23 @@ ranker's top ``CANDIDATES`` by full sort), which the fast path must not change.
 Table 2 (indexes of dense vectors): approximate search with FAISS (HNSW, IVF) against exact search over
 the same vectors: build time, recall@10 of the exact top 10, and search latency.
 
-An index is grown to a larger size by repeating its reviews, dense vectors perturbed by a little noise
-(search time depends on how many vectors there are, not on what they hold; the 1,000,000 row is in that
-sense synthetic). Recall of FAISS is measured with held-out perturbed copies of indexed vectors as queries.
+An index is grown to a larger size by repeating its reviews, dense vectors perturbed by a little noise,
+sparse vectors and BM25 weights repeated as they are (search time depends on how many vectors there are and
+how long the posting lists grow, not on what they hold; the 1,000,000 row is in that sense synthetic).
+Recall of FAISS is measured with held-out perturbed copies of indexed vectors as queries.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 import torch
 from common import Record, add_out_argument
 
@@ -50,8 +53,24 @@ def grown(index: SemanticIndex, size: int, lexical: bool) -> SemanticIndex:
     reviews = index.reviews.take(pa.array(rows))
     keys = pa.array([str(i) for i in range(size)])  # the repeats need keys of their own
     reviews = reviews.set_column(reviews.schema.get_field_index("key"), "key", keys)
-    words = BM25Index.build(reviews.column("text").to_pylist()) if lexical and index.lexical else None
+    words = tiled(index.lexical, size) if lexical and index.lexical else None
     return SemanticIndex(index.embedder, vectors, reviews, lexical=words, alpha=index.alpha)
+
+
+def tiled(lexical: BM25Index, size: int) -> BM25Index:
+    """``lexical``'s BM25 weights for ``size`` reviews: its reviews' weights repeated (or cut) in order, as
+    :func:`grown` repeats the reviews; each word's posting list grows with the index, as it would."""
+    by_word, _ = lexical.weights()
+    scores, count = lexical.retriever.scores, by_word.shape[0]
+    grown_words = sp.vstack([by_word] * -(-size // count), format="csc")[:size].tocsc()
+    retriever = copy.copy(lexical.retriever)
+    retriever.scores = {
+        "data": grown_words.data.astype(scores["data"].dtype),
+        "indices": grown_words.indices.astype(np.int32),
+        "indptr": grown_words.indptr.astype(scores["indptr"].dtype),
+        "num_docs": size,
+    }  # fmt: skip
+    return BM25Index(retriever)
 
 
 def perturbed(vectors: torch.Tensor, size: int, keep: int, seed: int = 0) -> torch.Tensor:

@@ -29,7 +29,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from imdb_transformer import hardware, verbs
 from imdb_transformer.artifacts import read_artifact
@@ -43,6 +43,7 @@ from imdb_transformer.callbacks import (
 from imdb_transformer.core.backbone import load_checkpoint
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.export import run_folder
+from imdb_transformer.predict import refused_options
 
 
 class SaveRunFiles(SaveConfigCallback):
@@ -172,8 +173,12 @@ class ImdbCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with its default logger given a run folder claimed atomically (``mkdir``), so
         two runs started at once under the same root never share a ``version_N``, and checkpoints
-        written beside their final path (:class:`AtomicCheckpointIO`)."""
-        trainer = super().instantiate_trainer(**kwargs)
+        written beside their final path (:class:`AtomicCheckpointIO`). Trainer options Lightning refuses
+        (an accelerator that is not here, FSDP on CPUs, ...) are one error line."""
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:
+            raise refused_options(err) from None
         # before the run-files callback, which saves the tokenizer ShareTokenizer hands over
         trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard(), PrecisionAdvice(), SaveOnTerm()]
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin

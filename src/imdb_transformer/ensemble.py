@@ -74,11 +74,10 @@ class SentimentEnsemble(LightningModule):
             words[:] = [{} for _ in texts]
         out = torch.empty(len(self.members), len(texts))
         ids = self.encode(texts)
-        first = self.members[0].backbone.config
         bar = tqdm(
             total=len(texts) * len(self.members), desc="Classifying", unit="text", disable=not progress
         )
-        for chunk in length_batches(ids, batch_size, first.block_size, max_tokens):
+        for chunk in length_batches(ids, batch_size, self.context, max_tokens):
             shares = [words[i] for i in chunk] if words is not None else None
             out[:, chunk] = self.batch_probabilities([texts[i] for i in chunk], shares)
             bar.update(len(chunk) * len(self.members))
@@ -97,6 +96,11 @@ class SentimentEnsemble(LightningModule):
                 "explaining needs a classifier with word votes (trained with --model.lexical context "
                 "or bag); these classify from pooled features alone"
             )
+
+    @property
+    def context(self) -> int:
+        """The longest context among the members: batches are sized for the member that reads most."""
+        return max(m.backbone.config.block_size for m in self.members)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of raw texts by the first member's tokenizer: what batches are formed by."""

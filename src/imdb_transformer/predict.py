@@ -11,7 +11,6 @@ process reads them back in the texts' order (:func:`predict`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -26,11 +25,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.text.batching import length_batches
@@ -46,29 +46,44 @@ class TrainerOptions:
         accelerator: cpu, gpu (cuda), mps, or auto (a GPU when there is one).
         devices: How many devices (or which, as "0,2"), per node; each runs its own process.
         strategy: auto (one process per device: ddp when there are several), ddp, fsdp, ...
-        precision: 32-true (default), bf16-mixed, 16-mixed, ...
+        precision: 32-true, bf16-mixed, 16-mixed, ...
         num_nodes: Machines in the job (started by torchrun, srun, ...; see docs/scaling.md).
     """
 
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
     strategy: str = "auto"
-    precision: str | None = None
-    num_nodes: int = 1
+    precision: str = "32-true"
+    num_nodes: PositiveInt = 1
 
 
 class RankBatches(Sampler[list[int]]):
     """This process's share of ``batches``: every ``world_size``-th one, starting at its ``rank``. The
-    shares hold each batch once between them (their sizes differ by at most one batch)."""
+    shares hold each batch once between them (their sizes differ by at most one batch). A process left
+    without a batch (fewer batches than processes) gets the first batch as a stand-in, its positions
+    negated minus one (``-1 - i``), so every process runs the same hooks and its rows are dropped."""
 
     def __init__(self, batches: list[list[int]], rank: int = 0, world_size: int = 1) -> None:
-        self.batches = batches[rank::world_size]
+        self.batches = batches[rank::world_size] or [[-1 - i for i in batches[0]]]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class _Positions(Dataset):
+    """Each position as itself, a stand-in's negative ones too (a ``range`` would wrap them around)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, position: int) -> int:
+        return position
 
 
 class PredictTexts(LightningDataModule):
@@ -91,32 +106,37 @@ class PredictTexts(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         share = RankBatches(self.batches, self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(range(len(self.texts)), batch_sampler=share, collate_fn=self._collate)
+        return DataLoader(_Positions(len(self.texts)), batch_sampler=share, collate_fn=self._collate)
 
     def _collate(self, rows: list[int]) -> dict[str, Any]:
+        real = [i if i >= 0 else -1 - i for i in rows]  # a stand-in batch reads the texts it stands in for
         return {
             "index": torch.tensor(rows, dtype=torch.long),
-            "texts": [self.texts[i] for i in rows],
-            "ids": [self.ids[i] for i in rows],
+            "texts": [self.texts[i] for i in real],
+            "ids": [self.ids[i] for i in real],
         }
 
 
 class ShardWriter(BasePredictionWriter):
     """Keeps this process's predictions and, at the end, writes them to ``folder/shard-RANK.pt``
     (complete or not at all: written under a temporary name, then renamed), then waits for the other
-    processes to write theirs. The first process empties ``folder`` before anyone writes."""
+    processes to write theirs. ``folder`` is a new folder in ``base`` (private and unguessable, by
+    ``mkdtemp``) that the first process makes and tells the others, so runs never share one."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, base: str | os.PathLike) -> None:
         super().__init__(write_interval="batch")
-        self.folder = Path(folder)
+        self.base = Path(base)
+        self.folder: Path | None = None
         self.parts: list[Outputs] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self.parts = []
-        if trainer.global_rank == 0:  # Lightning waits for every process after setup
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder.mkdir(parents=True)
+        made = None
+        if trainer.global_rank == 0:
+            self.base.mkdir(parents=True, exist_ok=True)
+            made = tempfile.mkdtemp(prefix=".shards-", dir=self.base)
+        self.folder = Path(trainer.strategy.broadcast(made, src=0))
 
     def write_on_batch_end(  # noqa: D102
         self, trainer: Trainer, pl_module: LightningModule, prediction: Outputs, *args: Any
@@ -157,8 +177,12 @@ def joined(parts: list[Outputs]) -> Outputs:
 
 
 def in_order(outputs: Outputs, count: int) -> Outputs:
-    """``outputs`` of ``count`` texts rearranged into the texts' order by their ``index``; refuses
-    outputs that miss a text or hold one twice."""
+    """``outputs`` of ``count`` texts rearranged into the texts' order by their ``index``, without the
+    rows of stand-in batches (negative positions); refuses outputs that miss a text or hold one twice."""
+    stand_in = outputs["index"].numpy() < 0
+    if stand_in.any():
+        keep = np.flatnonzero(~stand_in)
+        outputs = {key: _rows(value, keep) for key, value in outputs.items()}
     index = outputs["index"].numpy()
     order = np.argsort(index, kind="stable")
     if len(index) != count or not np.array_equal(index[order], np.arange(count)):
@@ -168,15 +192,18 @@ def in_order(outputs: Outputs, count: int) -> Outputs:
             f"{len(index) - len(np.unique(index)):,} repeated: the processes did not share the texts "
             "exactly; run again"
         )
-    out = {}
-    for key, value in outputs.items():
-        if isinstance(value, torch.Tensor):
-            out[key] = value[torch.from_numpy(order)]
-        elif sp.issparse(value):
-            out[key] = value if (np.diff(order) > 0).all() else value[order]
-        else:
-            out[key] = [value[i] for i in order]
-    return out
+    if (np.diff(order) > 0).all():
+        return outputs  # in order already (one process)
+    return {key: _rows(value, order) for key, value in outputs.items()}
+
+
+def _rows(value: Any, rows: np.ndarray) -> Any:
+    """The ``rows`` of an output: a tensor's, a sparse matrix's or a list's."""
+    if isinstance(value, torch.Tensor):
+        return value[torch.from_numpy(rows)]
+    if sp.issparse(value):
+        return value[rows]
+    return [value[i] for i in rows]
 
 
 def read_shards(folder: str | os.PathLike, count: int, world_size: int) -> Outputs:
@@ -184,22 +211,17 @@ def read_shards(folder: str | os.PathLike, count: int, world_size: int) -> Outpu
     paths = sorted(Path(folder).glob("shard-*.pt"))
     if len(paths) != world_size:
         raise ImdbError(
-            f"{folder} holds {len(paths)} prediction shards for {world_size} processes: a process did "
-            "not finish; run again"
+            f"{folder} holds {len(paths)} prediction shards for {world_size} processes: the processes "
+            "must share a filesystem (give --out a folder every machine sees)"
         )
     shards = [torch.load(p, weights_only=False) for p in paths]  # written by this run's processes
     return in_order(joined([s for s in shards if s is not None]), count)
 
 
-def shard_folder(out: str | os.PathLike | None, verb: str) -> Path:
-    """Where the processes of one run put their shards: beside ``out`` (on a filesystem every process
-    sees), or without one in the temporary folder, named by the command and the working folder, which
-    every process of a run shares."""
-    if out is not None:
-        out = Path(out).absolute()
-        return out.parent / f".{out.name}.shards"
-    job = hashlib.sha1(f"{os.getcwd()}\0{sys.argv}".encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"imdb-transformer-{verb}-{job}.shards"
+def shard_base(out: str | os.PathLike | None) -> Path:
+    """Where the processes of a run make their shard folder: beside ``out`` (which must be on a
+    filesystem every process sees), or without one in the temporary folder (one machine's)."""
+    return Path(out).absolute().parent if out is not None else Path(tempfile.gettempdir())
 
 
 @contextlib.contextmanager
@@ -233,8 +255,8 @@ def predict(
 ) -> Outputs | None:
     """Run ``module.predict_step`` over ``texts`` with ``Trainer.predict``: batches of similar length
     (``encode`` gives the token ids the lengths are counted in, ``context`` the most read of each),
-    shared among the processes, each writing a shard to the folder ``shards`` (see :func:`shard_folder`;
-    a process alone uses a temporary folder of its own).
+    shared among the processes, each writing a shard to a new folder in ``shards`` (see
+    :func:`shard_base`; by default the temporary folder, which a job over several machines cannot use).
 
     Returns the outputs of every batch joined in the texts' order (``index`` holds each row's text
     position) in the job's first process, and None in the others (they have nothing left to do).
@@ -250,21 +272,30 @@ def predict(
                 enable_progress_bar=progress,
             )  # fmt: skip
         except (MisconfigurationException, ValueError) as err:  # an accelerator that is not here, ...
-            raise InputError(f"--trainer options: {err}") from None
-        if runner.world_size == 1:  # one process: a folder of its own, whatever else runs
-            shards = Path(tempfile.mkdtemp(prefix="imdb-transformer-shards-"))
-        elif shards is None:
-            shards = shard_folder(None, "predict")
-        writer = ShardWriter(shards)
+            raise refused_options(err) from None
+        if runner.num_nodes > 1 and shards is None:
+            raise InputError(
+                "a job over several machines writes its results through files every machine sees: give "
+                "--out a path on a shared filesystem"
+            )
+        writer = ShardWriter(shards if shards is not None else shard_base(None))
         runner.callbacks.append(writer)
         try:
             runner.predict(module, datamodule=data, return_predictions=False)
             if runner.global_rank != 0:
                 return None
-            return read_shards(shards, len(texts), runner.world_size)
+            return read_shards(writer.folder, len(texts), runner.world_size)
         finally:
-            if runner.global_rank == 0:
-                shutil.rmtree(shards, ignore_errors=True)
+            if runner.global_rank == 0 and writer.folder is not None:
+                shutil.rmtree(writer.folder, ignore_errors=True)
+
+
+def refused_options(err: Exception) -> InputError:
+    """Lightning's refusal of Trainer options as one error line, with the fix where it is known."""
+    text = " ".join(str(err).split())
+    if "No supported gpu backend" in text or ("gpu" in text.lower() and "not available" in text.lower()):
+        text += " (no GPU here: use --trainer.accelerator cpu)"
+    return InputError(f"--trainer options: {text}")
 
 
 def trainer_options(trainer: TrainerOptions | dict | None, device: str | None) -> TrainerOptions:

@@ -110,7 +110,7 @@ def embed(
         trainer: Lightning Trainer options for the embedding (see docs/scaling.md).
     """
     from imdb_transformer.embedder import load_embedder
-    from imdb_transformer.predict import predict, shard_folder, trainer_options
+    from imdb_transformer.predict import predict, shard_base, trainer_options
     from imdb_transformer.search import SemanticIndex, check_alpha, check_out_folder
     from imdb_transformer.text.imdb import is_local, load_reviews
 
@@ -125,7 +125,7 @@ def embed(
     start = time.perf_counter()
     outputs = predict(
         embedder, reviews.texts, embedder.encode, context=embedder.max_length, batch_size=batch_size,
-        trainer=options, shards=shard_folder(out, "embed"),
+        trainer=options, shards=shard_base(out),
     )  # fmt: skip
     if outputs is None:  # another process of a distributed job: the first one writes the index
         return
@@ -168,7 +168,7 @@ def search(
             results' "review key" column shows it (test/pos/2221), or a review id that only one
             review of the index has.
         backbone: The backbone that built the index, if it has moved since (default: the one the
-            index records, relative to the index folder).
+            index records, relative to the index folder; for Qdrant, where it was at export).
         adapter: Likewise for the index's adapter.
         url: Search a Qdrant server's collection instead (http://HOST:6333).
         path: Search a local Qdrant folder's collection instead.
@@ -182,13 +182,14 @@ def search(
     if (index is None) == (url is None and path is None):
         raise InputError("give the index one way: --index DIR, or a Qdrant collection with --url or --path")
     if index is None:
-        if like is not None or backbone is not None or adapter is not None:
-            raise InputError("--like, --backbone and --adapter are for an index folder (--index), not Qdrant")
+        if like is not None:
+            raise InputError("--like runs on an index folder (--index); a Qdrant collection takes a query")
         from imdb_transformer.search.qdrant import QdrantIndex, connect
 
         client = connect(url, path)
         try:
-            print(format_hits(QdrantIndex(client, collection).query(query, k, mode)))
+            engine = QdrantIndex(client, collection, backbone=backbone, adapter=adapter)
+            print(format_hits(engine.query(query, k, mode)))
         finally:
             client.close()
         return
@@ -301,13 +302,15 @@ def classify(
             --trainer.devices; default: a GPU when there is one).
         explain: Add the words that drove each verdict, with their share of its logit (+ towards
             positive), from the word votes of a classifier trained with --model.lexical.
-        out: Also write the predictions to this .parquet file, in the order of the texts: id (the
-            review's id with --split, else the text's number), key and label (with --split),
-            probability (of positive) and predicted (1 positive, 0 negative). Replaced if it exists.
+        out: Write the predictions to this .parquet file instead of printing them, in the order of
+            the texts: id (the review's id with --split, else the text's number), key and label (with
+            --split), probability (of positive), predicted (1 positive, 0 negative) and, with
+            --explain, words (the top words and their shares). Replaced if it exists. A job over
+            several machines needs it on a filesystem they all see.
         trainer: Lightning Trainer options for classifying (see docs/scaling.md).
     """
     from imdb_transformer.ensemble import SentimentEnsemble, top_words
-    from imdb_transformer.predict import predict, shard_folder, trainer_options
+    from imdb_transformer.predict import predict, shard_base, trainer_options
     from imdb_transformer.text.imdb import load_reviews
     from imdb_transformer.text.texts import read_texts
 
@@ -334,9 +337,8 @@ def classify(
     ensemble.check(inputs, explain)
     ensemble.explaining = explain
     outputs = predict(
-        ensemble, inputs, ensemble.encode, context=ensemble.members[0].backbone.config.block_size,
-        batch_size=batch_size, max_tokens=8192, trainer=options, shards=shard_folder(out, "classify"),
-        progress=len(inputs) > batch_size,
+        ensemble, inputs, ensemble.encode, context=ensemble.context, batch_size=batch_size, max_tokens=8192,
+        trainer=options, shards=shard_base(out) if out else None, progress=len(inputs) > batch_size,
     )  # fmt: skip
     if outputs is None:  # another process of a distributed job: the first one reports
         return
@@ -344,8 +346,10 @@ def classify(
     words = outputs.get("words")
     mean = members.mean(0)
     if out is not None:
-        keys = {"id": reviews.ids, "key": reviews.keys, "label": reviews.labels} if split else None
-        print(f"Saved {len(inputs):,} predictions to {_write_predictions(out, mean, keys)}")
+        columns = {"id": reviews.ids, "key": reviews.keys, "label": reviews.labels} if split else {}
+        if words is not None:
+            columns["words"] = [[{"word": w, "share": s} for w, s in top_words(found)] for found in words]
+        print(f"Saved {len(inputs):,} predictions to {_write_predictions(out, mean, columns)}")
     if labels is not None:
         print(f"| model | test accuracy ({len(inputs):,} reviews) |\n| --- | --- |")
         rows = list(zip(ensemble.names, members, strict=True))
@@ -366,17 +370,21 @@ def classify(
         print(line)
 
 
-def _write_predictions(out: str, probabilities: torch.Tensor, reviews: dict[str, list] | None) -> Path:
+def _write_predictions(out: str, probabilities: torch.Tensor, columns: dict[str, list]) -> Path:
     """Write ``probabilities`` (of positive, one per text) to the parquet file ``out`` in one piece,
-    with each text's ``reviews`` columns (id, key, label) or else its number as its id."""
+    after each text's ``columns`` (id, key and label of a review; words that explain it), its number
+    as its id where ``columns`` has none."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from imdb_transformer.artifacts import atomic_path
 
     p = probabilities.float().numpy()
-    columns = reviews or {"id": list(range(1, len(p) + 1))}
+    columns = {"id": list(range(1, len(p) + 1)), **columns}
+    words = columns.pop("words", None)
     table = pa.table({**columns, "probability": p, "predicted": (p > 0.5).astype("int64")})
+    if words is not None:
+        table = table.append_column("words", pa.array(words))
     with atomic_path(out, overwrite=True) as tmp:
         pq.write_table(table, tmp)
     return Path(out)
@@ -493,9 +501,9 @@ def export_index(
     from imdb_transformer.search.qdrant import export_index as export
 
     _check_positive(batch_size=batch_size)
+    loaded = SemanticIndex.load(index)  # a wrong index fails before anything is made in Qdrant
     client = connect(url, path)
     try:
-        loaded = SemanticIndex.load(index)
         count = export(loaded, client, collection, batch_size=batch_size, replace=replace)
     finally:
         client.close()

@@ -27,12 +27,15 @@ from imdb_transformer.predict import (
 from imdb_transformer.text.imdb import load_reviews
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 7, 8, 9])
 def test_the_ranks_share_every_batch_exactly_once(world_size: int) -> None:
-    batches = [[i, i + 100] for i in range(7)]  # 7 batches: no even split for 2, 3 or 8 ranks
+    batches = [[i, i + 100] for i in range(7)]  # 7 batches: no even split for 2, 3, 8 or 9 ranks
     shares = [list(RankBatches(batches, rank, world_size)) for rank in range(world_size)]
-    assert sorted(b for share in shares for b in share) == batches
+    real = [b for share in shares for b in share if b[0] >= 0]
+    assert sorted(real) == batches
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    stand_ins = [b for share in shares for b in share if b[0] < 0]  # ranks past the 7th: a stand-in
+    assert stand_ins == [[-1, -101]] * max(0, world_size - 7)
 
 
 def test_shards_are_joined_and_put_back_in_the_texts_order() -> None:
@@ -46,6 +49,13 @@ def test_shards_are_joined_and_put_back_in_the_texts_order() -> None:
     assert out["sparse"].toarray()[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_the_rows_of_a_stand_in_batch_are_dropped() -> None:
+    outputs = {"index": torch.tensor([1, -1, 0, -2]), "words": ["b", "stand-in", "a", "stand-in"]}
+    outputs["sparse"] = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    out = in_order(outputs, 2)
+    assert out["words"] == ["a", "b"] and out["sparse"].toarray()[:, :3].tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
 @pytest.mark.parametrize("index", [[0, 1, 1], [0, 2], [0, 1, 2, 3]], ids=["doubled", "lost", "extra"])
 def test_predictions_that_lose_or_double_a_text_are_refused(index: list[int]) -> None:
     with pytest.raises(ImdbError, match="of 3 texts"):
@@ -54,7 +64,7 @@ def test_predictions_that_lose_or_double_a_text_are_refused(index: list[int]) ->
 
 def test_a_missing_shard_is_refused(tmp_path: Path) -> None:
     torch.save({"index": torch.tensor([0])}, tmp_path / "shard-00000.pt")
-    with pytest.raises(ImdbError, match="1 prediction shards for 2 processes"):
+    with pytest.raises(ImdbError, match="1 prediction shards for 2 processes.*every machine sees"):
         read_shards(tmp_path, 2, 2)
 
 
@@ -83,4 +93,4 @@ def test_predict_gives_what_the_plain_loop_gives(
                   shards=tmp_path / "shards", progress=False)  # fmt: skip
     loop = ensemble.member_probabilities(reviews.texts, batch_size=5, progress=False)
     torch.testing.assert_close(out["probabilities"].T, loop)
-    assert not (tmp_path / "shards").exists() and not list(tmp_path.glob(".shards*"))
+    assert not list((tmp_path / "shards").iterdir())  # each run's shard folder is removed

@@ -147,6 +147,18 @@ def test_ddp_on_two_cpu_processes_sees_each_block_once(tiny_fit_args: list[str],
     assert sorted(seen) == sorted(tuple(r) for r in blocks.tolist())  # each block once, across both ranks
 
 
+def test_fsdp_on_cpus_is_refused_in_one_line(tiny_fit_args: list[str], tmp_path: Path) -> None:
+    """Lightning's FSDP strategy needs GPUs (docs/scaling.md says so): one error line, no run folder."""
+    args = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "fsdp"]
+    err = fails("fit", *tiny_fit_args, *args)
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("error: --trainer options: The strategy `fsdp` requires a GPU")
+    )
+    assert not (tmp_path / "lightning_logs").exists() or not any((tmp_path / "lightning_logs").iterdir())
+
+
 def printed_accuracy(out: str) -> float:
     """``test/acc`` from the table ``test`` prints (plain, or drawn with rich's box characters)."""
     return float(re.search(r"test/acc\W+([0-9.]+)", out).group(1))

@@ -9,7 +9,17 @@ from pathlib import Path
 
 from helpers import REPO
 
-STEPS = ["setup", "train_speed", "pretrain", "validate", "frozen", "frozen_test", "decode", "embed"]
+STEPS = [
+    "setup",
+    "train_speed",
+    "pretrain",
+    "validate",
+    "frozen",
+    "frozen_test",
+    "decode",
+    "embed",
+    "embed_index",
+]
 STEPS += ["finetune", "finetune_test"]
 
 
@@ -44,6 +54,7 @@ def test_smoke_runs_every_step_and_records_each(imdb_dir: Path, tmp_path: Path) 
     assert 0 <= by["frozen_test"]["test_acc"] <= 1 and by["frozen_test"]["checkpoint"].startswith("best-")
     assert [row[0] for row in by["embed"]["tables"]["embedding"]["rows"]] == ["fp32", "bf16"]
     assert by["decode"]["tables"]["decoding"]["rows"]
+    assert by["embed_index"]["reviews"] == 40 and by["embed_index"]["reviews_per_s"] > 0
     log = (out / "gpu_check.log").read_text()
     assert "benchmarks/train_speed.py" in log and " fit " in log and " test " in log
 

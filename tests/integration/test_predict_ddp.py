@@ -46,9 +46,22 @@ def test_classify_under_ddp_writes_the_predictions_one_process_writes(
     assert one["predicted"] == [int(p > 0.5) for p in one["probability"]]
 
 
-def test_classify_writes_the_predictions_of_given_texts(pretrained_run: Path, tmp_path: Path) -> None:
+def test_fewer_texts_than_processes_each_come_back_once(pretrained_run: Path, tmp_path: Path) -> None:
+    """One text on two processes: the second gets a stand-in batch whose row is dropped."""
     checkpoint = str(classifier_checkpoint(pretrained_run / "backbone", tmp_path / "c.ckpt"))
+    args = ["classify", "--classifier", checkpoint, "a good film"]
+    assert run_cli(*args, *DDP).stdout == run_cli(*args).stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
+
+
+def test_classify_writes_the_predictions_of_given_texts(pretrained_run: Path, tmp_path: Path) -> None:
+    backbone = pretrained_run / "backbone"
+    checkpoint = str(classifier_checkpoint(backbone, tmp_path / "c.ckpt", lexical="bag"))
     out = run_cli("classify", "--classifier", checkpoint, "--out", str(tmp_path / "p.parquet"), "good", "bad")
     assert out.stdout.strip() == f"Saved 2 predictions to {tmp_path / 'p.parquet'}"
     table = pq.read_table(tmp_path / "p.parquet").to_pydict()
     assert table["id"] == [1, 2] and list(table) == ["id", "probability", "predicted"]
+    run_cli("classify", "--classifier", checkpoint, "--out", str(tmp_path / "w.parquet"), "--explain", "true",
+            "a good film", "bad")  # fmt: skip
+    words = pq.read_table(tmp_path / "w.parquet").to_pydict()["words"]
+    assert {w["word"] for w in words[0]} <= {"a", "good", "film"} and words[1][0]["word"] == "bad"

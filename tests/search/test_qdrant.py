@@ -66,6 +66,8 @@ def test_qdrant_ranks_as_the_index_does(indexes: dict, kind: str, tmp_path: Path
                 same_ranking(ours, theirs)
                 if mode == "lexical" and ours[0].score > 0:  # Qdrant lists them in the query's order
                     assert set(ours[0].matched) == set(theirs[0].matched)
+        with pytest.raises(SearchIndexError, match="pass its new place with --backbone"):
+            QdrantIndex(client, "imdb", backbone=tmp_path / "moved")
         with pytest.raises(InputError, match="--replace true"):
             export_index(index, client, "imdb", progress=False)
         export_index(index, client, "imdb", replace=True, progress=False)
@@ -115,4 +117,5 @@ def test_export_index_and_search_through_the_console_script(indexes: dict, tmp_p
     )
     assert "no collection 'imdb'" in fails("search", "--path", folder, "a film")
     assert "one way" in fails("search", "--path", folder, "--index", index, "a film")
+    assert "--like runs on an index folder" in fails("search", "--path", folder, "--like", "test/pos/1")
     assert "Connection refused" in fails("search", "--url", "http://127.0.0.1:9", "a film")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 
 class BM25Index:
@@ -52,6 +53,17 @@ class BM25Index:
             return 0
         indptr = self.retriever.scores["indptr"]
         return int(indptr[column + 1] - indptr[column])
+
+    def weights(self) -> tuple[sp.csc_matrix, list[str]]:
+        """Every review's BM25 weight for every word it holds (its score for a one-word query of it, IDF
+        included), as bm25s stores them: a (reviews, words) matrix, column by column, and each
+        column's word. A query's BM25 scores are this matrix times the query's word counts."""
+        scores = self.retriever.scores
+        columns = len(scores["indptr"]) - 1
+        shape = (scores["num_docs"], columns)
+        matrix = sp.csc_matrix((scores["data"], scores["indices"], scores["indptr"]), shape=shape)
+        words = sorted(self.retriever.vocab_dict, key=self.retriever.vocab_dict.get)[:columns]
+        return matrix, words
 
     def save(self, folder: Path) -> None:
         self.retriever.save(str(folder), show_progress=False)

@@ -36,6 +36,21 @@ def matched_words(
     return shared[:most]
 
 
+def hits_of(
+    reviews: list[dict], scores: list[float], text: str, frequency: Callable[[str], int] | None = None
+) -> list[Hit]:
+    """Hits, best first, of ``reviews`` (dicts with key, id, label and text) with their ``scores`` for the
+    query ``text``; ``frequency`` orders each hit's matched words (see :func:`matched_words`)."""
+    from imdb_transformer.search.bm25 import BM25Index
+
+    asked = BM25Index.words([text])[0]
+    return [
+        Hit(rank + 1, float(score), review["key"], review["id"], review["label"], snippet(review["text"]),
+            matched_words(asked, BM25Index.words([review["text"]])[0], frequency))
+        for rank, (score, review) in enumerate(zip(list(scores), reviews, strict=True))
+    ]  # fmt: skip
+
+
 def snippet(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + "…"
 

@@ -44,8 +44,17 @@ from imdb_transformer.embedder import DocumentEmbedder, load_embedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.search.ann import Ann, build_faiss
 from imdb_transformer.search.bm25 import BM25Index
-from imdb_transformer.search.hits import Hit, matched_words, snippet
-from imdb_transformer.search.ranking import CANDIDATES, Mode, candidates, minmax, top_k_rows
+from imdb_transformer.search.hits import Hit, hits_of
+from imdb_transformer.search.ranking import (
+    CANDIDATES,
+    Mode,
+    candidates,
+    check_k,
+    check_mode,
+    fused_top,
+    fusion_rows,
+    top_k_rows,
+)
 from imdb_transformer.search.storage import (
     DEFAULT_ALPHA,
     INDEX_FORMAT,
@@ -240,13 +249,9 @@ class SemanticIndex:
             dense_rows = candidates(every, CANDIDATES)
         else:
             dense_rows, _ = self.dense_top_k(vector, CANDIDATES)
-        rows = np.union1d(dense_rows, candidates(lexical, CANDIDATES))
-        if len(rows) < k:  # fewer reviews than asked for share anything with the query; the rest score 0
-            rows = np.union1d(rows, np.setdiff1d(np.arange(len(self)), rows)[: k - len(rows)])
+        rows = fusion_rows([dense_rows, candidates(lexical, CANDIDATES)], k, len(self))
         dense = every[rows] if every is not None else self.cosines(vector, rows)
-        fused = self.alpha * minmax(dense) + (1 - self.alpha) * minmax(lexical[rows])
-        order = np.argsort(-fused, kind="stable")[:k]
-        return rows[order], fused[order]
+        return fused_top(rows, dense, lexical[rows], self.alpha, k)
 
     def _rank(
         self, vector: torch.Tensor | None, text: str, k: int, mode: Mode, exclude: int | None = None
@@ -281,35 +286,14 @@ class SemanticIndex:
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray, text: str) -> list[Hit]:
         found = self.reviews.take(pa.array(rows.tolist(), pa.int64()))  # only the k rows, never the table
-        asked = BM25Index.words([text])[0]
         rarity = self.lexical.document_frequency if self.lexical is not None else None
-        return [
-            Hit(
-                rank + 1,
-                float(score),
-                review["key"],
-                review["id"],
-                review["label"],
-                snippet(review["text"]),
-                matched_words(asked, BM25Index.words([review["text"]])[0], rarity),
-            )  # fmt: skip
-            for rank, (score, review) in enumerate(zip(scores.tolist(), found.to_pylist(), strict=True))
-        ]
+        return hits_of(found.to_pylist(), scores, text, rarity)
 
     def _mode(self, mode: Mode | None) -> Mode:
-        if mode is None:
-            return "hybrid" if self.lexical is not None else "dense"
-        if mode not in ("hybrid", "dense", "lexical"):
-            raise InputError(f"unknown mode {mode!r}; expected hybrid, dense or lexical")
-        if mode != "dense" and self.lexical is None:
-            raise InputError(f"this index has no lexical part, so mode {mode!r} cannot run; use dense")
-        return mode
+        return check_mode(mode, self.lexical is not None)
 
     def _check_k(self, k: int) -> None:
-        if not 1 <= k <= len(self):
-            raise InputError(
-                f"k={k} is out of range: the index holds {len(self)} reviews, so 1 <= k <= {len(self)}"
-            )
+        check_k(k, len(self))
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the index to ``folder``. An existing folder is replaced (atomically) only if it is an
@@ -361,13 +345,8 @@ class SemanticIndex:
         backbone = backbone if backbone is not None else _recorded(meta["backbone"], folder)
         adapter = adapter if adapter is not None else _recorded(meta["adapter"], folder)
         if embedder is None:
-            embedder = _embedder(folder, meta, backbone, adapter)
-        if meta["embedder"] != embedder.fingerprint:
-            raise SearchIndexError(
-                f"{folder} was built by another backbone, adapter or pooling ({meta['embedder']}) than the "
-                f"one given ({embedder.fingerprint}); query it with the embedder that built it, or rebuild "
-                "the index"
-            )
+            embedder = embedder_for(str(folder), meta, backbone, adapter)
+        check_embedder(str(folder), meta, embedder)
         count = meta["count"]
         vectors = read_artifact(
             folder / "vectors.safetensors",
@@ -400,14 +379,28 @@ def _recorded(path: str | None, folder: Path) -> Path | None:
     return folder / path if path else None  # an absolute path stays itself
 
 
-def _embedder(folder: Path, meta: dict, backbone: Path | None, adapter: Path | None) -> DocumentEmbedder:
+def embedder_for(
+    where: str, meta: dict, backbone: str | os.PathLike | None, adapter: str | os.PathLike | None
+) -> DocumentEmbedder:
+    """The embedder of ``backbone`` and ``adapter`` with the pooling and length an index's record
+    ``meta`` holds; ``where`` names the index in errors (a file that is gone, another embedder)."""
     if backbone is None:
-        raise SearchIndexError(f"{folder} does not record its backbone: pass the one that built it")
+        raise SearchIndexError(f"{where} does not record its backbone: pass the one that built it")
     for what, path in (("backbone", backbone), ("adapter", adapter)):
         if path is not None and not Path(path).exists():
             raise SearchIndexError(
-                f"the {what} of {folder} is not at {path} (recorded relative to the index) any more; pass "
-                f"its new place with --{what} (SemanticIndex.load(..., {what}=PATH))"
+                f"the {what} of {where} is not at {path} any more; pass its new place with --{what} "
+                f"(SemanticIndex.load(..., {what}=PATH))"
             )
     pooling = meta["pooling"] if adapter is None else "mean"
     return load_embedder(backbone, adapter, pooling, meta["max_length"])
+
+
+def check_embedder(where: str, meta: dict, embedder: DocumentEmbedder) -> None:
+    """Refuse an ``embedder`` other than the one whose fingerprint the index's record ``meta`` holds."""
+    if meta["embedder"] != embedder.fingerprint:
+        raise SearchIndexError(
+            f"{where} was built by another backbone, adapter or pooling ({meta['embedder']}) than the "
+            f"one given ({embedder.fingerprint}); query it with the embedder that built it, or rebuild "
+            "the index"
+        )

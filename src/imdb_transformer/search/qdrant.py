@@ -16,23 +16,35 @@ folder in-process (its local mode, for tests and small collections).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from imdb_transformer.embedder import DocumentEmbedder, load_embedder
+from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.search.bm25 import BM25Index
-from imdb_transformer.search.hits import Hit, matched_words, snippet
-from imdb_transformer.search.index import SemanticIndex
-from imdb_transformer.search.ranking import CANDIDATES, Mode, minmax
+from imdb_transformer.search.hits import Hit, hits_of
+from imdb_transformer.search.index import SemanticIndex, check_embedder, embedder_for
+from imdb_transformer.search.ranking import (
+    CANDIDATES,
+    Mode,
+    check_k,
+    check_mode,
+    filled,
+    fused_top,
+    fusion_rows,
+)
 from imdb_transformer.search.storage import SearchIndexError
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
 
 QDRANT_FORMAT = "imdb_transformer.qdrant/1"
 LEXICAL = "bm25"
@@ -43,7 +55,7 @@ def word_dimension(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little") & 0x7FFFFFFF
 
 
-def connect(url: str | None = None, path: str | os.PathLike | None = None) -> Any:
+def connect(url: str | None = None, path: str | os.PathLike | None = None) -> QdrantClient:
     """A ``QdrantClient`` for a server at ``url`` or a local collection folder ``path`` (one of them)."""
     if (url is None) == (path is None):
         raise InputError(
@@ -75,23 +87,20 @@ def _sparse(row: sp.csr_matrix) -> Any:
     return models.SparseVector(indices=row.indices.tolist(), values=row.data.tolist())
 
 
-def _bm25_rows(lexical: BM25Index, count: int) -> sp.csr_matrix:
-    """Each review's BM25 weights (its score for each of its words) as a CSR row over the words' hashed
-    dimensions (:func:`word_dimension`; bm25s keeps the weights column by column, a column per word)."""
-    scores = lexical.retriever.scores
-    columns = len(scores["indptr"]) - 1
-    by_word = sp.csc_matrix((scores["data"], scores["indices"], scores["indptr"]), shape=(count, columns))
-    vocab = sorted(lexical.retriever.vocab_dict.items(), key=lambda item: item[1])[:columns]
-    dimension = np.array([word_dimension(word) for word, _ in vocab], dtype=np.int64)
+def _bm25_rows(lexical: BM25Index) -> sp.csr_matrix:
+    """Each review's BM25 weights as a CSR row over its words' hashed dimensions (:func:`word_dimension`).
+    Two words of one review with one hash (rare: 31 bits) share their dimension, their weights summed."""
+    by_word, words = lexical.weights()
+    dimension = np.array([word_dimension(word) for word in words], dtype=np.int64)
     rows = by_word.tocsr()
-    hashed = sp.csr_matrix((rows.data, dimension[rows.indices], rows.indptr), shape=(count, 2**31))
-    hashed.sum_duplicates()  # two words of one review with one hash (rare) share their dimension
+    hashed = sp.csr_matrix((rows.data, dimension[rows.indices], rows.indptr), shape=(rows.shape[0], 2**31))
+    hashed.sum_duplicates()
     return hashed
 
 
 def export_index(
     index: SemanticIndex,
-    client: Any,
+    client: QdrantClient,
     collection: str,
     batch_size: int = 256,
     replace: bool = False,
@@ -133,7 +142,7 @@ def export_index(
         collection, vectors_config=dense, sparse_vectors_config=sparse, metadata=metadata
     )
     try:
-        words = _bm25_rows(index.lexical, len(index)) if index.lexical is not None else None
+        words = _bm25_rows(index.lexical) if index.lexical is not None else None
         reviews = index.reviews.select(["key", "id", "label", "text"])
         starts = range(0, len(index), batch_size)
         for start in tqdm(starts, desc="Exporting", unit="batch", disable=not progress or len(starts) < 2):
@@ -147,40 +156,49 @@ def export_index(
                 points.append(models.PointStruct(id=row, vector=vectors, payload=payload))
             client.upsert(collection, points=points, wait=True)
     except BaseException:
-        client.delete_collection(collection)
+        with contextlib.suppress(Exception):  # the error that stopped the export is the one to show
+            client.delete_collection(collection)
         raise
     return len(index)
 
 
 class QdrantIndex:
     """A Qdrant collection written by :func:`export_index`, queried as :class:`SemanticIndex` is: the
-    same modes and, for the same vectors, the same ranking.
+    same modes and, for the same vectors, the same ranking (Qdrant's local mode and a server's exact
+    search; a server's HNSW makes the dense candidates approximate, as FAISS does for the index).
 
     Args:
         client: A ``QdrantClient`` (see :func:`connect`).
         collection: The collection's name.
-        embedder: Embeds queries; by default the one the collection records (checked by fingerprint).
+        embedder: Embeds queries; by default one built from ``backbone`` and ``adapter``, by default
+            those the collection records (where they were when it was exported). Its fingerprint is
+            checked against the collection's.
     """
 
-    def __init__(self, client: Any, collection: str, embedder: DocumentEmbedder | None = None) -> None:
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        embedder: DocumentEmbedder | None = None,
+        backbone: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None,
+    ) -> None:
         if not client.collection_exists(collection):
             raise InputError(
                 f"Qdrant has no collection {collection!r}: write one with `imdb-transformer export-index`"
             )
         meta = client.get_collection(collection).config.metadata or {}
+        where = f"Qdrant collection {collection!r}"
         if meta.get("format") != QDRANT_FORMAT:
             raise SearchIndexError(
-                f"Qdrant collection {collection!r} was not written by `imdb-transformer export-index` "
-                f"(format {meta.get('format')!r}, expected {QDRANT_FORMAT})"
+                f"{where} was not written by `imdb-transformer export-index` (format {meta.get('format')!r}, "
+                f"expected {QDRANT_FORMAT}; collection metadata needs Qdrant 1.16 or later)"
             )
         if embedder is None:
-            pooling = meta["pooling"] if meta["adapter"] is None else "mean"
-            embedder = load_embedder(meta["backbone"], meta["adapter"], pooling, meta["max_length"])
-        if embedder.fingerprint != meta["embedder"]:
-            raise SearchIndexError(
-                f"Qdrant collection {collection!r} was built by another embedder ({meta['embedder']}) than "
-                f"the one given ({embedder.fingerprint}); query it with the embedder that built it"
-            )
+            backbone = backbone if backbone is not None else meta["backbone"]
+            adapter = adapter if adapter is not None else meta["adapter"]
+            embedder = embedder_for(where, meta, backbone, adapter)
+        check_embedder(where, meta, embedder)
         self.client, self.collection, self.embedder, self.meta = client, collection, embedder, meta
         self.alpha = float(meta["alpha"])
         self.name = _vector_name(embedder.sparse)
@@ -192,44 +210,28 @@ class QdrantIndex:
         """The ``k`` reviews that best match ``text``, best first (see :meth:`SemanticIndex.query`)."""
         if not text or not text.strip():
             raise InputError("empty query: give some words to search for")
-        if not 1 <= k <= len(self):
-            raise InputError(f"k={k} is out of range: the collection holds {len(self)} reviews")
-        mode = mode or ("hybrid" if self.meta["lexical"] else "dense")
-        if mode != "dense" and not self.meta["lexical"]:
-            raise InputError(f"this collection has no BM25 vectors, so mode {mode!r} cannot run; use dense")
-        rows, scores = self.top_k(text, mode, k)
-        return self._hits(rows, scores, text)
+        check_k(k, len(self))
+        rows, scores = self.top_k(text, check_mode(mode, self.meta["lexical"]), k)
+        points = self.client.retrieve(self.collection, ids=rows.tolist(), with_payload=True)
+        payload = {p.id: p.payload for p in points}
+        return hits_of([payload[row] for row in rows.tolist()], scores.tolist(), text)
 
     def top_k(self, text: str, mode: Mode, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores of the top ``k`` under ``mode``, ranked as :meth:`SemanticIndex.top_k` ranks."""
         vector = self._query_vector(text) if mode != "lexical" else None
         words = self._words(text) if mode != "dense" else None
-        if mode == "dense":
-            return self._search(self.name, vector, k)
-        if mode == "lexical":
-            rows, scores = self._search(LEXICAL, words, k)
-            if len(rows) < k:  # as the embedded index: reviews without a word of the query score 0
-                rest = np.setdiff1d(np.arange(len(self)), rows)[: k - len(rows)]
-                rows, scores = np.concatenate([rows, rest]), np.concatenate([scores, np.zeros(len(rest))])
-            return rows, scores
+        if mode != "hybrid":
+            using, query = (self.name, vector) if mode == "dense" else (LEXICAL, words)
+            return filled(*self._search(using, query, k), k, len(self))
         dense_rows, _ = self._search(self.name, vector, CANDIDATES)
         lexical_rows, _ = self._search(LEXICAL, words, CANDIDATES)
-        rows = np.union1d(dense_rows, lexical_rows)
-        if len(rows) < k:  # as the embedded index: the rest score 0
-            rows = np.union1d(rows, np.setdiff1d(np.arange(len(self)), rows)[: k - len(rows)])
+        rows = fusion_rows([dense_rows, lexical_rows], k, len(self))
         dense = self._scores_of(self.name, vector, rows)
-        lexical = self._scores_of(LEXICAL, words, rows)
-        fused = self.alpha * minmax(dense) + (1 - self.alpha) * minmax(lexical)
-        order = np.argsort(-fused, kind="stable")[:k]
-        return rows[order], fused[order]
+        return fused_top(rows, dense, self._scores_of(LEXICAL, words, rows), self.alpha, k)
 
     def _query_vector(self, text: str) -> Any:
-        from qdrant_client import models
-
         vector = self.embedder.embed([text], progress=False)
-        if self.embedder.sparse:
-            return models.SparseVector(indices=vector.indices.tolist(), values=vector.data.tolist())
-        return vector[0].tolist()
+        return _sparse(vector) if self.embedder.sparse else vector[0].tolist()
 
     def _words(self, text: str) -> Any:
         """The query's BM25 words as a sparse vector of their counts (each word scores once per time it
@@ -262,15 +264,3 @@ class QdrantIndex:
         out = np.zeros(len(rows), dtype=np.float32)
         out[np.searchsorted(rows, found)] = scores
         return out
-
-    def _hits(self, rows: np.ndarray, scores: np.ndarray, text: str) -> list[Hit]:
-        points = self.client.retrieve(self.collection, ids=rows.tolist(), with_payload=True)
-        payload = {p.id: p.payload for p in points}
-        asked = BM25Index.words([text])[0]
-        hits = []
-        for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
-            review = payload[row]
-            held = BM25Index.words([review["text"]])[0]
-            hits.append(Hit(rank + 1, float(score), review["key"], review["id"], review["label"],
-                            snippet(review["text"]), matched_words(asked, held)))  # fmt: skip
-        return hits

@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from imdb_transformer.errors import InputError
+
 Mode = Literal["hybrid", "dense", "lexical"]
 
 
@@ -36,3 +38,49 @@ def minmax(x: np.ndarray) -> np.ndarray:
     """``x`` scaled to [0, 1] (all zeros when it is constant)."""
     low, span = x.min(), x.max() - x.min()
     return (x - low) / span if span > 0 else np.zeros_like(x)
+
+
+def check_mode(mode: Mode | None, lexical: bool) -> Mode:
+    """``mode`` checked against what an index holds (``lexical``: BM25); by default hybrid where it
+    can run, else dense."""
+    if mode is None:
+        return "hybrid" if lexical else "dense"
+    if mode not in ("hybrid", "dense", "lexical"):
+        raise InputError(f"unknown mode {mode!r}; expected hybrid, dense or lexical")
+    if mode != "dense" and not lexical:
+        raise InputError(f"this index has no lexical part, so mode {mode!r} cannot run; use dense")
+    return mode
+
+
+def check_k(k: int, count: int) -> None:
+    """Refuse a ``k`` outside 1..``count`` (the reviews an index holds)."""
+    if not 1 <= k <= count:
+        raise InputError(f"k={k} is out of range: the index holds {count} reviews, so 1 <= k <= {count}")
+
+
+def fusion_rows(proposed: list[np.ndarray], k: int, count: int) -> np.ndarray:
+    """The rows a hybrid ranking scores: the union of each ranker's candidates (sorted), filled up to
+    ``k`` with the first other rows of ``count`` when fewer share anything with the query (they score 0)."""
+    rows = np.union1d(*proposed)
+    if len(rows) < k:
+        rows = np.union1d(rows, np.setdiff1d(np.arange(count), rows)[: k - len(rows)])
+    return rows
+
+
+def fused_top(
+    rows: np.ndarray, dense: np.ndarray, lexical: np.ndarray, alpha: float, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of ``rows`` by ``alpha`` times their min-max scaled ``dense`` scores plus the rest
+    times their scaled ``lexical`` scores (ties kept in row order): rows and fused scores."""
+    fused = alpha * minmax(dense) + (1 - alpha) * minmax(lexical)
+    order = np.argsort(-fused, kind="stable")[:k]
+    return rows[order], fused[order]
+
+
+def filled(rows: np.ndarray, scores: np.ndarray, k: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` and ``scores`` filled up to ``k`` with the first other rows of ``count``, scoring 0 (a
+    ranker that scores only rows sharing a word or token with the query found fewer)."""
+    if len(rows) >= k:
+        return rows, scores
+    rest = np.setdiff1d(np.arange(count), rows)[: k - len(rows)]
+    return np.concatenate([rows, rest]), np.concatenate([scores, np.zeros(len(rest), dtype=scores.dtype)])
