@@ -142,3 +142,19 @@ def test_top_rows_are_the_k_highest_scores_best_first(positive: int) -> None:
     scores[rng.choice(1000, 20, replace=False)] -= rng.random(20).astype(np.float32)
     rows = top_k_rows(scores, 10)
     assert list(scores[rows]) == sorted(scores, reverse=True)[:10] and len(set(rows)) == 10
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("negatives", [False, True])
+def test_candidates_are_the_highest_non_zero_scores(zeros: float, negatives: bool) -> None:
+    """Whether most scores are zero (BM25) or few are (a sparse query's cosines over a big index, where
+    the selection runs over all scores), the candidates are the highest non-zero ones."""
+    from imdb_transformer.search.ranking import candidates
+
+    rng = np.random.default_rng(0)
+    scores = rng.random(5000).astype(np.float32) - (0.5 if negatives else 0.0)
+    scores[rng.random(5000) < zeros] = 0
+    for count in (1, 100, 4999, 6000):
+        nonzero = np.flatnonzero(scores != 0)
+        expected = nonzero[np.argsort(-scores[nonzero], kind="stable")[:count]]
+        assert sorted(candidates(scores, count).tolist()) == sorted(expected.tolist())

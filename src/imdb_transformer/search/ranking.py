@@ -28,9 +28,14 @@ def candidates(scores: np.ndarray, count: int) -> np.ndarray:
     """Rows of the ``count`` highest non-zero ``scores``, in no particular order (what fusion starts
     from). A review with score 0 shares no word (BM25) or no token (a sparse vector) with the query,
     and is no candidate; leaving the zeros out also keeps the selection off their long ties."""
-    rows = np.flatnonzero(scores != 0)  # through a boolean mask: np.flatnonzero of floats is slower
-    if count >= len(rows):
-        return rows
+    nonzero = np.count_nonzero(scores)
+    if count >= nonzero:
+        return np.flatnonzero(scores != 0)  # through a boolean mask: np.flatnonzero of floats is slower
+    if 2 * nonzero > len(scores):  # mostly non-zero (a sparse query's cosines over a big index):
+        rows = np.argpartition(scores, len(scores) - count)[-count:]  # select among all, copying nothing
+        if scores[rows].min() > 0:  # all positive: the top among all are the top among the non-zeros
+            return rows
+    rows = np.flatnonzero(scores != 0)
     return rows[np.argpartition(scores[rows], len(rows) - count)[-count:]]
 
 
