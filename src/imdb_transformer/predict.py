@@ -29,6 +29,8 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -261,6 +263,8 @@ def predict(
     Returns the outputs of every batch joined in the texts' order (``index`` holds each row's text
     position) in the job's first process, and None in the others (they have nothing left to do).
     """
+    if not texts:
+        raise InputError("no texts to run the model over")
     options = trainer or TrainerOptions()
     data = PredictTexts(texts, encode(texts), batch_size, context, max_tokens)
     with _quiet_lightning():
@@ -273,6 +277,7 @@ def predict(
             )  # fmt: skip
         except (MisconfigurationException, ValueError) as err:  # an accelerator that is not here, ...
             raise refused_options(err) from None
+        check_runner(runner)
         if runner.num_nodes > 1 and shards is None:
             raise InputError(
                 "a job over several machines writes its results through files every machine sees: give "
@@ -288,6 +293,30 @@ def predict(
         finally:
             if runner.global_rank == 0 and writer.folder is not None:
                 shutil.rmtree(writer.folder, ignore_errors=True)
+
+
+def check_runner(runner: Trainer) -> None:
+    """Refuse what the sharing of texts cannot run: strategies that shard the model (every process must
+    join every forward pass, and shares differ by a batch), launchers that start the processes from
+    inside this one (spawn, fork: the run's files are made in them), and precisions that convert the
+    weights in place (an index would record the fingerprint of converted weights)."""
+    strategy = runner.strategy
+    if type(strategy) not in (SingleDeviceStrategy, DDPStrategy):  # not FSDP, DeepSpeed (a DDP subclass), ...
+        raise InputError(
+            f"--trainer.strategy {type(strategy).__name__}: texts are shared among processes, each holding "
+            "the whole model: use ddp (or leave it auto)"
+        )
+    launcher = strategy.launcher
+    if launcher is not None and not isinstance(launcher, _SubprocessScriptLauncher):
+        raise InputError(
+            f"--trainer.strategy starts processes by {type(launcher).__name__} (spawn or fork, as in a "
+            "notebook): use --trainer.strategy ddp from a command line or script"
+        )
+    if str(runner.precision).endswith("-true") and runner.precision != "32-true":
+        raise InputError(
+            f"--trainer.precision {runner.precision} converts the model's weights in place: use "
+            f"{str(runner.precision).replace('-true', '-mixed')} (autocast) or 32-true"
+        )
 
 
 def refused_options(err: Exception) -> InputError:

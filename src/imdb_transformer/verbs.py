@@ -186,7 +186,7 @@ def search(
             raise InputError("--like runs on an index folder (--index); a Qdrant collection takes a query")
         from imdb_transformer.search.qdrant import QdrantIndex, connect
 
-        client = connect(url, path)
+        client = connect(url, path, create=False)
         try:
             engine = QdrantIndex(client, collection, backbone=backbone, adapter=adapter)
             print(format_hits(engine.query(query, k, mode)))

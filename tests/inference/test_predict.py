@@ -94,3 +94,22 @@ def test_predict_gives_what_the_plain_loop_gives(
     loop = ensemble.member_probabilities(reviews.texts, batch_size=5, progress=False)
     torch.testing.assert_close(out["probabilities"].T, loop)
     assert not list((tmp_path / "shards").iterdir())  # each run's shard folder is removed
+
+
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        ({"strategy": "ddp_spawn", "devices": 2}, "spawn or fork"),
+        ({"precision": "bf16-true"}, "use bf16-mixed"),
+        ({"precision": "64-true"}, "converts the model's weights in place"),
+    ],
+)
+def test_what_the_sharing_of_texts_cannot_run_is_refused_first(
+    pretrained_run: Path, options: dict, refusal: str
+) -> None:
+    embedder = DocumentEmbedder(load_backbone(pretrained_run / "backbone"))
+    trainer = TrainerOptions(accelerator="cpu", **options)
+    with pytest.raises(InputError, match=refusal):
+        predict(embedder, ["a film"], embedder.encode, context=32, batch_size=1, trainer=trainer)
+    with pytest.raises(InputError, match="no texts"):
+        predict(embedder, [], embedder.encode, context=32, batch_size=1)

@@ -117,4 +117,6 @@ def test_export_index_and_search_through_the_console_script(indexes: dict, tmp_p
     assert "no collection 'imdb'" in fails("search", "--path", folder, "a film")
     assert "one way" in fails("search", "--path", folder, "--index", index, "a film")
     assert "--like runs on an index folder" in fails("search", "--path", folder, "--like", "test/pos/1")
+    assert "no such folder" in fails("search", "--path", str(tmp_path / "typo"), "a film")
+    assert not (tmp_path / "typo").exists()
     assert "Connection refused" in fails("search", "--url", "http://127.0.0.1:9", "a film")

@@ -55,12 +55,17 @@ def word_dimension(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little") & 0x7FFFFFFF
 
 
-def connect(url: str | None = None, path: str | os.PathLike | None = None) -> QdrantClient:
-    """A ``QdrantClient`` for a server at ``url`` or a local collection folder ``path`` (one of them)."""
+def connect(
+    url: str | None = None, path: str | os.PathLike | None = None, create: bool = True
+) -> QdrantClient:
+    """A ``QdrantClient`` for a server at ``url`` or a local collection folder ``path`` (one of them);
+    without ``create``, a ``path`` that does not exist is refused rather than made."""
     if (url is None) == (path is None):
         raise InputError(
             "give Qdrant's place one way: --url http://HOST:6333 (a server) or --path DIR (local)"
         )
+    if path is not None and not create and not Path(path).is_dir():
+        raise InputError(f"--path {path}: no such folder; give the folder `export-index --path` wrote")
     try:
         from qdrant_client import QdrantClient
     except ImportError:

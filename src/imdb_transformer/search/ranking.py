@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -26,8 +27,9 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 def candidates(scores: np.ndarray, count: int) -> np.ndarray:
     """Rows of the ``count`` highest non-zero ``scores``, in no particular order (what fusion starts
-    from). A review with score 0 shares no word (BM25) or no token (a sparse vector) with the query,
-    and is no candidate; leaving the zeros out also keeps the selection off their long ties."""
+    from); among scores tied at the cut, which rows are taken is arbitrary. A review with score 0 shares
+    no word (BM25) or no token (a sparse vector) with the query, and is no candidate; leaving the zeros
+    out also keeps the selection off their long ties."""
     nonzero = np.count_nonzero(scores)
     if count >= nonzero:
         return np.flatnonzero(scores != 0)  # through a boolean mask: np.flatnonzero of floats is slower
@@ -66,7 +68,7 @@ def check_k(k: int, count: int) -> None:
 def fusion_rows(proposed: list[np.ndarray], k: int, count: int) -> np.ndarray:
     """The rows a hybrid ranking scores: the union of each ranker's candidates (sorted), filled up to
     ``k`` with the first other rows of ``count`` when fewer share anything with the query (they score 0)."""
-    rows = np.union1d(*proposed)
+    rows = functools.reduce(np.union1d, proposed)
     if len(rows) < k:
         rows = np.union1d(rows, np.setdiff1d(np.arange(count), rows)[: k - len(rows)])
     return rows
