@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.text.batching import length_batches
@@ -62,11 +62,12 @@ class TrainerOptions:
 class RankBatches(Sampler[list[int]]):
     """This process's share of ``batches``: every ``world_size``-th one, starting at its ``rank``. The
     shares hold each batch once between them (their sizes differ by at most one batch). A process left
-    without a batch (fewer batches than processes) gets the first batch as a stand-in, its positions
-    negated minus one (``-1 - i``), so every process runs the same hooks and its rows are dropped."""
+    without a batch (fewer batches than processes) gets the first batch as a stand-in (``stand_in``), so
+    every process runs the same hooks; its predictions are not kept."""
 
     def __init__(self, batches: list[list[int]], rank: int = 0, world_size: int = 1) -> None:
-        self.batches = batches[rank::world_size] or [[-1 - i for i in batches[0]]]
+        self.batches = batches[rank::world_size] or batches[:1]
+        self.stand_in = not batches[rank::world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -75,23 +76,11 @@ class RankBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-class _Positions(Dataset):
-    """Each position as itself, a stand-in's negative ones too (a ``range`` would wrap them around)."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, position: int) -> int:
-        return position
-
-
 class PredictTexts(LightningDataModule):
     """Texts and their token ids (for batching by length) as the predict DataLoader of each process.
 
-    A batch is ``{"index": positions of its texts (B,), "texts": the texts, "ids": their token ids}``.
+    A batch is ``{"index": positions of its texts (B,), "texts": the texts, "ids": their token ids,
+    "stand_in": whether it only stands in (see :class:`RankBatches`)}``.
     """
 
     def __init__(
@@ -105,17 +94,19 @@ class PredictTexts(LightningDataModule):
         super().__init__()
         self.texts, self.ids = texts, ids
         self.batches = length_batches(ids, batch_size, context, max_tokens)
+        self.stand_in = False
 
     def predict_dataloader(self) -> DataLoader:
         share = RankBatches(self.batches, self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(_Positions(len(self.texts)), batch_sampler=share, collate_fn=self._collate)
+        self.stand_in = share.stand_in
+        return DataLoader(range(len(self.texts)), batch_sampler=share, collate_fn=self._collate)
 
     def _collate(self, rows: list[int]) -> dict[str, Any]:
-        real = [i if i >= 0 else -1 - i for i in rows]  # a stand-in batch reads the texts it stands in for
         return {
             "index": torch.tensor(rows, dtype=torch.long),
-            "texts": [self.texts[i] for i in real],
-            "ids": [self.ids[i] for i in real],
+            "texts": [self.texts[i] for i in rows],
+            "ids": [self.ids[i] for i in rows],
+            "stand_in": self.stand_in,
         }
 
 
@@ -141,9 +132,16 @@ class ShardWriter(BasePredictionWriter):
         self.folder = Path(trainer.strategy.broadcast(made, src=0))
 
     def write_on_batch_end(  # noqa: D102
-        self, trainer: Trainer, pl_module: LightningModule, prediction: Outputs, *args: Any
+        self,
+        trainer: Trainer,
+        module: LightningModule,
+        prediction: Outputs,
+        indices: Any,
+        batch: dict,
+        *args: Any,
     ) -> None:
-        self.parts.append(prediction)
+        if not batch["stand_in"]:
+            self.parts.append(prediction)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = self.folder / f"shard-{trainer.global_rank:05d}.pt"
@@ -179,12 +177,8 @@ def joined(parts: list[Outputs]) -> Outputs:
 
 
 def in_order(outputs: Outputs, count: int) -> Outputs:
-    """``outputs`` of ``count`` texts rearranged into the texts' order by their ``index``, without the
-    rows of stand-in batches (negative positions); refuses outputs that miss a text or hold one twice."""
-    stand_in = outputs["index"].numpy() < 0
-    if stand_in.any():
-        keep = np.flatnonzero(~stand_in)
-        outputs = {key: _rows(value, keep) for key, value in outputs.items()}
+    """``outputs`` of ``count`` texts rearranged into the texts' order by their ``index``; refuses
+    outputs that miss a text or hold one twice."""
     index = outputs["index"].numpy()
     order = np.argsort(index, kind="stable")
     if len(index) != count or not np.array_equal(index[order], np.arange(count)):
