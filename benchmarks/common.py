@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import shlex
@@ -265,6 +266,35 @@ def fit_tfidf(texts: list[str], labels: np.ndarray, seed: int = 1234, val_fracti
     start = time.perf_counter()
     final = model(best).fit(texts, labels)
     return {"model": final, "c": best, "val_by_c": by_c, "seconds": time.perf_counter() - start}
+
+
+def ensemble_argument(value: str) -> tuple[str, list[str]]:
+    """``--ensemble NAME=A|B``: a row for the mean of models A and B's probabilities (what ``classify
+    --classifier A --classifier B`` computes); ``|`` apart, since names hold ``+``."""
+    name, sep, members = value.partition("=")
+    if not sep or not name.strip() or "|" not in members:
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL|MODEL, got {value!r}")
+    return name.strip(), [m.strip() for m in members.split("|")]
+
+
+def add_ensembles(
+    probabilities: dict[str, np.ndarray], ensembles: list[tuple[str, list[str]]]
+) -> dict[str, list[str]]:
+    """Add each ensemble's mean probabilities to ``probabilities`` (models by name); returns what each
+    averages. Raises ``SystemExit`` naming a member that is not there."""
+    for name, members in ensembles:
+        if unknown := [m for m in members if m not in probabilities]:
+            sys.exit(f"--ensemble {name}: no model named {unknown[0]!r}; models: {', '.join(probabilities)}")
+        probabilities[name] = np.mean([probabilities[m] for m in members], axis=0)
+    return dict(ensembles)
+
+
+def mcnemar_table(record: Record, right: dict[str, np.ndarray]) -> None:
+    """McNemar's exact test for every pair of models (``right``: which examples each got right)."""
+    pairs = record.table("mcnemar", ["A", "B", "only A right", "only B right", "p (McNemar, exact)"])
+    for a, b in itertools.combinations(right, 2):
+        only_a, only_b, p = mcnemar(right[a], right[b])
+        pairs.add(a, b, only_a, only_b, f"{p:.2g}")
 
 
 def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> tuple[int, int, float]:

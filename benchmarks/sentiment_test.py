@@ -14,13 +14,12 @@ got right, and the two-sided p-value that both are equally accurate.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import Record, add_out_argument, fit_tfidf, mcnemar
+from common import Record, add_ensembles, add_out_argument, ensemble_argument, fit_tfidf, mcnemar_table
 
 from imdb_transformer.ensemble import SentimentEnsemble
 from imdb_transformer.text.imdb import load_reviews
@@ -39,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         "--classifier", action="append", type=named, default=[], help="NAME=CHECKPOINT; repeat for each"
     )
     parser.add_argument("--tfidf", action="store_true", help="add TF-IDF + logistic regression")
+    parser.add_argument(
+        "--ensemble", action="append", type=ensemble_argument, default=[],
+        help="NAME=A|B: also the mean of classifiers A and B's probabilities; repeat",
+    )  # fmt: skip
     parser.add_argument("--max_reviews", type=int, default=None, help="a sample of the test split")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         for (name, _), member in zip(args.classifier, members, strict=True):
             probabilities[name] = member.numpy()
 
+    add_ensembles(probabilities, args.ensemble)
     from sklearn.metrics import f1_score, roc_auc_score
 
     table = record.table("test", ["model", f"test acc ({len(labels):,} reviews)", "F1", "AUROC"])
@@ -74,10 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         table.add(name, f"{right[name].mean():.2%}", f"{f1_score(labels, predicted):.4f}",
                   f"{roc_auc_score(labels, prob):.4f}")  # fmt: skip
     print()
-    pairs = record.table("mcnemar", ["A", "B", "only A right", "only B right", "p (McNemar, exact)"])
-    for a, b in itertools.combinations(probabilities, 2):
-        only_a, only_b, p = mcnemar(right[a], right[b])
-        pairs.add(a, b, only_a, only_b, f"{p:.2g}")
+    mcnemar_table(record, right)
     record.save(args.out)
 
 

@@ -183,20 +183,24 @@ def test_the_test_benchmark_compares_classifiers_pairwise(
     record = tmp_path / "sentiment_test.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/sentiment_test.py"), "--source", str(imdb_dir), "--tfidf",
-         "--classifier", f"forward={forward}", "--classifier", str(backward), "--out", str(record)],
+         "--classifier", f"forward={forward}", "--classifier", str(backward), "--out", str(record),
+         "--ensemble", f"mean=forward|{backward}"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads(record.read_text())["tables"]
-    assert [row[0] for row in saved["test"]["rows"]] == ["TF-IDF + LR", "forward", str(backward)]
+    assert [row[0] for row in saved["test"]["rows"]] == ["TF-IDF + LR", "forward", str(backward), "mean"]
     pairs = saved["mcnemar"]["rows"]
-    assert [row[:2] for row in pairs] == [["TF-IDF + LR", "forward"], ["TF-IDF + LR", str(backward)],
-                                          ["forward", str(backward)]]  # fmt: skip
+    assert [row[:2] for row in pairs][:3] == [["TF-IDF + LR", "forward"], ["TF-IDF + LR", str(backward)],
+                                              ["TF-IDF + LR", "mean"]]  # fmt: skip
+    assert len(pairs) == 6 and pairs[3][:2] == ["forward", str(backward)]
     test = load_reviews(str(imdb_dir), "test")
     probs = SentimentEnsemble([forward, backward]).member_probabilities(test.texts, progress=False)
     right = [((p > 0.5).long() == torch.tensor(test.labels)).numpy() for p in probs]
     only_forward = int((right[0] & ~right[1]).sum())
-    assert pairs[2][2] == str(only_forward) and 0.0 <= float(pairs[2][4]) <= 1.0
+    assert pairs[3][2] == str(only_forward) and 0.0 <= float(pairs[3][4]) <= 1.0
+    mean = ((probs[0] + probs[1]) / 2 > 0.5).long() == torch.tensor(test.labels)
+    assert saved["test"]["rows"][3][1] == f"{mean.float().mean().item():.2%}"
 
 
 def test_explaining_needs_word_votes(classifiers: tuple[Path, Path]) -> None:

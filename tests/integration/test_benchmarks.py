@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 
@@ -118,3 +119,40 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     assert chosen["adapter 1 + BM25, wsum"].startswith("weights ") and chosen[
         "adapter 1 + BM25, rrf"
     ].startswith("k ")
+
+
+def test_sentiment_heads_read_the_backbone_once_for_every_head(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Three heads and an ensemble on validation; the frozen backbone reads each review once in all."""
+    from imdb_transformer.core.decoder import CausalDecoder
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    path = REPO / "benchmarks" / "sentiment_heads.py"
+    spec = importlib.util.spec_from_file_location("sentiment_heads", path)
+    heads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heads)
+    rows = []
+    original = CausalDecoder.hidden_states
+
+    def counted(self, ids, *args, **kwargs):
+        rows.append(ids.size(0))
+        return original(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(CausalDecoder, "hidden_states", counted)
+    record = tmp_path / "heads.json"
+    heads.main([
+        "--backbone", str(pretrained_run / "backbone"), "--source", str(imdb_dir),
+        "--cache_dir", str(cache_dir), "--runs", str(tmp_path / "runs"), "--max_epochs", "2",
+        "--out", str(record),
+        "--ensemble", "mean=pooled states alone|word votes alone (bag of pieces)",
+    ])  # fmt: skip
+    tables = json.loads(record.read_text())["tables"]
+    names = [row[0] for row in tables["validation"]["rows"]]
+    assert names == [*[v.partition("=")[0] for v in heads.DEFAULT_VARIANTS], "mean"]
+    assert all(0.0 <= float(row[2].rstrip("%")) <= 100.0 for row in tables["validation"]["rows"])
+    assert len(tables["mcnemar"]["rows"]) == 6
+    assert sum(rows) == 160  # 144 training + 16 validation reviews, each read once by the first head
+    assert len(list((tmp_path / "runs").glob("*/best-*.ckpt"))) == 3
+    with pytest.raises(SystemExit):  # a used --runs folder is refused
+        heads.main(["--backbone", str(pretrained_run / "backbone"), "--runs", str(tmp_path / "runs")])
