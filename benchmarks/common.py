@@ -294,7 +294,7 @@ def mcnemar_table(record: Record, right: dict[str, np.ndarray]) -> None:
     pairs = record.table("mcnemar", ["A", "B", "only A right", "only B right", "p (McNemar, exact)"])
     for a, b in itertools.combinations(right, 2):
         only_a, only_b, p = mcnemar(right[a], right[b])
-        pairs.add(a, b, only_a, only_b, f"{p:.2g}")
+        pairs.add(a, b, only_a, only_b, f"{p:.2g}" if p > 0 else "< 1e-300")  # 0: below a double's range
 
 
 def mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> tuple[int, int, float]:

@@ -156,3 +156,19 @@ def test_sentiment_heads_read_the_backbone_once_for_every_head(
     assert len(list((tmp_path / "runs").glob("*/best-*.ckpt"))) == 3
     with pytest.raises(SystemExit):  # a used --runs folder is refused
         heads.main(["--backbone", str(pretrained_run / "backbone"), "--runs", str(tmp_path / "runs")])
+
+
+def test_mcnemar_table_names_a_p_value_below_a_doubles_range(monkeypatch) -> None:
+    """Thousands of one-sided disagreements give p = 0 in floating point: the table says how small."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from common import Record, mcnemar_table
+
+    record = Record("mcnemar")
+    a = np.ones(5000, bool)
+    b = np.r_[np.zeros(4000, bool), np.ones(1000, bool)]
+    mcnemar_table(record, {"a": a, "b": b, "same": a.copy()})
+    rows = record.as_dict()["tables"]["mcnemar"]["rows"]
+    assert rows[0] == ["a", "b", "4000", "0", "< 1e-300"]
+    assert rows[1] == ["a", "same", "0", "0", "1"]
