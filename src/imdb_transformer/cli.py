@@ -181,6 +181,7 @@ class ImdbCLI(LightningCLI):
             raise refused_options(err) from None
         # before the run-files callback, which saves the tokenizer ShareTokenizer hands over
         trainer.callbacks[:0] = [ShareTokenizer(), FiniteLossGuard(), PrecisionAdvice(), SaveOnTerm()]
+        keep_last_every_validation(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         config = self.config.get(self.subcommand, self.config)
@@ -219,6 +220,31 @@ def _hardware_line() -> str:
 
 class CheckpointError(InputError):
     """A checkpoint path that does not exist or cannot be read as a checkpoint."""
+
+
+def keep_last_every_validation(trainer: Trainer) -> None:
+    """Make ``last.ckpt`` the run's latest state at every checkpointing point.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when the monitored
+    metric improved, so a run stopped after an epoch without a new best would resume from the older
+    state. The best-checkpoint callback's ``save_last`` is handed to a second ``ModelCheckpoint``
+    without a monitor, named ``last``, in the same folder, which overwrites ``last.ckpt`` every time
+    checkpoints are considered (each validation, or each epoch)."""
+    best = trainer.checkpoint_callback
+    if best is None or best.save_last is not True:  # off, or "link" (a link to the newest best)
+        return
+    best.save_last = None
+    trainer.callbacks.append(
+        ModelCheckpoint(
+            dirpath=best.dirpath,
+            filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=best._save_on_train_epoch_end,
+            enable_version_counter=False,
+        )
+    )
 
 
 def check_checkpoint(path: Path) -> None:

@@ -65,6 +65,19 @@ def test_fit_resumes_with_ckpt_path_last(tiny_fit_args: list[str], tmp_path: Pat
     assert min(steps) >= 20  # the step count continues where the first run stopped
 
 
+def test_last_ckpt_is_the_latest_state_when_the_best_stops_improving(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    # monitoring the step, only the first validation is a best: last.ckpt must still move on
+    run_cli("fit", *tiny_fit_args, "--checkpoint.monitor", "step", "--checkpoint.mode", "min")
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir())[0].startswith("best-step=10-")
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 30
+    run_cli("fit", *tiny_fit_args, "--trainer.max_steps", "10", "--checkpoint.save_last", "false")
+    names = [p.name for p in (tmp_path / "lightning_logs/version_1/checkpoints").iterdir()]
+    assert len(names) == 1 and names[0].startswith("best-step=10-")  # no last.ckpt when asked for none
+
+
 def test_ckpt_path_last_without_a_run_is_a_clear_error(tiny_fit_args: list[str]) -> None:
     assert "no last.ckpt under" in fails("fit", *tiny_fit_args, "--ckpt_path", "last")
 
