@@ -15,8 +15,8 @@ Steps, one after another, each under its own time limit and all within ``--budge
    ``--pretrain_minutes`` (Lightning's ``--trainer.max_time``; fewer if the later steps need the budget
    left), then ``validate`` on its last checkpoint: steps, tokens/s, MFU (Lightning's FLOP/s over the
    measured peak), ``val/bpb``.
-4. ``frozen`` and ``frozen_test``: a frozen classifier on that backbone (``configs/classify.yaml``), then
-   ``test`` of its best checkpoint on the 25,000 test reviews.
+4. ``frozen`` and ``frozen_test``: a frozen classifier on that backbone (``configs/classify.yaml``: pooled
+   features and word votes in context), then ``test`` of its best checkpoint on the 25,000 test reviews.
 5. ``decode`` and ``embed``: ``decode_speed.py`` and ``embed_speed.py`` on that backbone (fp32 and bf16);
    ``embed_index``: ``imdb-transformer embed`` of the 25,000 test reviews into an index through
    ``Trainer.predict`` in ``bf16-mixed`` (reviews/s, BM25 and saving included).

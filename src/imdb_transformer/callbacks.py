@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.pytorch.callbacks import Callback, ThroughputMonitor
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -95,6 +95,31 @@ class ShareTokenizer(Callback):
         use = getattr(pl_module, "use_tokenizer", None)
         if tokenizer is not None and use is not None:
             use(tokenizer)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, overwritten with the run's latest state every time checkpoints are considered (each
+    validation, or each epoch) and when training ends, whatever the monitored metric did.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when the monitored metric
+    improved, so a run stopped after an epoch without a new best would resume from an older state. This
+    callback, without a monitor, takes over ``save_last`` from the best-checkpoint callback ``best`` and
+    writes to the same folder."""
+
+    def __init__(self, best: ModelCheckpoint) -> None:
+        super().__init__(
+            dirpath=best.dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=best._save_on_train_epoch_end,
+            enable_version_counter=False,
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # max_steps reached between two validations: keep the final state too
+        if not trainer.sanity_checking and self._last_global_step_saved != trainer.global_step:
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class SaveOnTerm(Callback):

@@ -36,6 +36,7 @@ from imdb_transformer.artifacts import read_artifact
 from imdb_transformer.callbacks import (
     AtomicCheckpointIO,
     FiniteLossGuard,
+    LatestCheckpoint,
     PrecisionAdvice,
     SaveOnTerm,
     ShareTokenizer,
@@ -223,28 +224,13 @@ class CheckpointError(InputError):
 
 
 def keep_last_every_validation(trainer: Trainer) -> None:
-    """Make ``last.ckpt`` the run's latest state at every checkpointing point.
-
-    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when the monitored
-    metric improved, so a run stopped after an epoch without a new best would resume from the older
-    state. The best-checkpoint callback's ``save_last`` is handed to a second ``ModelCheckpoint``
-    without a monitor, named ``last``, in the same folder, which overwrites ``last.ckpt`` every time
-    checkpoints are considered (each validation, or each epoch)."""
+    """Hand the best-checkpoint callback's ``save_last`` to a :class:`LatestCheckpoint`, so ``last.ckpt``
+    is the latest state at every checkpointing point, as ``--ckpt_path last`` expects."""
     best = trainer.checkpoint_callback
     if best is None or best.save_last is not True:  # off, or "link" (a link to the newest best)
         return
     best.save_last = None
-    trainer.callbacks.append(
-        ModelCheckpoint(
-            dirpath=best.dirpath,
-            filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-            monitor=None,
-            save_top_k=1,
-            every_n_epochs=1,
-            save_on_train_epoch_end=best._save_on_train_epoch_end,
-            enable_version_counter=False,
-        )
-    )
+    trainer.callbacks.append(LatestCheckpoint(best))
 
 
 def check_checkpoint(path: Path) -> None:

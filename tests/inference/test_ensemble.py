@@ -75,6 +75,7 @@ def _classifier(backbone: Path, imdb_dir: Path, cache_dir: Path, root: Path) -> 
         "--data.cache_dir", str(cache_dir), "--trainer.default_root_dir", str(root),
         "--trainer.enable_progress_bar", "false", "--model.backbone", str(backbone),
         "--trainer.max_epochs", "10", "--model.pooling", "concat", "--model.learning_rate", "1e-2",
+        "--model.lexical", "off",  # the pooled head alone: members without word votes
     )  # fmt: skip
     return next((root / "lightning_logs/version_0/checkpoints").glob("best-*.ckpt"))
 
