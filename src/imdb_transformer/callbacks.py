@@ -118,7 +118,7 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # max_steps reached between two validations: keep the final state too
-        if not trainer.sanity_checking and self._last_global_step_saved != trainer.global_step:
+        if self._last_global_step_saved != trainer.global_step:
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
