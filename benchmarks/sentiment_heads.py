@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--max_epochs", type=int, default=None, help="default: the config's")
     parser.add_argument("--max_reviews", type=int, default=None, help="a sample of train: for smoke runs")
+    parser.add_argument(
+        "--windows", action="store_true",
+        help="read every window of a long review, not its head and tail (--data.windows true)",
+    )  # fmt: skip
     parser.add_argument("--cache_dir", default="~/.cache/imdb_transformer", help="tokenised reviews' cache")
     add_out_argument(parser)
     args = parser.parse_args(argv)
@@ -117,11 +121,14 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=config["data"]["init_args"]["batch_size"],
         max_reviews=args.max_reviews,
         cache_dir=args.cache_dir,
+        windows=args.windows,
     )
     data.prepare_data()
     data.setup("fit")
     record = Record("sentiment_heads")
-    record.notes.update(backbone=str(args.backbone), max_epochs=max_epochs, config=str(CONFIG.name))
+    record.notes.update(
+        backbone=str(args.backbone), max_epochs=max_epochs, config=str(CONFIG.name), windows=args.windows
+    )
     features = None  # the first variant's cache of frozen features, read by every later one
     probabilities: dict[str, np.ndarray] = {}
     table = record.table("validation", ["head", "options", "val acc", "best epoch", "seconds"])

@@ -6,7 +6,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from dataclasses import asdict
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -18,14 +19,29 @@ from imdb_transformer.artifacts import check_shapes, read_artifact, weights_fing
 from imdb_transformer.core.backbone import load_checkpoint, tokenizer_fingerprint
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.classifier import SentimentClassifier
-from imdb_transformer.text.batching import collate_reviews, length_batches
+from imdb_transformer.text.batching import collate_reviews, collate_windows, length_batches
 from imdb_transformer.text.imdb import clean_text
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a classifier reads a review, as its training data did: up to ``length`` tokens (head and
+    tail), or with ``windows`` all of it, ``length`` tokens at a time."""
+
+    length: int
+    windows: bool = False
+
+    def collate(self, ids: list[list[int]], reverse: bool) -> dict[str, Tensor]:
+        """Padded rows of token ids, with ``owner`` (the text of each row) when reading windows."""
+        collate = collate_windows if self.windows else collate_reviews
+        return collate([{"ids": i} for i in ids], self.length, reverse)
 
 
 class SentimentEnsemble(LightningModule):
     """Classifier checkpoints (``SentimentClassifier``, e.g. one over a forward and one over a
     backward backbone) that vote by averaging their probabilities. Each member reads a text with its
-    own tokenizer, context and direction (a backward member sees the review reversed).
+    own tokenizer, context and direction (a backward member sees the review reversed), and as its
+    training data read reviews (head and tail, or every window with ``--data.windows true``).
     :meth:`member_probabilities` classifies texts in a loop on the ensemble's device;
     ``Trainer.predict`` runs :meth:`predict_step` over a collection on any devices (see
     :func:`~imdb_transformer.predict.predict`).
@@ -40,7 +56,9 @@ class SentimentEnsemble(LightningModule):
             raise InputError("an ensemble needs at least one classifier checkpoint (--checkpoint CKPT)")
         super().__init__()
         self.checkpoints = [str(c) for c in checkpoints]
-        self.members = nn.ModuleList([_load(c, device) for c in self.checkpoints])
+        loaded = [_load(c, device) for c in self.checkpoints]
+        self.members = nn.ModuleList([member for member, _ in loaded])
+        self.readings = [reading for _, reading in loaded]
         self.groups = self._shared_backbones()
         self.explaining = False  # whether predict_step also gives each text's word shares
         self.to(device)
@@ -99,8 +117,11 @@ class SentimentEnsemble(LightningModule):
 
     @property
     def context(self) -> int:
-        """The longest context among the members: batches are sized for the member that reads most."""
-        return max(m.backbone.config.block_size for m in self.members)
+        """The most tokens a member reads of one text, what batches are sized by: the longest context
+        among the members, or every token where a member reads every window."""
+        if any(reading.windows for reading in self.readings):
+            return sys.maxsize
+        return max(reading.length for reading in self.readings)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of raw texts by the first member's tokenizer: what batches are formed by."""
@@ -114,28 +135,33 @@ class SentimentEnsemble(LightningModule):
         out = torch.empty(len(self.members), len(texts))
         cleaned = [clean_text(t) for t in texts]
         for group in self.groups:
-            first = self.members[group[0]]
-            config = first.backbone.config
-            ids = first.tokenizer.encode(cleaned)
-            batch = collate_reviews([{"ids": i} for i in ids], config.block_size, config.reverse)
+            first, reading = self.members[group[0]], self.readings[group[0]]
+            reverse = first.backbone.config.reverse
+            batch = reading.collate(first.tokenizer.encode(cleaned), reverse)
             tokens, mask = batch["ids"].to(self.device), batch["mask"].to(self.device)
+            owner = batch["owner"].to(self.device) if "owner" in batch else None
             shared = len(group) > 1 and any(self.members[m].runs_backbone for m in group)
             layer_states = first.backbone.layer_states(tokens, mask) if shared else None
             for m in group:
                 member = self.members[m]
                 if words is not None and member.lexical is not None:
-                    logits, shares = member.explain(tokens, mask, layer_states)
+                    logits, shares = member.explain(tokens, mask, owner, layer_states)
                 else:
-                    features = member.features(tokens, mask, layer_states=layer_states)
+                    features = member.features(tokens, mask, owner, layer_states)
                     logits, shares = member.classify(features), None
                 out[m] = torch.sigmoid(logits.float()).cpu()
                 if shares is None:
                     continue
-                for into, row, real, share in zip(words, tokens.cpu(), mask.cpu(), shares.cpu(), strict=True):
-                    pieces, parts = member.tokenizer.pieces(row[real].tolist()), share[real].float().tolist()
-                    if config.reverse:  # back to reading order, so pieces join into words
-                        pieces, parts = pieces[::-1], parts[::-1]
-                    _add_word_shares(into, pieces, parts, 1 / len(self.members))
+                rows = owner.tolist() if owner is not None else list(range(len(texts)))
+                pieces: list[list[str]] = [[] for _ in texts]
+                parts: list[list[float]] = [[] for _ in texts]
+                for text, row, real, share in zip(rows, tokens.cpu(), mask.cpu(), shares.cpu(), strict=True):
+                    pieces[text] += member.tokenizer.pieces(row[real].tolist())
+                    parts[text] += share[real].float().tolist()
+                for into, text_pieces, text_parts in zip(words, pieces, parts, strict=True):
+                    if reverse:  # back to reading order, so pieces join into words
+                        text_pieces, text_parts = text_pieces[::-1], text_parts[::-1]
+                    _add_word_shares(into, text_pieces, text_parts, 1 / len(self.members))
         return out
 
     def predict_step(self, batch: dict) -> dict:
@@ -154,8 +180,9 @@ class SentimentEnsemble(LightningModule):
 
     def _shared_backbones(self) -> list[list[int]]:
         """The members in groups that share one backbone (the same weights, shape, direction and
-        tokenizer, as frozen classifiers over one pretraining run do): each group's backbone runs once
-        per batch for all of its members. Found once, when the ensemble is loaded."""
+        tokenizer, as frozen classifiers over one pretraining run do) and read reviews the same way:
+        each group's backbone runs once per batch for all of its members. Found once, when the
+        ensemble is loaded."""
         if len(self.members) == 1:
             return [[0]]
         groups: dict[str, list[int]] = {}
@@ -163,7 +190,8 @@ class SentimentEnsemble(LightningModule):
             shape = asdict(member.backbone.config)
             shape.pop("dropout")  # off when classifying
             weights = weights_fingerprint(member.backbone.state_dict())
-            key = f"{weights}-{tokenizer_fingerprint(member.tokenizer)}-{sorted(shape.items())}"
+            reading = self.readings[m]
+            key = f"{weights}-{tokenizer_fingerprint(member.tokenizer)}-{sorted(shape.items())}-{reading}"
             groups.setdefault(key, []).append(m)
         return list(groups.values())
 
@@ -225,9 +253,10 @@ def top_words(shares: dict[str, float], k: int = 5) -> list[tuple[str, float]]:
     return sorted(shares.items(), key=lambda item: -abs(item[1]))[:k]
 
 
-def _load(checkpoint: str, device: str) -> SentimentClassifier:
+def _load(checkpoint: str, device: str) -> tuple[SentimentClassifier, Reading]:
     """A classifier from its checkpoint alone (it holds its backbone), read without pickle; its settings
-    and weights are checked before the classifier is built from them."""
+    and weights are checked before the classifier is built from them. With it, how it reads a review:
+    as its training data did (the data module's settings Lightning keeps in the checkpoint)."""
     path = Path(checkpoint).expanduser()
     if not path.exists():
         raise InputError(f"classifier checkpoint {checkpoint} not found: pass a .ckpt of a classify run")
@@ -271,4 +300,19 @@ def _load(checkpoint: str, device: str) -> SentimentClassifier:
     model.load_state_dict(state)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise InputError(f"{checkpoint} holds NaN or infinite weights (a diverged run); {remedy}")
-    return model.eval().to(device)
+    return model.eval().to(device), _reading(contents, model, checkpoint, remedy)
+
+
+def _reading(contents: dict, model: SentimentClassifier, checkpoint: str, remedy: str) -> Reading:
+    """How the classifier's training data read a review (``max_length`` and ``windows`` of its
+    ``ReviewsDataModule``); the backbone's context, head and tail, where the checkpoint does not say."""
+    data = contents.get("datamodule_hyper_parameters")
+    data = data if isinstance(data, dict) else {}
+    length, windows = data.get("max_length"), data.get("windows", False)
+    length = model.backbone.config.block_size if length is None else length
+    if not isinstance(windows, bool) or isinstance(length, bool) or not isinstance(length, int) or length < 3:
+        raise InputError(
+            f"{checkpoint}: its data settings (max_length {length!r}, windows {windows!r}) are not a way to "
+            f"read a review; {remedy}"
+        )
+    return Reading(length, windows)

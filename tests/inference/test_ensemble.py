@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,9 +14,9 @@ from helpers import REPO, classifier_checkpoint, fails, run_cli, train_blocks
 from imdb_transformer.core.backbone import load_backbone, load_spec
 from imdb_transformer.data.lm import pack, reverse_each
 from imdb_transformer.data.reviews import ReviewsDataModule
-from imdb_transformer.ensemble import SentimentEnsemble
+from imdb_transformer.ensemble import Reading, SentimentEnsemble
 from imdb_transformer.errors import InputError
-from imdb_transformer.text.batching import collate_reviews
+from imdb_transformer.text.batching import collate_reviews, collate_windows
 from imdb_transformer.text.imdb import load_reviews
 from imdb_transformer.text.tokenizer import EOS_ID
 
@@ -111,6 +112,8 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(
     assert torch.allclose(members, torch.stack(alone))
     assert torch.allclose(both.probabilities(texts, progress=False), (alone[0] + alone[1]) / 2)
     assert not torch.allclose(alone[0], alone[1])  # two different models, really averaged
+    contexts = [member.backbone.config.block_size for member in both.members]
+    assert both.readings == [Reading(c, windows=False) for c in contexts]  # as their training data read
 
 
 def test_classifiers_sharing_a_frozen_backbone_run_it_once_per_batch(
@@ -248,3 +251,77 @@ def test_words_join_their_pieces_and_byte_fallback_pieces_decode() -> None:
     words: dict[str, float] = {}
     _add_word_shares(words, pieces, shares, 1.0)
     assert words == pytest.approx({"Not": 0.6, "bad": -1.0, ",": 0.5, "été": 0.15})
+
+
+def _windowed(
+    backbone: Path, path: Path, windows: object = True, max_length: object = 12, **settings
+) -> Path:
+    """A classifier checkpoint whose training data read reviews ``max_length`` tokens at a time."""
+    classifier_checkpoint(backbone, path, **settings)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["datamodule_hyper_parameters"] = {"windows": windows, "max_length": max_length}
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_classifier_trained_on_windows_reads_every_window_of_a_review(
+    pretrained_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    """Classifying reads a review as the classifier's training data did: every window of it, so a word
+    past the head and tail changes the verdict, and the token shares of a review's windows sum to its
+    logit."""
+    backbone = pretrained_run / "backbone"
+    kinds = {"pooled": False, "lexical": "context"}
+    windowed = _windowed(backbone, tmp_path / "windows.ckpt", **kinds)
+    plain = _windowed(backbone, tmp_path / "plain.ckpt", windows=False, **kinds)
+    ensemble = SentimentEnsemble([windowed])
+    assert ensemble.readings == [Reading(12, windows=True)]
+    assert ensemble.context == sys.maxsize  # batches are sized by each text's whole length
+    member = ensemble.members[0]
+    words = "a b c d e f g h i j k l m n o p q r s t u v w x y z".split() * 2
+    texts = [" ".join(words), " ".join(words[:12] + ["terrible", "awful"] + words[14:]), "great"]
+    ids = member.tokenizer.encode(texts)
+    assert len(ids[0]) > 40  # several windows of 10 tokens, and a middle that head and tail leave out
+    batch = collate_windows([{"ids": i} for i in ids], 12)
+    with torch.no_grad():
+        logits = member.classify(member.features(batch["ids"], batch["mask"], batch["owner"]))
+    got = ensemble.member_probabilities(texts, progress=False)[0]
+    assert torch.allclose(got, torch.sigmoid(logits), atol=1e-6)
+    assert not torch.isclose(got[0], got[1])  # the changed middle counts
+    heads_tails = SentimentEnsemble([plain]).member_probabilities(texts, progress=False)[0]
+    assert torch.isclose(heads_tails[0], heads_tails[1])  # head and tail alone never see it
+    explained, token_shares = member.explain(batch["ids"], batch["mask"], batch["owner"])
+    per_review = torch.zeros(len(texts)).index_add_(0, batch["owner"], token_shares.sum(1))
+    assert torch.allclose(explained, logits) and torch.allclose(per_review, logits - member.lexical.bias)
+    shares: list = []
+    ensemble.member_probabilities(texts, progress=False, words=shares)
+    for text, found in zip(texts, shares, strict=True):
+        assert found and set(found) <= set(text.split())  # whole words, windows joined into one text
+    assert {"terrible", "awful"} <= set(shares[1])
+
+
+def test_members_reading_reviews_differently_do_not_share_a_batch(
+    pretrained_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    backbone = pretrained_run / "backbone"
+    paths = [
+        _windowed(backbone, tmp_path / "a.ckpt", windows=True, max_length=12),
+        _windowed(backbone, tmp_path / "b.ckpt", windows=False, max_length=None),
+        classifier_checkpoint(backbone, tmp_path / "c.ckpt"),  # no data settings: head and tail
+    ]
+    together = SentimentEnsemble(paths)
+    assert together.groups == [[0], [1, 2]]
+    texts = load_reviews(str(imdb_dir), "test").texts[:6]
+    alone = [SentimentEnsemble([p]).member_probabilities(texts, 4, progress=False)[0] for p in paths]
+    assert torch.allclose(
+        together.member_probabilities(texts, 4, progress=False), torch.stack(alone), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(("windows", "max_length"), [("yes", 12), (True, 2), (False, "long"), (True, True)])
+def test_a_checkpoint_with_odd_data_settings_is_refused(
+    pretrained_run: Path, tmp_path: Path, windows: object, max_length: object
+) -> None:
+    path = _windowed(pretrained_run / "backbone", tmp_path / "odd.ckpt", windows, max_length)
+    with pytest.raises(InputError, match="data settings .* are not a way to read a review"):
+        SentimentEnsemble([path])

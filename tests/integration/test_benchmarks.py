@@ -121,17 +121,24 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     ].startswith("k ")
 
 
+def _sentiment_heads(monkeypatch):
+    """``benchmarks/sentiment_heads.py`` as a module, its ``common`` importable."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(
+        "sentiment_heads", REPO / "benchmarks" / "sentiment_heads.py"
+    )
+    heads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heads)
+    return heads
+
+
 def test_sentiment_heads_read_the_backbone_once_for_every_head(
     pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """Three heads and an ensemble on validation; the frozen backbone reads each review once in all."""
     from imdb_transformer.core.decoder import CausalDecoder
 
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    path = REPO / "benchmarks" / "sentiment_heads.py"
-    spec = importlib.util.spec_from_file_location("sentiment_heads", path)
-    heads = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(heads)
+    heads = _sentiment_heads(monkeypatch)
     rows = []
     original = CausalDecoder.hidden_states
 
@@ -156,6 +163,27 @@ def test_sentiment_heads_read_the_backbone_once_for_every_head(
     assert len(list((tmp_path / "runs").glob("*/best-*.ckpt"))) == 3
     with pytest.raises(SystemExit):  # a used --runs folder is refused
         heads.main(["--backbone", str(pretrained_run / "backbone"), "--runs", str(tmp_path / "runs")])
+
+
+def test_sentiment_heads_on_windows_leave_classifiers_that_read_windows(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``--windows``: the heads train on every window of a review, and their checkpoints say so, so
+    ``sentiment_test.py`` and ``classify`` read the test reviews the same way."""
+    from imdb_transformer.core.backbone import load_spec
+    from imdb_transformer.ensemble import Reading, SentimentEnsemble
+
+    heads = _sentiment_heads(monkeypatch)
+    heads.main([
+        "--backbone", str(pretrained_run / "backbone"), "--source", str(imdb_dir),
+        "--cache_dir", str(cache_dir), "--runs", str(tmp_path / "runs"), "--max_epochs", "1", "--windows",
+        "--out", str(tmp_path / "w.json"),
+        "--variant", "in context=--model.pooled false --model.lexical context",
+    ])  # fmt: skip
+    assert json.loads((tmp_path / "w.json").read_text())["notes"]["windows"] is True
+    (checkpoint,) = (tmp_path / "runs").glob("*/best-*.ckpt")
+    context = load_spec(pretrained_run / "backbone").config.block_size
+    assert SentimentEnsemble([checkpoint]).readings == [Reading(context, windows=True)]
 
 
 def test_mcnemar_table_names_a_p_value_below_a_doubles_range(monkeypatch) -> None:

@@ -125,11 +125,14 @@ class LexicalHead(nn.Module):
         return vote.new_zeros(reviews).index_add_(0, entries // n, vote) + self.bias
 
     @torch.no_grad()
-    def contributions(self, ids: Tensor, mask: Tensor, states: Tensor | None = None) -> Tensor:
+    def contributions(
+        self, ids: Tensor, mask: Tensor, states: Tensor | None = None, owner: Tensor | None = None
+    ) -> Tensor:
         """Each token's share of the logit (B, T), bias aside: each entry's vote split among its
         occurrences in proportion to their weights (a pair's share goes to the token that ends it),
-        so a row sums to ``logit - bias``."""
-        real, occurrence, at, entries, x = self._terms(ids, mask, states, None)
+        so a row sums to ``logit - bias``; with ``owner`` (rows are windows, as in :meth:`forward`),
+        the rows of one review sum to its ``logit - bias``."""
+        real, occurrence, at, entries, x = self._terms(ids, mask, states, owner)
         vote = self.votes[entries % self.votes.numel()] * signed_log(x)
         per_weight = torch.where(x != 0, vote / x.where(x != 0, torch.ones_like(x)), 0.0)
         shares = torch.zeros(real.shape, device=ids.device)

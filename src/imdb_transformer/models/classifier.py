@@ -227,16 +227,20 @@ class SentimentClassifier(L.LightningModule):
 
     @torch.no_grad()
     def explain(
-        self, ids: Tensor, mask: Tensor, layer_states: list[Tensor] | None = None
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        owner: Tensor | None = None,
+        layer_states: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Logits (B,) and, with word votes, each token's share of its review's logit (B, T): what
-        drove the verdict, word by word (the pooled head's share is the rest). ``layer_states`` as
-        in :meth:`features`."""
-        features = self.features(ids, mask, layer_states=layer_states)
+        """Logits (one per review) and, with word votes, each token's share of its review's logit
+        (rows, T): what drove the verdict, word by word (the pooled head's share is the rest).
+        ``owner`` and ``layer_states`` as in :meth:`features`."""
+        features = self.features(ids, mask, owner, layer_states)
         logits = self.classify(features)
         if self.lexical is None:
             return logits, None
-        return logits, self.lexical.contributions(ids, mask, features.states)
+        return logits, self.lexical.contributions(ids, mask, features.states, owner)
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         if self.hparams.freeze:
