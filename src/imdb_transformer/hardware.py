@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from imdb_transformer.errors import InputError
+
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles or AVX512-BF16). Without
@@ -44,6 +46,20 @@ def default_precision(accelerator: object = "auto") -> str:
     if name in ("auto", "cpu"):
         return "bf16-mixed" if native_bf16_cpu() else "32-true"
     return "32-true"  # other accelerators (mps, tpu...): Lightning's own default
+
+
+def require_cpu_compiler() -> None:
+    """Refuse ``torch.compile`` on a CPU without the C++ compiler its kernels are built with (Inductor
+    looks for ``$CXX`` or ``g++``), before training starts rather than at its first step."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as err:  # Inductor's own error names the compilers it tried
+        raise InputError(
+            f"--model.compile true on a CPU needs a C++ compiler, and none was found ({err}): install one "
+            "(apt-get install g++, or set CXX) or pass --model.compile false"
+        ) from None
 
 
 def usable_cores() -> int:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from imdb_transformer.errors import InputError
 from imdb_transformer.models.lm import CausalLM, LanguageModel
 from imdb_transformer.models.lstm import LSTMLM
 from imdb_transformer.models.optim import warmup_cosine
@@ -102,3 +103,18 @@ def test_compiling_gives_the_same_losses_and_gradients() -> None:
     compiled._loss(batch)[0].backward()
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_compiling_on_a_cpu_without_a_compiler_is_refused_before_training(monkeypatch) -> None:
+    """Inductor builds CPU kernels with a C++ compiler: without one, ``--model.compile true`` stops with
+    the fix, not with Inductor's error at the first step."""
+    from torch._inductor import cpp_builder
+
+    def missing() -> str:
+        raise RuntimeError("no working C++ compiler found in ('g++',)")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    lm = tiny_lm(compile=True)
+    with pytest.raises(InputError, match=r"needs a C\+\+ compiler.*g\+\+.*--model.compile false"):
+        lm.configure_model()
+    tiny_lm().configure_model()  # nothing to compile, nothing asked

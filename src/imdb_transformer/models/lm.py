@@ -15,6 +15,7 @@ from torchmetrics import SumMetric
 from imdb_transformer.core.backbone import add_to_checkpoint, export_backbone
 from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.errors import InputError
+from imdb_transformer.hardware import require_cpu_compiler
 from imdb_transformer.models.export import export_best, part
 from imdb_transformer.models.optim import MuonAdamW, OptimizerName, adamw_warmup_cosine, decay_groups
 from imdb_transformer.text.tokenizer import Tokenizer
@@ -66,6 +67,8 @@ class LanguageModel(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.hparams.get("compile"):
+            if self._trainer is None or self.trainer.strategy.root_device.type == "cpu":
+                require_cpu_compiler()
             self.backbone.compile()  # in place: the state_dict keys stay the same
             self.cross_entropy = torch.compile(token_cross_entropy)
 
