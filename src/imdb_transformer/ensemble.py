@@ -19,7 +19,7 @@ from imdb_transformer.artifacts import check_shapes, read_artifact, weights_fing
 from imdb_transformer.core.backbone import load_checkpoint, tokenizer_fingerprint
 from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.classifier import SentimentClassifier
-from imdb_transformer.text.batching import collate_reviews, collate_windows, length_batches
+from imdb_transformer.text.batching import collate_for, length_batches
 from imdb_transformer.text.imdb import clean_text
 
 
@@ -33,8 +33,7 @@ class Reading:
 
     def collate(self, ids: list[list[int]], reverse: bool) -> dict[str, Tensor]:
         """Padded rows of token ids, with ``owner`` (the text of each row) when reading windows."""
-        collate = collate_windows if self.windows else collate_reviews
-        return collate([{"ids": i} for i in ids], self.length, reverse)
+        return collate_for(self.windows)([{"ids": i} for i in ids], self.length, reverse)
 
 
 class SentimentEnsemble(LightningModule):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
 from imdb_transformer.core.backbone import load_spec
 from imdb_transformer.errors import InputError
-from imdb_transformer.text.batching import collate_reviews, collate_windows
+from imdb_transformer.text.batching import collate_for
 from imdb_transformer.text.imdb import DEFAULT_SOURCE, load_reviews, validation_rows
 from imdb_transformer.text.tokenizer import Tokenizer, tokenize
 
@@ -174,8 +174,7 @@ class ReviewsDataModule(L.LightningDataModule):
         )
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-        collate = collate_windows if self.windows else collate_reviews
-        return partial(collate, max_length=self.context, reverse=self.reverse)
+        return partial(collate_for(self.windows), max_length=self.context, reverse=self.reverse)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

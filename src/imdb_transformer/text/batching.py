@@ -4,6 +4,8 @@ lists and tensors, used by training (the DataModules) and inference (embedder, e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from imdb_transformer.text.tokenizer import EOS_ID, PAD_ID
@@ -48,6 +50,12 @@ def collate_windows(items: list[dict], max_length: int, reverse: bool = False) -
         owner += [i] * len(found)
     ids, mask = pad(rows)
     return _with_labels({"ids": ids, "mask": mask, "owner": torch.tensor(owner)}, items)
+
+
+def collate_for(windows: bool) -> Callable[..., dict[str, torch.Tensor]]:
+    """The collate function of one way of reading reviews: every window (:func:`collate_windows`) or head
+    and tail (:func:`collate_reviews`); training data and inference pick it here alike."""
+    return collate_windows if windows else collate_reviews
 
 
 def pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
