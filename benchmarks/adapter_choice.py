@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapters", nargs="+", required=True)
     parser.add_argument("--source", default="stanfordnlp/imdb")
     parser.add_argument(
-        "--val_fraction", type=float, default=0.02, help="as the adapters' data module held out"
+        "--val_fraction", type=float, default=0.2, help="as the adapters' data module held out"
     )
     parser.add_argument("--seed", type=int, default=1234, help="as the adapters' data module split")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.7])

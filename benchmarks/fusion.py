@@ -24,11 +24,12 @@ import time
 import numpy as np
 import scipy.sparse as sp
 import torch
-from common import Record, add_out_argument, encode, halves, held_out_texts, tfidf_matrices
+from common import Record, add_out_argument, halves, held_out_texts, tfidf_matrices
 from ranx import Qrels, Run, compare, evaluate, fuse, optimize_fusion
 
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.head import load_adapter
+from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.search import BM25Index
 from imdb_transformer.text.imdb import load_reviews
 
@@ -66,9 +67,11 @@ def lexical_runs(queries: list[str], docs: list[str], depth: int) -> dict[str, R
     }
 
 
-def adapter_run(name: str, backbone, path: str, queries: list[str], docs: list[str], depth: int) -> Run:
-    head = load_adapter(path, backbone)
-    q, d = encode(backbone, head, queries, 64)["adapter"], encode(backbone, head, docs, 64)["adapter"]
+def adapter_run(
+    name: str, embedder: DocumentEmbedder, queries: list[str], docs: list[str], depth: int
+) -> Run:
+    """The adapter's ranking, its vectors made as ``embed`` makes an index's (and a query's)."""
+    q, d = embedder.embed(queries), embedder.embed(docs)
     if not sp.issparse(q):
         q, d = sp.csr_matrix(q.numpy()), sp.csr_matrix(d.numpy())
     return run_of(name, lambda rows: (q[rows.start : rows.stop] @ d.T).toarray(), len(queries), depth)
@@ -132,28 +135,36 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--source", default="stanfordnlp/imdb")
     parser.add_argument(
-        "--val_fraction", type=float, default=0.02, help="as the adapters' data module held out"
+        "--val_fraction", type=float, default=0.2, help="as the adapters' data module held out"
     )
     parser.add_argument("--seed", type=int, default=1234, help="as the adapters' data module split")
     parser.add_argument("--depth", type=int, default=100, help="documents each ranker keeps per query")
+    parser.add_argument(
+        "--readings", nargs="+", choices=["head_tail", "windows"], default=["head_tail"],
+        help="how each adapter reads a text longer than the context (embed --windows): each is a run",
+    )  # fmt: skip
     parser.add_argument("--test", action="store_true", help="also score every run once on the test reviews")
     parser.add_argument("--max_test", type=int, default=None, help="a sample of test reviews (default: all)")
     add_out_argument(parser)
     args = parser.parse_args(argv)
     record = Record("fusion")
     backbone = load_backbone(args.backbone)
-    names = {path: f"adapter {i + 1}" for i, path in enumerate(args.adapters)}
-    record.notes["adapters"] = {name: path for path, name in names.items()}
-    for path, name in names.items():
-        print(f"{name}: {path}")
+    embedders = {}  # each adapter in each reading, named "adapter N" (+ ", windows")
+    for i, path in enumerate(args.adapters):
+        head = load_adapter(path, backbone)
+        print(f"adapter {i + 1}: {path}")
+        for reading in args.readings:
+            name = f"adapter {i + 1}" + (", windows" if reading == "windows" else "")
+            embedders[name] = DocumentEmbedder(backbone, head=head, windows=reading == "windows")
+    record.notes["adapters"] = {f"adapter {i + 1}": path for i, path in enumerate(args.adapters)}
 
     queries, docs = task(held_out_texts(args.source, args.val_fraction, args.seed))
     print(f"held-out training reviews: {len(queries):,} (choices are made here)")
     qrels = qrels_of(len(queries))
     runs = lexical_runs(queries, docs, args.depth)
-    for path, name in names.items():
-        runs[name] = adapter_run(name, backbone, path, queries, docs, args.depth)
-    chosen = choose(qrels, runs, list(names.values()))
+    for name, embedder in embedders.items():
+        runs[name] = adapter_run(name, embedder, queries, docs, args.depth)
+    chosen = choose(qrels, runs, list(embedders))
     record.notes["chosen"] = {name: describe(params) for name, (_, _, _, params) in chosen.items()}
     report(record, "held-out training reviews", qrels, {**runs, **fused(runs, chosen)}, chosen)
     record.save(args.out)
@@ -165,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         queries, docs = task(test)
         qrels = qrels_of(len(queries))
         runs = lexical_runs(queries, docs, args.depth)
-        for path, name in names.items():
-            runs[name] = adapter_run(name, backbone, path, queries, docs, args.depth)
+        for name, embedder in embedders.items():
+            runs[name] = adapter_run(name, embedder, queries, docs, args.depth)
         report(record, f"test reviews ({len(queries):,})", qrels, {**runs, **fused(runs, chosen)}, chosen)
         record.notes["test_seconds"] = round(time.perf_counter() - started)
         record.save(args.out)

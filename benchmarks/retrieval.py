@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_test", type=int, default=None, help="a sample of test reviews (default: all)")
     parser.add_argument("--knn_reviews", type=int, default=5000, help="whole test reviews for kNN sentiment")
     parser.add_argument(
-        "--val_fraction", type=float, default=0.02, help="as the adapter's data module held out"
+        "--val_fraction", type=float, default=0.2, help="as the adapter's data module held out"
     )
     parser.add_argument("--seed", type=int, default=1234, help="as the adapter's data module split")
     parser.add_argument("--whiten_dims", type=int, default=128)

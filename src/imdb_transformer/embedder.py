@@ -4,6 +4,7 @@ directly or through a trained :class:`~imdb_transformer.core.head.EmbeddingHead`
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,9 +16,9 @@ from tqdm.auto import tqdm
 from imdb_transformer.artifacts import weights_fingerprint
 from imdb_transformer.core.backbone import Backbone, load_backbone, tokenizer_fingerprint
 from imdb_transformer.core.head import EmbeddingHead, load_adapter
-from imdb_transformer.core.pooling import Pooling, pool, pooled_size
+from imdb_transformer.core.pooling import Pooling, join_windows, pool, pooled_size
 from imdb_transformer.errors import InputError
-from imdb_transformer.text.batching import collate_reviews, length_batches
+from imdb_transformer.text.batching import collate_for, length_batches
 from imdb_transformer.text.imdb import clean_text
 
 
@@ -27,8 +28,10 @@ class DocumentEmbedder(LightningModule):
     few texts); ``Trainer.predict`` runs :meth:`predict_step` over a collection on any devices (see
     :func:`~imdb_transformer.predict.predict`).
 
-    A review longer than the context keeps its head and tail (as the classifier reads it): one
-    forward pass per review, and the opening and the verdict at the end both count.
+    A review longer than the context is read whole, in consecutive windows of the context joined into
+    one vector (see :meth:`EmbeddingHead.forward <imdb_transformer.core.head.EmbeddingHead.forward>`;
+    without a head, the mean of the windows' pooled states), so a name in its middle is found too.
+    ``windows=False`` keeps its head and tail instead (one forward pass per review).
 
     Args:
         backbone: The pretrained decoder and its tokenizer (see :func:`load_backbone`).
@@ -36,6 +39,7 @@ class DocumentEmbedder(LightningModule):
         max_length: Tokens per review, EOS marks included; default: the backbone's context.
         head: A trained adapter head (see :func:`~imdb_transformer.core.head.load_adapter`): it
             reads every layer's states and replaces ``pooling``.
+        windows: Read a text longer than the context in all of its windows (else head and tail).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class DocumentEmbedder(LightningModule):
         pooling: Pooling = "mean",
         max_length: int | None = None,
         head: EmbeddingHead | None = None,
+        windows: bool = True,
     ) -> None:
         super().__init__()
         self.decoder = backbone.decoder.eval().requires_grad_(False)
@@ -51,22 +56,38 @@ class DocumentEmbedder(LightningModule):
         self.head = head.eval().requires_grad_(False) if head is not None else None
         self.pooling = pooling if head is None else "adapter"
         self.max_length = min(max_length or self.decoder.config.block_size, self.decoder.config.block_size)
+        self.windows = windows
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the weights (the backbone's and the head's), tokenizer, pooling and length: vectors
-        from different embedders don't mix."""
+        """Identifies the weights (the backbone's and the head's), tokenizer, pooling, length and reading:
+        vectors from different embedders don't mix."""
         states = [self.decoder.state_dict()] + ([self.head.state_dict()] if self.head is not None else [])
         token = tokenizer_fingerprint(self.tokenizer)
-        return f"{weights_fingerprint(*states)}-{token}-{self.pooling}-{self.max_length}"
+        reading = "-windows" if self.windows else ""
+        return f"{weights_fingerprint(*states)}-{token}-{self.pooling}-{self.max_length}{reading}"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What an index records of the embedder that made its vectors: its fingerprint and how it reads
+        (so a query is embedded as the index's texts were)."""
+        return {
+            "embedder": self.fingerprint,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "windows": self.windows,
+        }
 
     @torch.inference_mode()
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Unit vectors (B, C) for padded token ids (B, T) with their mask."""
+    def forward(self, ids: Tensor, mask: Tensor, owner: Tensor | None = None) -> Tensor:
+        """Unit vectors (B, C) for padded token ids (B, T) with their mask; with ``owner`` (see
+        :func:`~imdb_transformer.text.batching.collate_windows`) the rows are windows, and a text's
+        windows give it one vector."""
         if self.head is not None:
-            return self.head(self.decoder.layer_states(ids, mask, self.head.config.n_states), mask, ids)
+            states = self.decoder.layer_states(ids, mask, self.head.config.n_states)
+            return self.head(states, mask, ids, owner)
         features = pool(self.decoder.hidden_states(ids, attention_mask=mask), mask, self.pooling)
-        return nn.functional.normalize(features.float(), dim=-1)
+        return nn.functional.normalize(join_windows(features.float(), owner, "mean"), dim=-1)
 
     @property
     def dim(self) -> int:
@@ -109,9 +130,11 @@ class DocumentEmbedder(LightningModule):
     def embed_ids(self, ids: list[list[int]]) -> Tensor | sp.csr_matrix:
         """Unit vectors of one batch of token ids (see :meth:`encode`), on the CPU: a tensor (B, C), or
         for a sparse head a CSR matrix."""
-        batch = collate_reviews([{"ids": i} for i in ids], self.max_length, self.decoder.config.reverse)
+        collate = collate_for(self.windows)
+        batch = collate([{"ids": i} for i in ids], self.max_length, self.decoder.config.reverse)
         device = self.decoder.wte.weight.device
-        vectors = self(batch["ids"].to(device), batch["mask"].to(device)).float().cpu()
+        owner = batch["owner"].to(device) if "owner" in batch else None
+        vectors = self(batch["ids"].to(device), batch["mask"].to(device), owner).float().cpu()
         return _csr(vectors) if self.sparse else vectors
 
     def predict_step(self, batch: dict) -> dict:
@@ -135,11 +158,13 @@ def load_embedder(
     adapter: str | os.PathLike | None = None,
     pooling: Pooling = "mean",
     max_length: int | None = None,
+    windows: bool = True,
 ) -> DocumentEmbedder:
     """The embedder of a backbone (an export folder or a checkpoint) and, optionally, an adapter folder
-    trained on it (then ``pooling`` does not apply: the head pools)."""
+    trained on it (then ``pooling`` does not apply: the head pools); ``windows`` as in
+    :class:`DocumentEmbedder`."""
     loaded = load_backbone(backbone)
     head = load_adapter(adapter, loaded) if adapter is not None else None
     return DocumentEmbedder(
-        loaded, pooling=pooling if head is None else "mean", max_length=max_length, head=head
+        loaded, pooling=pooling if head is None else "mean", max_length=max_length, head=head, windows=windows
     )

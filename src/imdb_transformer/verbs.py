@@ -76,6 +76,7 @@ def embed(
     source: str = DEFAULT_SOURCE,
     split: Split = "test",
     pooling: Pooling = "mean",
+    windows: bool = True,
     batch_size: PositiveInt = 64,
     max_reviews: PositiveInt | None = None,
     lexical: bool = True,
@@ -100,6 +101,9 @@ def embed(
         split: Which split's reviews to index.
         pooling: Without an adapter, how token states become one vector: mean, weighted_mean, max,
             last or concat.
+        windows: Read a review longer than the backbone's context whole, in consecutive windows joined
+            into one vector; false reads its head and tail only. The index records it, and queries are
+            read the same way.
         batch_size: Reviews per forward pass.
         max_reviews: Index only a sample of this many reviews (drawn with a fixed seed).
         lexical: Also index the words with BM25, for lexical and hybrid search.
@@ -120,7 +124,8 @@ def embed(
     options = trainer_options(trainer, device and _device(device))
     keep = {"source": source if is_local(source) else None, "backbone": backbone, "adapter": adapter}
     check_out_folder(out, keep)
-    embedder = load_embedder(backbone, adapter, pooling)  # the models next: a wrong one fails before any data
+    # the models next: a wrong one fails before any data
+    embedder = load_embedder(backbone, adapter, pooling, windows=windows)
     reviews = load_reviews(source, split, max_reviews)
     start = time.perf_counter()
     outputs = predict(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,8 +15,10 @@ from helpers import HELPERS, REPO, fails, read_metrics, run_cli
 
 from imdb_transformer.cli import VERBS, build_cli, main, verb_parser
 from imdb_transformer.core.backbone import CHECKPOINT_KEY
+from imdb_transformer.embedder import load_embedder
 from imdb_transformer.hardware import describe_cpu
 from imdb_transformer.models import CausalLM
+from imdb_transformer.search import SemanticIndex
 
 
 def test_wiring_links_data_sizes_into_the_model(
@@ -297,6 +301,29 @@ def test_embed_then_search_prints_a_table(pretrained_run: Path, imdb_dir: Path, 
     assert run_cli("search", "a wonderful superb movie", "--index", index, "--k", "3").stdout == out
     err = fails("search", "--index", index, "x", "-k", "0")
     assert err.startswith("error: ") and '"k"' in err and "PositiveInt" in err and err.count("\n") == 1
+
+
+def test_an_index_reads_long_reviews_in_windows_records_it_and_reads_its_queries_so(
+    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    index = tmp_path / "i"
+    backbone, adapter = str(pretrained_run / "backbone"), str(adapter_run / "adapter")
+    args = ["--backbone", backbone, "--adapter", adapter, "--source", str(imdb_dir), "--out", str(index)]
+    run_cli("embed", *args, "--lexical", "false")  # windows: the default
+    assert json.loads((index / "index.json").read_text())["windows"] is True
+    loaded = SemanticIndex.load(index)
+    assert loaded.embedder.windows  # queries are read as the reviews were
+    texts = loaded.reviews.column("text").to_pylist()
+    long = max(range(len(texts)), key=lambda i: len(loaded.embedder.encode([texts[i]])[0]))
+    assert len(loaded.embedder.encode([texts[long]])[0]) > loaded.embedder.max_length  # two windows or more
+    whole = load_embedder(backbone, adapter).embed([texts[long]], progress=False)
+    ends = load_embedder(backbone, adapter, windows=False).embed([texts[long]], progress=False)
+    np.testing.assert_allclose(loaded.vectors[long].toarray(), whole.toarray(), atol=1e-5)
+    assert abs(loaded.vectors[long] - ends).max() > 1e-3  # not the head and tail alone
+    assert "--windows" in " ".join(run_cli("embed", "--help").stdout.split())
+    run_cli("embed", *args, "--windows", "false", "--lexical", "false")  # head and tail, asked for
+    assert json.loads((index / "index.json").read_text())["windows"] is False
+    np.testing.assert_allclose(SemanticIndex.load(index).vectors[long].toarray(), ends.toarray(), atol=1e-5)
 
 
 def test_every_verb_takes_help_config_and_print_config(pretrained_run: Path, tmp_path: Path) -> None:

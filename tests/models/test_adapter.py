@@ -15,7 +15,14 @@ from helpers import fails, read_metrics, run_cli
 from imdb_transformer.core.backbone import export_backbone, load_backbone
 from imdb_transformer.core.decoder import CausalDecoder
 from imdb_transformer.core.head import AdapterError, EmbeddingHead, HeadConfig, load_adapter
-from imdb_transformer.data.crops import ContrastiveDataModule, collate_crops, disjoint_crops, random_crop
+from imdb_transformer.data.crops import (
+    ContrastiveDataModule,
+    TopicBatches,
+    collate_crops,
+    disjoint_crops,
+    random_crop,
+    topics,
+)
 from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.adapter import EmbeddingAdapter, info_nce
@@ -67,6 +74,51 @@ def test_disjoint_crops_share_no_position_and_stay_in_bounds() -> None:
 def test_positives_must_be_a_known_kind() -> None:
     with pytest.raises(InputError, match="--data.positives must be one of crops, disjoint"):
         ContrastiveDataModule("unused", positives="halves")
+
+
+def test_topics_gather_reviews_that_share_their_rarer_words() -> None:
+    recovered = 0
+    for seed in range(10):  # k-means finds a local optimum: nearly always the groups here
+        rng = random.Random(seed)
+        common = list(range(10))  # in every review
+        rare = [list(range(100 + 10 * g, 110 + 10 * g)) for g in range(3)]  # each group's own words
+        ids = [[*rng.choices(common, k=30), *rng.choices(rare[i % 3], k=10)] for i in range(90)]
+        tokens, lengths = np.concatenate(ids), np.array([len(r) for r in ids])
+        found = topics(tokens, lengths, 200, 3, seed=seed)
+        recovered += sorted(len(set(found[g::3])) for g in range(3)) == [1, 1, 1] and len(set(found)) == 3
+        assert len(set(topics(tokens, lengths, 200, 45, seed=seed))) == 45  # no topic left empty
+    assert recovered >= 9
+
+
+def test_topic_batches_deal_whole_runs_of_one_topic_to_each_process_by_epoch() -> None:
+    topic = np.random.default_rng(0).permutation(np.repeat(np.arange(5), [8, 9, 16, 8, 11]))  # 52
+    one = TopicBatches(topic, batch_size=8, seed=1)
+    first = list(one)
+    assert len(first) == len(one) == 48 and len(set(first)) == 48  # 6 whole runs; 4 reviews sit out
+    runs = [first[i : i + 8] for i in range(0, 48, 8)]
+    assert all(len({topic[j] for j in run}) <= 2 for run in runs)  # a topic, or where two meet
+    assert list(one) == first  # the same epoch: the same order, as a resumed run needs
+    one.set_epoch(1)
+    assert list(one) != first
+    shares = [list(TopicBatches(topic, 8, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 24 and not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(first)  # the same runs, dealt whole
+    assert {tuple(shares[0][i : i + 8]) for i in (0, 8, 16)} <= {tuple(r) for r in runs}
+
+
+def test_batches_must_be_a_known_kind() -> None:
+    with pytest.raises(InputError, match="--data.batches must be one of random, topics"):
+        ContrastiveDataModule("unused", batches="hard")
+
+
+def test_a_sparse_adapter_trains_on_topic_batches_through_the_cli(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    args = tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path)
+    out = run_cli("fit", *args, "--data.batches", "topics")
+    assert "Topic batches: " in out.stdout + out.stderr
+    acc = [v for _, v in read_metrics(tmp_path / "lightning_logs" / "version_0")["val/acc"]]
+    assert acc[-1] > 0.5  # held-out pairs still find each other in-batch; chance 1/32
 
 
 def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:

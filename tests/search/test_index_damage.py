@@ -166,6 +166,7 @@ DENSE = {
     "alpha a string": meta("alpha", "0.5"),
     "pooling unknown": meta("pooling", "median"),
     "lexical not a bool": meta("lexical", "yes"),
+    "windows not a bool": meta("windows", "yes"),
     "max_length 0": meta("max_length", 0),
     "max_length a float": meta("max_length", 64.5),
     "backbone a number": meta("backbone", 5),

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from imdb_transformer.core.backbone import load_backbone
+from imdb_transformer.core.head import load_adapter
+from imdb_transformer.core.pooling import pool
 from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.search import SearchIndexError, SemanticIndex, format_hits, top_k_rows
 from imdb_transformer.search.hits import matched_words
-from imdb_transformer.text.batching import collate_reviews
+from imdb_transformer.text.batching import collate_reviews, pad, windows
 
 TEXTS = [
     "A wonderful, brilliant film. Loved it!",
@@ -41,6 +43,41 @@ def test_a_review_alone_and_in_a_padded_batch_gets_the_same_vector(
         alone = collate_reviews([{"ids": review}], emb.max_length)
         torch.testing.assert_close(emb(alone["ids"], alone["mask"])[0], together[row], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(together.norm(dim=-1), torch.ones(len(TEXTS)))  # L2-normalised
+
+
+def test_a_sparse_adapter_reading_windows_keeps_a_word_past_head_and_tail(
+    pretrained_run: Path, adapter_run: Path
+) -> None:
+    backbone = load_backbone(pretrained_run / "backbone")
+    head = load_adapter(adapter_run / "adapter", backbone)
+    ends = DocumentEmbedder(backbone, head=head, windows=False)
+    whole = DocumentEmbedder(backbone, head=head)  # the default: every window
+    filler = backbone.tokenizer.encode(["the film was fine and the cast was fine"])[0]
+    word = backbone.tokenizer.encode(["masterpiece"])[0]
+    assert not set(word) & set(filler)
+    long = filler * (4 * ends.max_length // len(filler))  # several windows of the context
+    middle = long[: len(long) // 2] + word + long[len(long) // 2 :]
+    short = filler * 2 + word
+    assert len(short) + 2 <= ends.max_length < len(middle) // 3
+    read_ends, read_whole = ends.embed_ids([middle, short]), whole.embed_ids([middle, short])
+    assert read_ends[0, word].count_nonzero() == 0  # the middle is cut away from head and tail
+    assert read_whole[0, word].count_nonzero() == len(set(word))  # every window is read
+    np.testing.assert_allclose(read_whole[1].toarray(), read_ends[1].toarray(), atol=1e-6)  # one window
+    alone = whole.embed_ids([middle])
+    np.testing.assert_allclose(alone.toarray(), read_whole[0].toarray(), atol=1e-5)  # as in a batch
+    assert whole.fingerprint != ends.fingerprint  # vectors read differently never mix
+
+
+def test_without_a_head_a_long_text_read_in_windows_is_the_mean_of_its_windows(pretrained_run: Path) -> None:
+    emb = DocumentEmbedder(load_backbone(pretrained_run / "backbone"), windows=True)
+    text = emb.tokenizer.encode(["the film was fine and the cast was fine"])[0] * 20
+    rows = windows(text, emb.max_length)
+    assert len(rows) > 2
+    ids, mask = pad(rows)
+    with torch.inference_mode():
+        pooled = pool(emb.decoder.hidden_states(ids, attention_mask=mask), mask, "mean")
+    expected = torch.nn.functional.normalize(pooled.mean(0), dim=-1)
+    torch.testing.assert_close(emb.embed_ids([text])[0], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_embed_keeps_input_order(embedder: DocumentEmbedder) -> None:
@@ -120,7 +157,7 @@ def test_missing_or_foreign_indexes_are_clear_errors(embedder: DocumentEmbedder,
         SemanticIndex.load(tmp_path / "nope", embedder)
     SemanticIndex.build(embedder, TEXTS).save(tmp_path / "idx")
     other = DocumentEmbedder(embedder_backbone(embedder), pooling="max")
-    with pytest.raises(SearchIndexError, match="another backbone, adapter or pooling"):
+    with pytest.raises(SearchIndexError, match="another backbone, adapter, pooling, length or reading"):
         SemanticIndex.load(tmp_path / "idx", other)
     (tmp_path / "idx" / "vectors.safetensors").unlink()
     with pytest.raises(SearchIndexError, match="vectors.safetensors missing"):

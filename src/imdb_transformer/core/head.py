@@ -34,6 +34,7 @@ from imdb_transformer.artifacts import (
 )
 from imdb_transformer.core.backbone import Backbone
 from imdb_transformer.core.lexical import pair_buckets
+from imdb_transformer.core.pooling import join_windows
 from imdb_transformer.errors import InputError
 
 AdapterPooling = Literal["sparse", "attention", "weighted_mean", "mean"]
@@ -117,9 +118,15 @@ class EmbeddingHead(nn.Module):
         self.score = nn.Linear(config.n_embd, 1) if config.pooling == "attention" else None
         self.term = nn.Parameter(torch.zeros(config.vocab_size)) if config.term_bias else None
 
-    def forward(self, states: list[Tensor], mask: Tensor, ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self, states: list[Tensor], mask: Tensor, ids: Tensor | None = None, owner: Tensor | None = None
+    ) -> Tensor:
         """Unit vectors (B, out_dim) from the backbone's layer states (each (B, T, C)), the mask (B, T)
-        and, for ``sparse``, the token ids (B, T)."""
+        and, for ``sparse``, the token ids (B, T). With ``owner`` the rows are windows of texts (row i
+        belongs to text ``owner[i]``) and each text gets one vector (one row per text) from all of its
+        windows: for
+        ``sparse`` the largest weight of each token's occurrences in the whole text, for the dense
+        poolings the mean of its windows' pooled vectors."""
         weights = self.mix.softmax(0)
         x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))  # (B, T, C)
         x = self.drop(x)
@@ -139,7 +146,7 @@ class EmbeddingHead(nn.Module):
                 both = mask[:, 1:] & mask[:, :-1]
                 pair = (F.softplus(logits[:, 1:, 1]) * both).to(vectors.dtype)  # under autocast too
                 vectors = vectors.scatter_reduce(1, keys, pair, "amax")
-            return F.normalize(vectors, dim=-1)
+            return F.normalize(join_windows(vectors, owner, "amax"), dim=-1)
         if self.score is not None:
             logits = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
             attn = logits.softmax(-1)  # (B, T)
@@ -149,7 +156,7 @@ class EmbeddingHead(nn.Module):
                 attn = attn * torch.arange(1, mask.size(1) + 1, device=mask.device)
             attn = attn / attn.sum(-1, keepdim=True).clamp(min=1e-9)
         pooled = torch.einsum("bt,btd->bd", attn, self.token(x))
-        return F.normalize(pooled, dim=-1)
+        return F.normalize(join_windows(pooled, owner, "mean"), dim=-1)
 
 
 def save_adapter(

@@ -10,13 +10,18 @@ retrieval benchmarks on it stay honest.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+import scipy.sparse.linalg  # noqa: F401 (sp.linalg.norm)
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, DistributedSampler
 
 from imdb_transformer.data.reviews import ReviewsDataModule, _Reviews
 from imdb_transformer.errors import InputError
@@ -47,6 +52,83 @@ def disjoint_crops(
 
 
 POSITIVES = ("crops", "disjoint")
+BATCHES = ("random", "topics")
+
+
+def topics(
+    tokens: np.ndarray, lengths: np.ndarray, vocab_size: int, count: int, seed: int, rounds: int = 10
+) -> np.ndarray:
+    """A topic (0 to ``count - 1``) for each review, given all reviews' token ids end to end (``tokens``)
+    and each review's length: spherical k-means over the reviews' TF-IDF bags of tokens (sublinear
+    counts, smoothed IDF, unit rows), started by greedy k-means++ with ``seed``; a topic left empty restarts
+    from the review its centre serves worst. Common tokens weigh little, so a topic gathers reviews that
+    share their rarer words: a genre, a film, an actor."""
+    n = len(lengths)
+    rows = np.repeat(np.arange(n), lengths)
+    bags = sp.csr_matrix((np.ones(len(tokens), np.float32), (rows, tokens)), shape=(n, vocab_size))
+    bags.sum_duplicates()
+    bags.data = 1 + np.log(bags.data)
+    df = np.bincount(bags.indices, minlength=vocab_size)
+    bags = bags @ sp.diags(np.log((1 + n) / (1 + df)).astype(np.float32) + 1)
+    bags = sp.diags(1 / np.maximum(sp.linalg.norm(bags, axis=1), 1e-12).astype(np.float32)) @ bags
+    bags = bags.tocsr()
+    count = max(1, min(count, n))
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(n))]  # greedy k-means++: each next start far from the ones before
+    nearest = (bags @ bags[chosen[0]].T).toarray().ravel()
+    tries = 2 + int(np.log(count))
+    for _ in range(count - 1):
+        far = np.maximum(1 - nearest, 0)  # half the squared distance between unit vectors
+        p = far / far.sum() if far.sum() > 0 else None
+        candidates = rng.choice(n, size=tries, p=p)
+        reach = np.maximum(nearest[:, None], (bags @ bags[candidates].T).toarray())  # (n, tries)
+        best = int(reach.sum(0).argmax())  # the candidate that brings the reviews closest
+        chosen.append(int(candidates[best]))
+        nearest = reach[:, best]
+    centres = bags[chosen].toarray()
+    for _ in range(rounds + 1):
+        similarity = bags @ centres.T
+        found = similarity.argmax(1)
+        fit = similarity[np.arange(n), found]
+        empty = np.setdiff1d(np.arange(count), found)
+        if len(empty):  # restart them from the reviews served worst
+            found[np.argsort(fit)[: len(empty)]] = empty
+        sums = sp.csr_matrix((np.ones(n, np.float32), (found, np.arange(n))), shape=(count, n)) @ bags
+        sums = sums.toarray()
+        centres = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return found
+
+
+class TopicBatches(DistributedSampler):
+    """Training reviews grouped by topic, so a batch's negatives are reviews about the same things:
+    topic-aware sampling (TAS-B, Hofstätter et al., 2021). Each epoch shuffles the reviews within their
+    topics and the topics, lays them end to end and cuts runs of ``batch_size``: one topic each, or the
+    end of one and the start of the next (more where topics are small). The runs are shuffled and dealt
+    to the processes whole (``num_replicas``, ``rank``; Lightning leaves a ``DistributedSampler`` as it
+    is), each the same number of them; the few reviews left over sit out that epoch. The order depends
+    on ``seed`` and the epoch only (Lightning calls :meth:`set_epoch`), so a resumed run repeats it."""
+
+    def __init__(
+        self, topic: np.ndarray, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(topic, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.topic, self.batch_size = topic, batch_size
+        self.runs = len(topic) // batch_size // num_replicas  # whole runs per process
+
+    def __len__(self) -> int:
+        return self.runs * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = np.concatenate(
+            [
+                rng.permutation(np.flatnonzero(self.topic == t))
+                for t in rng.permutation(int(self.topic.max()) + 1)
+            ]
+        )
+        runs = order[: len(order) // self.batch_size * self.batch_size].reshape(-1, self.batch_size)
+        mine = rng.permutation(len(runs))[self.rank :: self.num_replicas][: self.runs]
+        return iter(runs[mine].ravel().tolist())
 
 
 def collate_crops(
@@ -105,6 +187,9 @@ class ContrastiveDataModule(ReviewsDataModule):
         positives: ``crops``: two independent random crops of a review (they may overlap); ``disjoint``:
             one crop from each side of a random cut in the review's middle third (no shared text, so
             the pair must match by topic and names rather than by copied words).
+        batches: ``random``: reviews drawn at random into batches; ``topics``: each batch drawn from one
+            topic of the training reviews (see :class:`TopicBatches`), so its negatives are hard ones.
+            The topics (one per ``batch_size`` reviews) are found by :func:`topics` at setup.
         val_fraction: Share of whole reviews held out for validation.
         max_reviews: Use only this many reviews of each split: for smoke runs.
         batch_size: Reviews per batch: each brings two crops, and every other review is a negative.
@@ -125,6 +210,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         crop_min: int = 16,
         crop_max: int = 128,
         positives: str = "crops",
+        batches: str = "random",
         val_fraction: float = 0.02,
         max_reviews: int | None = None,
         batch_size: int = 256,
@@ -136,11 +222,13 @@ class ContrastiveDataModule(ReviewsDataModule):
             raise InputError(f"need 1 <= crop_min <= crop_max, got {crop_min} and {crop_max}")
         if positives not in POSITIVES:
             raise InputError(f"--data.positives must be one of {', '.join(POSITIVES)} (got {positives!r})")
+        if batches not in BATCHES:
+            raise InputError(f"--data.batches must be one of {', '.join(BATCHES)} (got {batches!r})")
         super().__init__(
             source, cache_dir, backbone, tokenizer, max_length, val_fraction, max_reviews, batch_size,
             num_workers, num_proc, seed,
         )  # fmt: skip
-        self.crop_min, self.crop_max, self.positives = crop_min, crop_max, positives
+        self.crop_min, self.crop_max, self.positives, self.batches = crop_min, crop_max, positives, batches
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
         table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
@@ -151,6 +239,18 @@ class ContrastiveDataModule(ReviewsDataModule):
             "train": _Reviews(table, np.random.default_rng(self.seed).permutation(train)),
             "val": _Reviews(table, val),
         }
+
+    def train_dataloader(self) -> DataLoader:
+        if self.batches == "random":
+            return super().train_dataloader()
+        train = self.splits["train"]
+        column = train.table.data.column("ids").combine_chunks().take(pa.array(train.order))
+        tokens = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        topic = topics(tokens, lengths, self.tokenizer.vocab_size, len(train) // self.batch_size, self.seed)
+        rank_zero_info(f"Topic batches: {len(train):,} training reviews in {len(np.unique(topic)):,} topics")
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        return self._loader("train", sampler=TopicBatches(topic, self.batch_size, self.seed, world, rank))
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         crop_max = min(self.crop_max, self.context - 1)  # room for the EOS before it

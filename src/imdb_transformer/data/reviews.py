@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
 from imdb_transformer.core.backbone import load_spec
@@ -163,11 +163,12 @@ class ReviewsDataModule(L.LightningDataModule):
             "test": _Reviews(tables["test"], _by_length(tables["test"], np.arange(len(tables["test"])))),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self._collate(split),
             persistent_workers=self.num_workers > 0,

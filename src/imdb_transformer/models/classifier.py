@@ -20,7 +20,7 @@ from imdb_transformer.core.backbone import (
     spec_from_checkpoint,
 )
 from imdb_transformer.core.lexical import LexicalHead
-from imdb_transformer.core.pooling import Pooling, pool, pooled_size
+from imdb_transformer.core.pooling import Pooling, join_windows, pool, pooled_size
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.optim import Schedule, adamw_warmup_cosine
 
@@ -178,11 +178,7 @@ class SentimentClassifier(L.LightningModule):
             if self.head is not None:
                 pooled = [pool(state, mask, self.pooling) for state in layers]
                 pooled = pooled[0] if len(pooled) == 1 else torch.stack(pooled, dim=1)
-                if owner is not None:
-                    reviews = int(owner.max()) + 1
-                    total = pooled.new_zeros(reviews, *pooled.shape[1:]).index_add_(0, owner, pooled)
-                    counts = torch.bincount(owner, minlength=reviews)
-                    pooled = total / counts.view(-1, *[1] * (pooled.dim() - 1))
+                pooled = join_windows(pooled, owner, "mean")  # a review's windows averaged
             if self.lexical is not None and self.lexical.uses_states:
                 states = top
         if self.lexical is None:

@@ -303,12 +303,10 @@ class SemanticIndex:
         meta = {
             "format": INDEX_FORMAT,
             "count": len(self),
-            "embedder": self.embedder.fingerprint,
+            **self.embedder.settings,
             # relative to the index, so an index moved together with its run keeps finding them
             "backbone": _relative(self.backbone, folder),
             "adapter": _relative(self.adapter, folder),
-            "pooling": self.embedder.pooling,
-            "max_length": self.embedder.max_length,
             "lexical": self.lexical is not None,
             "alpha": float(self.alpha),
         }
@@ -382,8 +380,9 @@ def _recorded(path: str | None, folder: Path) -> Path | None:
 def embedder_for(
     where: str, meta: dict, backbone: str | os.PathLike | None, adapter: str | os.PathLike | None
 ) -> DocumentEmbedder:
-    """The embedder of ``backbone`` and ``adapter`` with the pooling and length an index's record
-    ``meta`` holds; ``where`` names the index in errors (a file that is gone, another embedder)."""
+    """The embedder of ``backbone`` and ``adapter`` with the pooling, length and reading an index's
+    record ``meta`` holds (one without ``windows`` read head and tail); ``where`` names the index in
+    errors (a file that is gone, another embedder)."""
     if backbone is None:
         raise SearchIndexError(f"{where} does not record its backbone: pass the one that built it")
     for what, path in (("backbone", backbone), ("adapter", adapter)):
@@ -393,14 +392,14 @@ def embedder_for(
                 f"(SemanticIndex.load(..., {what}=PATH))"
             )
     pooling = meta["pooling"] if adapter is None else "mean"
-    return load_embedder(backbone, adapter, pooling, meta["max_length"])
+    return load_embedder(backbone, adapter, pooling, meta["max_length"], meta.get("windows", False))
 
 
 def check_embedder(where: str, meta: dict, embedder: DocumentEmbedder) -> None:
     """Refuse an ``embedder`` other than the one whose fingerprint the index's record ``meta`` holds."""
     if meta["embedder"] != embedder.fingerprint:
         raise SearchIndexError(
-            f"{where} was built by another backbone, adapter or pooling ({meta['embedder']}) than the "
-            f"one given ({embedder.fingerprint}); query it with the embedder that built it, or rebuild "
-            "the index"
+            f"{where} was built by another backbone, adapter, pooling, length or reading "
+            f"({meta['embedder']}) than the one given ({embedder.fingerprint}); query it with the embedder "
+            "that built it, or rebuild the index"
         )

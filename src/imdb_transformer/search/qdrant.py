@@ -131,15 +131,12 @@ def export_index(
     sparse = {name: models.SparseVectorParams()} if index.sparse else {}
     if index.lexical is not None:
         sparse[LEXICAL] = models.SparseVectorParams()
-    embedder = index.embedder
     metadata = {
         "format": QDRANT_FORMAT,
         "count": len(index),
-        "embedder": embedder.fingerprint,
+        **index.embedder.settings,
         "backbone": str(Path(index.backbone).resolve()) if index.backbone else None,
         "adapter": str(Path(index.adapter).resolve()) if index.adapter else None,
-        "pooling": embedder.pooling,
-        "max_length": embedder.max_length,
         "lexical": index.lexical is not None,
         "alpha": float(index.alpha),
     }

@@ -224,8 +224,11 @@ def check_meta(meta: object, path: Path) -> None:
         "lexical": (lambda v: isinstance(v, bool), "true or false"),
         "alpha": (lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     }
-    for name, (valid, expected) in fields.items():
+    optional = {"windows": (lambda v: isinstance(v, bool), "true or false")}  # absent: head and tail
+    for name, (valid, expected) in {**fields, **optional}.items():
         if name not in meta:
+            if name in optional:
+                continue
             raise SearchIndexError(f"{path} lacks the field {name!r}; {REMEDY}")
         if not valid(meta[name]):
             raise SearchIndexError(f"{path}: {name} is {meta[name]!r}, not {expected}; {REMEDY}")
