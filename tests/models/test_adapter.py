@@ -119,6 +119,8 @@ def test_a_sparse_adapter_trains_on_topic_batches_through_the_cli(
     assert "Topic batches: " in out.stdout + out.stderr
     acc = [v for _, v in read_metrics(tmp_path / "lightning_logs" / "version_0")["val/acc"]]
     assert acc[-1] > 0.5  # held-out pairs still find each other in-batch; chance 1/32
+    err = fails("fit", *args, "--data.batches", "topics", "--data.max_reviews", "10")
+    assert "needs a whole batch" in err and "lower --data.batch_size" in err
 
 
 def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:

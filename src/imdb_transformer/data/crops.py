@@ -244,12 +244,17 @@ class ContrastiveDataModule(ReviewsDataModule):
         if self.batches == "random":
             return super().train_dataloader()
         train = self.splits["train"]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if len(train) < self.batch_size * world:
+            raise InputError(
+                f"--data.batches topics needs a whole batch for each of {world} process(es): "
+                f"{len(train):,} training reviews for batches of {self.batch_size}; lower --data.batch_size"
+            )
         column = train.table.data.column("ids").combine_chunks().take(pa.array(train.order))
         tokens = pc.list_flatten(column).to_numpy(zero_copy_only=False)
         lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
         topic = topics(tokens, lengths, self.tokenizer.vocab_size, len(train) // self.batch_size, self.seed)
         rank_zero_info(f"Topic batches: {len(train):,} training reviews in {len(np.unique(topic)):,} topics")
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         return self._loader("train", sampler=TopicBatches(topic, self.batch_size, self.seed, world, rank))
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
