@@ -6,17 +6,19 @@
 
 The halves task of ``benchmarks/retrieval.py`` built from the reviews the adapters held out (train +
 unsupervised, their validation split): MRR@10 and recall@10 of each adapter alone, and MRR@10 of hybrid
-search (adapter + BM25) at each weight ``alpha``. The evaluation helpers are in ``common.py``.
+search (adapter + BM25) at each weight ``alpha``, the vectors made as ``embed`` makes them. The evaluation
+helpers are in ``common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from common import Record, add_out_argument, dense_top, encode, halves, held_out_texts, index_top, mrr_recall
+from common import Record, add_out_argument, dense_top, halves, held_out_texts, index_top, mrr_recall
 
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.head import load_adapter
+from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.search import BM25Index, SemanticIndex, review_table
 
 
@@ -43,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     table = record.table("adapters", columns + [f"hybrid MRR@10, alpha {a}" for a in args.alphas])
     for path in args.adapters:
         head = load_adapter(path, backbone)
-        q = encode(backbone, head, queries, 64)["adapter"]
-        d = encode(backbone, head, docs, 64)["adapter"]
+        embedder = DocumentEmbedder(backbone, head=head)  # as `embed` reads reviews: whole, cleaned
+        q, d = embedder.embed(queries), embedder.embed(docs)
         alone = mrr_recall(dense_top(q, d, 10))
         index = SemanticIndex(None, d, review_table([""] * len(docs)), lexical=lexical)
         fused = []

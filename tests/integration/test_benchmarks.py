@@ -121,6 +121,19 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     ].startswith("k ")
 
 
+def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(
+    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    record = tmp_path / "choice.json"
+    run_script(
+        "adapter_choice.py", "--backbone", str(pretrained_run / "backbone"),
+        "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir), "--alphas", "0.3", "0.7",
+        "--out", str(record),
+    )  # fmt: skip
+    (row,) = json.loads(record.read_text())["tables"]["adapters"]["rows"]
+    assert row[0] == str(adapter_run / "adapter") and all(0 <= float(v) <= 1 for v in row[2:6])
+
+
 def _sentiment_heads(monkeypatch):
     """``benchmarks/sentiment_heads.py`` as a module, its ``common`` importable."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
