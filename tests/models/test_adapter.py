@@ -123,6 +123,16 @@ def test_a_sparse_adapter_trains_on_topic_batches_through_the_cli(
     assert "needs a whole batch" in err and "lower --data.batch_size" in err
 
 
+def test_topic_batches_train_under_ddp_on_two_cpu_processes(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    args = tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path)
+    out = run_cli("fit", *args, *ddp, "--data.batches", "topics", "--trainer.max_steps", "4")
+    assert (out.stdout + out.stderr).count("Topic batches: ") == 1  # found once, by the first process
+    assert (tmp_path / "lightning_logs/version_0/adapter/adapter.safetensors").is_file()
+
+
 def test_the_data_never_reads_test_reviews(imdb_dir: Path, cache_dir: Path, pretrained_run: Path) -> None:
     dm = ContrastiveDataModule(str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"))
     dm.prepare_data()

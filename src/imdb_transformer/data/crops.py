@@ -250,10 +250,15 @@ class ContrastiveDataModule(ReviewsDataModule):
                 f"--data.batches topics needs a whole batch for each of {world} process(es): "
                 f"{len(train):,} training reviews for batches of {self.batch_size}; lower --data.batch_size"
             )
-        column = train.table.data.column("ids").combine_chunks().take(pa.array(train.order))
-        tokens = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        topic = topics(tokens, lengths, self.tokenizer.vocab_size, len(train) // self.batch_size, self.seed)
+        topic = None
+        if rank == 0:  # one process finds the topics and tells the others, so all deal the same runs
+            column = train.table.data.column("ids").take(pa.array(train.order))
+            tokens = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            count = len(train) // self.batch_size
+            topic = topics(tokens, lengths, self.tokenizer.vocab_size, count, self.seed)
+        if world > 1:
+            topic = self.trainer.strategy.broadcast(topic, src=0)
         rank_zero_info(f"Topic batches: {len(train):,} training reviews in {len(np.unique(topic)):,} topics")
         return self._loader("train", sampler=TopicBatches(topic, self.batch_size, self.seed, world, rank))
 
