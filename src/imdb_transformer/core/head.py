@@ -40,7 +40,7 @@ from imdb_transformer.errors import InputError
 AdapterPooling = Literal["sparse", "attention", "weighted_mean", "mean"]
 ADAPTER_FORMAT = "imdb_transformer.adapter/1"
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter.json"
-PAIR_BITS = 16  # 65,536 pair dimensions after the vocabulary's: a batch's dense vectors stay small
+PAIR_BITS = 16  # 65,536 pair dimensions after the vocabulary's: a row's dense vector stays small
 
 
 class AdapterError(InputError):
@@ -124,9 +124,8 @@ class EmbeddingHead(nn.Module):
         """Unit vectors (B, out_dim) from the backbone's layer states (each (B, T, C)), the mask (B, T)
         and, for ``sparse``, the token ids (B, T). With ``owner`` the rows are windows of texts (row i
         belongs to text ``owner[i]``) and each text gets one vector (one row per text) from all of its
-        windows: for
-        ``sparse`` the largest weight of each token's occurrences in the whole text, for the dense
-        poolings the mean of its windows' pooled vectors."""
+        windows: for ``sparse`` the largest weight of each token's occurrences in the whole text, for
+        the dense poolings the mean of its windows' pooled vectors."""
         weights = self.mix.softmax(0)
         x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))  # (B, T, C)
         x = self.drop(x)
