@@ -36,6 +36,14 @@ def describe_cpu() -> str:
     )
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, a CPU
+    with AMX tiles or AVX512-BF16 (see :func:`native_bf16_cpu`). Elsewhere fp32 is the faster choice."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and native_bf16_cpu()
+
+
 def default_precision(accelerator: object = "auto") -> str:
     """The Trainer precision to use when none is asked for: ``bf16-mixed`` where the hardware multiplies
     bf16 natively (a GPU that supports it; a CPU with AMX tiles or AVX512-BF16), ``32-true`` elsewhere,

@@ -10,7 +10,7 @@ import torch
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.lm import CausalLM, LanguageModel
 from imdb_transformer.models.lstm import LSTMLM
-from imdb_transformer.models.optim import warmup_cosine
+from imdb_transformer.models.optim import Muon, orthogonalize, warmup_cosine
 
 
 def test_schedule_warms_up_then_anneals_fully_by_the_last_step() -> None:
@@ -118,3 +118,46 @@ def test_compiling_on_a_cpu_without_a_compiler_is_refused_before_training(monkey
     with pytest.raises(InputError, match=r"needs a C\+\+ compiler.*g\+\+.*--model.compile false"):
         lm.configure_model()
     tiny_lm().configure_model()  # nothing to compile, nothing asked
+
+
+def _muon_pair() -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """Two copies of the same matrices (one tall, one wide), for two optimisers stepped side by side."""
+    torch.manual_seed(0)
+    first = [torch.nn.Parameter(torch.randn(48, 16)), torch.nn.Parameter(torch.randn(16, 40))]
+    return first, [torch.nn.Parameter(p.detach().clone()) for p in first]
+
+
+@pytest.mark.parametrize("adjust", ["match_rms_adamw", "original"])
+def test_muon_in_bf16_steps_exactly_as_torch_muon(adjust: str) -> None:
+    ours, theirs = _muon_pair()
+    settings = {"lr": 0.02, "weight_decay": 0.1, "adjust_lr_fn": adjust}
+    mine, reference = Muon(ours, ns_dtype=torch.bfloat16, **settings), torch.optim.Muon(theirs, **settings)
+    for step in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = torch.randn_like(a, generator=torch.Generator().manual_seed(step))
+            b.grad = a.grad.clone()
+        mine.step()
+        reference.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert set(mine.state_dict()["state"][0]) == {"momentum_buffer"}  # checkpoints as torch's
+
+
+def test_muon_orthogonalises_in_the_precision_the_cpu_computes_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        assert Muon([torch.nn.Parameter(torch.zeros(4, 4))])._ns_dtype(cpu) == dtype
+    assert (
+        Muon([torch.nn.Parameter(torch.zeros(4, 4))], ns_dtype=torch.bfloat16)._ns_dtype(cpu)
+        == torch.bfloat16
+    )
+    # fp32 iterations bring the singular values near 1 as bf16 ones do, and the two updates agree
+    update = torch.randn(64, 24, generator=torch.Generator().manual_seed(1))
+    full = orthogonalize(update, (3.4445, -4.7750, 2.0315), 5, 1e-7, torch.float32)
+    half = orthogonalize(update, (3.4445, -4.7750, 2.0315), 5, 1e-7, torch.bfloat16)
+    assert full.dtype == torch.float32 and full.shape == update.shape
+    singular = torch.linalg.svdvals(full)
+    assert singular.min() > 0.5 and singular.max() < 1.3
+    assert torch.nn.functional.cosine_similarity(full.flatten(), half.float().flatten(), dim=0) > 0.99
