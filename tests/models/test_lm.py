@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.lm import CausalLM, LanguageModel
 from imdb_transformer.models.lstm import LSTMLM
-from imdb_transformer.models.optim import Muon, orthogonalize, warmup_cosine
+from imdb_transformer.models.optim import Muon, on_the_clock, orthogonalize, warmup_cosine
 
 
 def test_schedule_warms_up_then_anneals_fully_by_the_last_step() -> None:
@@ -161,3 +162,25 @@ def test_muon_orthogonalises_in_the_precision_the_cpu_computes_fast(monkeypatch:
     singular = torch.linalg.svdvals(full)
     assert singular.min() > 0.5 and singular.max() < 1.3
     assert torch.nn.functional.cosine_similarity(full.flatten(), half.float().flatten(), dim=0) > 0.99
+
+
+def test_with_max_time_the_schedule_runs_on_the_clock_and_anneals_by_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import Timer
+
+    options = {"max_steps": 100, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = L.Trainer(max_time={"minutes": 10}, **options)
+    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+    spent = {"seconds": 0.0}
+    monkeypatch.setattr(timer, "time_elapsed", lambda stage=None: spent["seconds"])
+    schedule = partial(warmup_cosine, warmup_steps=10, total_steps=100, min_ratio=0.1)
+    clocked = on_the_clock(schedule, trainer, 100, warmup_steps=10)
+    assert clocked(5) == schedule(5) and clocked(20) == schedule(20)  # on time: by the step
+    spent["seconds"] = 300.0  # half the time gone at step 20: half way through the schedule
+    assert clocked(5) == schedule(5)  # warmup stays counted in steps
+    assert clocked(20) == pytest.approx(schedule(50))
+    spent["seconds"] = 600.0
+    assert clocked(30) == pytest.approx(0.1)  # out of time at step 30: fully annealed
+    assert on_the_clock(schedule, L.Trainer(**options), 100) is schedule  # no max_time: by the step only

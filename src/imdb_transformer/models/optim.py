@@ -4,12 +4,13 @@ linear warmup then a cosine that anneals fully on the run's last step, or ULMFiT
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 
 from imdb_transformer.hardware import fast_bf16
@@ -177,7 +178,8 @@ def adamw_warmup_cosine(
     """``configure_optimizers``' answer: AdamW over ``groups`` (or the ``optimizer`` given) and a
     per-step schedule over the whole run (``trainer.estimated_stepping_batches``): warmup + cosine
     (warmup takes at most a tenth of it), or with ``shape="stlr"`` the slanted triangle (its rise is
-    the first tenth)."""
+    the first tenth). With ``--trainer.max_time`` the schedule also runs on the clock (see
+    :func:`on_the_clock`), so it anneals fully by the time limit on a slow machine too."""
     if optimizer is None:
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **adamw)
     total = int(trainer.estimated_stepping_batches)
@@ -186,5 +188,28 @@ def adamw_warmup_cosine(
         schedule = partial(slanted_triangular, total_steps=total)
     else:
         schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=total, min_ratio=min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, on_the_clock(schedule, trainer, total, warmup))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def on_the_clock(
+    schedule: Callable[[int], float], trainer: L.Trainer, total_steps: int, warmup_steps: int = 0
+) -> Callable[[int], float]:
+    """``schedule`` (a multiplier by step over ``total_steps``), read at whichever is further on: the
+    step, or the share of ``--trainer.max_time`` spent, as a step. A run that reaches its time limit
+    before its last step (a slower machine than the config was sized on) still ends its schedule
+    annealed, instead of being cut off at a high learning rate. Warmup stays counted in steps. Every
+    process uses rank 0's clock, so replicas keep the same learning rate. Without ``max_time``,
+    ``schedule`` is returned as it is."""
+    timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
+    if timer is None or timer.time_remaining() is None:
+        return schedule
+
+    def scheduled(step: int) -> float:
+        if step < warmup_steps:
+            return schedule(step)
+        spent, left = timer.time_elapsed(), timer.time_remaining()
+        share = trainer.strategy.broadcast(min(1.0, spent / max(spent + left, 1e-9)))
+        return schedule(max(step, round(share * total_steps)))
+
+    return scheduled
