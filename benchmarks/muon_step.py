@@ -22,22 +22,31 @@ from imdb_transformer.hardware import describe_cpu, fast_bf16
 from imdb_transformer.models.optim import Muon
 
 
-def matrices() -> list[torch.nn.Parameter]:
-    """The 2-D weights of pretrain.yaml's blocks, the ones Muon trains."""
-    decoder = CausalDecoder(DecoderConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=8, n_embd=256))
+def matrices(n_layer: int, n_embd: int) -> list[torch.nn.Parameter]:
+    """The 2-D weights of the blocks of a decoder of this size (pretrain.yaml's by default), which Muon
+    trains."""
+    decoder = CausalDecoder(
+        DecoderConfig(vocab_size=64, block_size=16, n_layer=n_layer, n_head=8, n_embd=n_embd)
+    )
     return [p for block in decoder.blocks for p in block.parameters() if p.dim() == 2]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--n_layer", type=int, default=6)
+    parser.add_argument("--n_embd", type=int, default=256)
     add_out_argument(parser)
     args = parser.parse_args()
-    chosen = Muon(matrices())._ns_dtype(torch.device("cpu"))
+    chosen = Muon([torch.nn.Parameter(torch.zeros(2, 2))])._ns_dtype(torch.device("cpu"))
     optimisers = {
-        "torch.optim.Muon (bf16)": torch.optim.Muon(matrices(), adjust_lr_fn="match_rms_adamw"),
+        "torch.optim.Muon (bf16)": torch.optim.Muon(
+            matrices(args.n_layer, args.n_embd), adjust_lr_fn="match_rms_adamw"
+        ),
         f"models.optim.Muon ({str(chosen).removeprefix('torch.')})": Muon(
-            matrices(), adjust_lr_fn="match_rms_adamw"
+            matrices(args.n_layer, args.n_embd), adjust_lr_fn="match_rms_adamw"
         ),
     }
     for optimiser in optimisers.values():
@@ -53,6 +62,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     record = Record("muon_step")
     record.notes["cpu"] = describe_cpu()
+    print(f"{record.notes['cpu']}; Newton-Schulz of models.optim.Muon in {chosen}")
     record.notes["native bf16"] = fast_bf16(torch.device("cpu"))
     table = record.table("muon_step", ["optimiser", "median step (s)", "ratio to bf16"])
     base = statistics.median(next(iter(times.values())))

@@ -52,6 +52,16 @@ def test_train_speed_compares_both_decoders() -> None:
     assert "AVX512-BF16" in out  # the header names the CPU's bf16 features
 
 
+def test_muon_step_compares_torch_muon_with_the_hardware_precision(tmp_path: Path) -> None:
+    record = tmp_path / "muon_step.json"
+    out = run_script(
+        "muon_step.py", "--rounds", "1", "--n_layer", "1", "--n_embd", "32", "--out", str(record)
+    )
+    rows = json.loads(record.read_text())["tables"]["muon_step"]["rows"]
+    assert [row[0] for row in rows][0] == "torch.optim.Muon (bf16)" and rows[0][2] == "1.0x"
+    assert rows[1][0].startswith("models.optim.Muon (") and rows[1][2].endswith("x") and "AVX" in out
+
+
 def test_search_speed_times_each_index_size_and_mode(pretrained_run: Path, tmp_path: Path) -> None:
     from imdb_transformer.core.backbone import load_backbone
     from imdb_transformer.embedder import DocumentEmbedder
