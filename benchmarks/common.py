@@ -191,7 +191,9 @@ def encode(backbone, head, texts: list[str], batch_size: int) -> dict[str, Vecto
             "weighted_mean": pool(states[-1], batch["mask"], "weighted_mean"),
         }
         if head is not None:
-            vectors = head(states[: head.config.n_states], batch["mask"], batch["ids"])
+            vectors = head(
+                states[: head.config.n_states], batch["mask"], batch["ids"], embedding=decoder.wte.weight
+            )
             if head.config.pooling == "sparse":
                 sparse_rows.append(sp.csr_matrix(vectors.numpy()))
             else:

@@ -85,7 +85,7 @@ class DocumentEmbedder(LightningModule):
         windows give it one vector."""
         if self.head is not None:
             states = self.decoder.layer_states(ids, mask, self.head.config.n_states)
-            return self.head(states, mask, ids, owner)
+            return self.head(states, mask, ids, owner, self.decoder.wte.weight)
         features = pool(self.decoder.hidden_states(ids, attention_mask=mask), mask, self.pooling)
         return nn.functional.normalize(join_windows(features.float(), owner, "mean"), dim=-1)
 

@@ -202,7 +202,7 @@ def test_a_term_bias_weighs_every_occurrence_of_its_token() -> None:
     after = head(states, keep, ids)
     assert after[0, 7] / after[0, 5] > before[0, 7] / before[0, 5]
     assert after[0].nonzero().flatten().tolist() == [5, 7, 9]  # still only the review's own tokens
-    with pytest.raises(InputError, match="term_bias and pairs .* need pooling='sparse'"):
+    with pytest.raises(InputError, match="term_bias, pairs and expansion .* need pooling='sparse'"):
         EmbeddingHead(HeadConfig(1, 16, pooling="attention", term_bias=True))
 
 
@@ -222,6 +222,63 @@ def test_pairs_add_one_dimension_per_pair_of_adjacent_pieces() -> None:
         head([torch.randn(1, 4, 16)], keep, torch.tensor([[7, 5, 9, 0]]))[0].nonzero().flatten().tolist()
     )
     assert set(swapped[3:]) != set(pairs)  # pairs are ordered: "7 5" is not "5 7"
+
+
+def test_expansion_weighs_entries_the_review_lacks_through_the_lm_head() -> None:
+    torch.manual_seed(0)
+    config = HeadConfig(1, 16, pooling="sparse", vocab_size=50, dropout=0.0, expansion=True)
+    head, embedding = EmbeddingHead(config).eval(), torch.randn(50, 16)
+    ids, keep = torch.tensor([[5, 7, 9, 0]]), torch.tensor([[True, True, True, False]])
+    states = [torch.randn(1, 4, 16)]
+    with torch.no_grad():
+        head.expand_bias.fill_(-100.0)  # no entry reaches the LM head's threshold: the review's own tokens
+        assert head(states, keep, ids, embedding=embedding)[0].nonzero().flatten().tolist() == [5, 7, 9]
+        head.expand_bias.zero_()
+        head.expand_bias[[20, 5]] = 50.0  # the LM head now points at entry 20, and at 5 again
+        vector, expansion = head.encode(states, keep, ids, embedding=embedding)
+        mean = torch.nn.functional.layer_norm(states[0], (16,))[0, :3].mean(0)  # the real tokens' state
+        query, keys = (torch.nn.functional.normalize(t, dim=-1) for t in (head.expand(mean), embedding))
+        expected = torch.log1p(torch.relu(10.0 * query @ keys.T + head.expand_bias))
+    torch.testing.assert_close(expansion[0], expected)
+    assert vector[0, 20] > 0 and set(vector[0].nonzero().flatten().tolist()) >= {5, 7, 9, 20}
+    with pytest.raises(InputError, match="needs the backbone's token embedding"):
+        head(states, keep, ids)
+    # a padded batch and windows give each text the expansion of its own real tokens
+    two = torch.tensor([[5, 7, 9, 0], [5, 7, 9, 4]]), torch.tensor([[True, True, True, False], [True] * 4])
+    both = head.encode([torch.cat([states[0], states[0]])], two[1], two[0], embedding=embedding)[1]
+    torch.testing.assert_close(both[0], expansion[0])
+    windows = [states[0][:, :3].repeat(2, 1, 1)], keep[:, :3].repeat(2, 1), ids[:, :3].repeat(2, 1)
+    halves = head.encode(*windows, torch.tensor([0, 0]), embedding)[1]  # two windows of one text
+    torch.testing.assert_close(halves[0], expansion[0])
+    with pytest.raises(InputError, match="term_bias, pairs and expansion"):
+        EmbeddingHead(HeadConfig(1, 16, pooling="mean", expansion=True))
+
+
+def test_the_flops_penalty_is_the_squared_mean_weight_of_each_entry() -> None:
+    from imdb_transformer.models.adapter import flops_penalty
+
+    weights = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    assert flops_penalty(weights).item() == pytest.approx(2.0**2 + 0 + 1.0**2)
+
+
+def test_an_expansion_adapter_trains_through_the_cli_and_its_index_holds_expansion_terms(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    run_cli(
+        "fit", *tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path), "--model.expansion", "true"
+    )
+    metrics = (tmp_path / "lightning_logs/version_0/metrics.csv").read_text()
+    assert "train/expansion_terms" in metrics and "val/expansion_terms" in metrics
+    backbone = load_backbone(pretrained_run / "backbone")
+    head = load_adapter(tmp_path / "lightning_logs/version_0/adapter", backbone)
+    assert head.config.expansion and head.expand_bias.shape == (head.config.vocab_size,)
+    embedder = DocumentEmbedder(backbone, head=head)
+    texts = ["a good film", "a bad film with a dull plot"]
+    vectors = embedder.embed(texts, progress=False)
+    own = [set(ids) for ids in embedder.encode(texts)]
+    found = [set(vectors[i].indices.tolist()) for i in range(2)]
+    assert all(o <= f for o, f in zip(own, found, strict=True))  # every token of the text is kept
+    assert any(f - o for o, f in zip(own, found, strict=True))  # and entries it lacks are added
 
 
 def test_a_sparse_adapter_with_term_bias_and_pairs_trains_through_the_cli_and_reloads(

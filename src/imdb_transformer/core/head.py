@@ -41,6 +41,9 @@ AdapterPooling = Literal["sparse", "attention", "weighted_mean", "mean"]
 ADAPTER_FORMAT = "imdb_transformer.adapter/1"
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter.json"
 PAIR_BITS = 16  # 65,536 pair dimensions after the vocabulary's: a row's dense vector stays small
+# expansion logits: EXPANSION_SCALE * cosine(query, token embedding) + bias; a random query's cosines have a
+# spread of 1/sqrt(n_embd) (0.06 at 256), so at the start about 5% of the entries are above zero
+EXPANSION_SCALE, EXPANSION_BIAS = 10.0, -1.0
 
 
 class AdapterError(InputError):
@@ -69,6 +72,11 @@ class HeadConfig:
         pairs: ``sparse`` only: also a dimension for each pair of adjacent pieces, hashed into
             ``2**PAIR_BITS`` buckets after the vocabulary's (a word split into pieces matches as the word
             it is, not as its common pieces); the pair's weight comes from the state at its second piece.
+        expansion: ``sparse`` only: also weigh vocabulary entries the review does not hold (SPLADE's
+            expansion), read through the backbone's frozen LM head: the review's mean state, mapped by a
+            small MLP, gives every entry a logit from its cosine with the entry's (tied) embedding, and
+            ``log1p(relu(.))`` of it is added to the entry's weight, so a review about a "scary" film can
+            match "horror".
     """
 
     n_states: int
@@ -79,6 +87,7 @@ class HeadConfig:
     vocab_size: int | None = None
     term_bias: bool = False
     pairs: bool = False
+    expansion: bool = False
 
     @property
     def out_dim(self) -> int:
@@ -105,8 +114,10 @@ class EmbeddingHead(nn.Module):
             )
         if config.pooling == "sparse" and (config.vocab_size or 0) < 1:
             raise InputError("sparse pooling needs the backbone's vocab_size")
-        if (config.term_bias or config.pairs) and config.pooling != "sparse":
-            raise InputError("term_bias and pairs weigh vocabulary entries: they need pooling='sparse'")
+        if (config.term_bias or config.pairs or config.expansion) and config.pooling != "sparse":
+            raise InputError(
+                "term_bias, pairs and expansion weigh vocabulary entries: they need pooling='sparse'"
+            )
         self.config = config
         self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
         self.norm = nn.LayerNorm(config.n_embd, elementwise_affine=False)  # layers differ in scale
@@ -117,15 +128,39 @@ class EmbeddingHead(nn.Module):
         )
         self.score = nn.Linear(config.n_embd, 1) if config.pooling == "attention" else None
         self.term = nn.Parameter(torch.zeros(config.vocab_size)) if config.term_bias else None
+        self.expand = None
+        if config.expansion:  # the review's mean state -> a query into the LM head's (tied) embedding
+            self.expand = nn.Sequential(
+                nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.n_embd)
+            )
+            self.expand_bias = nn.Parameter(torch.full((config.vocab_size,), EXPANSION_BIAS))
 
     def forward(
-        self, states: list[Tensor], mask: Tensor, ids: Tensor | None = None, owner: Tensor | None = None
+        self,
+        states: list[Tensor],
+        mask: Tensor,
+        ids: Tensor | None = None,
+        owner: Tensor | None = None,
+        embedding: Tensor | None = None,
     ) -> Tensor:
         """Unit vectors (B, out_dim) from the backbone's layer states (each (B, T, C)), the mask (B, T)
         and, for ``sparse``, the token ids (B, T). With ``owner`` the rows are windows of texts (row i
         belongs to text ``owner[i]``) and each text gets one vector (one row per text) from all of its
         windows: for ``sparse`` the largest weight of each token's occurrences in the whole text, for
-        the dense poolings the mean of its windows' pooled vectors."""
+        the dense poolings the mean of its windows' pooled vectors. ``embedding``: the backbone's token
+        embedding (V, C), which ``expansion`` reads as its LM head."""
+        return self.encode(states, mask, ids, owner, embedding)[0]
+
+    def encode(
+        self,
+        states: list[Tensor],
+        mask: Tensor,
+        ids: Tensor | None = None,
+        owner: Tensor | None = None,
+        embedding: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward`'s unit vectors and, with ``expansion``, each text's expansion weights
+        (B, vocab_size) before normalisation, which training keeps sparse with a FLOPS penalty."""
         weights = self.mix.softmax(0)
         x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))  # (B, T, C)
         x = self.drop(x)
@@ -139,13 +174,18 @@ class EmbeddingHead(nn.Module):
             weight = F.softplus(logit) * mask  # zero on padding
             vectors = weight.new_zeros(len(ids), self.config.out_dim)
             vectors = vectors.scatter_reduce(1, ids, weight, "amax")  # each token's largest weight
+            expansion = None
             if self.config.pairs:  # the pair ending at each token, from the 2nd token on
                 vocab = self.config.vocab_size
                 keys = pair_buckets(ids[:, :-1], ids[:, 1:], vocab, PAIR_BITS) + vocab
                 both = mask[:, 1:] & mask[:, :-1]
                 pair = (F.softplus(logits[:, 1:, 1]) * both).to(vectors.dtype)  # under autocast too
                 vectors = vectors.scatter_reduce(1, keys, pair, "amax")
-            return F.normalize(join_windows(vectors, owner, "amax"), dim=-1)
+            vectors = join_windows(vectors, owner, "amax")
+            if self.expand is not None:
+                expansion = self._expansion(x, mask, owner, embedding)
+                vectors = vectors + F.pad(expansion, (0, vectors.size(1) - expansion.size(1)))  # pairs: none
+            return F.normalize(vectors, dim=-1), expansion
         if self.score is not None:
             logits = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
             attn = logits.softmax(-1)  # (B, T)
@@ -155,7 +195,18 @@ class EmbeddingHead(nn.Module):
                 attn = attn * torch.arange(1, mask.size(1) + 1, device=mask.device)
             attn = attn / attn.sum(-1, keepdim=True).clamp(min=1e-9)
         pooled = torch.einsum("bt,btd->bd", attn, self.token(x))
-        return F.normalize(join_windows(pooled, owner, "mean"), dim=-1)
+        return F.normalize(join_windows(pooled, owner, "mean"), dim=-1), None
+
+    def _expansion(self, x: Tensor, mask: Tensor, owner: Tensor | None, embedding: Tensor | None) -> Tensor:
+        """Each text's expansion weights (texts, vocab_size): its windows' mean mixed state, through the
+        MLP, scored by cosine against every token's embedding (the frozen LM head), ``log1p(relu(.))``."""
+        if embedding is None:
+            raise InputError("an expansion head needs the backbone's token embedding (its LM head)")
+        real = mask.unsqueeze(-1).to(x.dtype)
+        mean = join_windows((x * real).sum(1), owner, "sum") / join_windows(real.sum(1), owner, "sum")
+        query = F.normalize(self.expand(mean), dim=-1)
+        logits = EXPANSION_SCALE * query @ F.normalize(embedding.to(query.dtype), dim=-1).T + self.expand_bias
+        return torch.log1p(F.relu(logits))
 
 
 def save_adapter(

@@ -36,11 +36,11 @@ def pool(hidden: Tensor, mask: Tensor, how: Pooling = "mean") -> Tensor:
     raise InputError(f"unknown pooling {how!r}; expected mean, weighted_mean, max, last or concat")
 
 
-def join_windows(rows: Tensor, owner: Tensor | None, how: Literal["mean", "amax"] = "mean") -> Tensor:
+def join_windows(rows: Tensor, owner: Tensor | None, how: Literal["mean", "amax", "sum"] = "mean") -> Tensor:
     """One vector per text from the vectors of its windows (see
     :func:`~imdb_transformer.text.batching.collate_windows`): row i of ``rows`` (R, ...) belongs to text
-    ``owner[i]``; ``mean`` averages a text's windows, ``amax`` keeps each entry's largest value. Without
-    ``owner`` each row is a whole text already and ``rows`` is returned as it is."""
+    ``owner[i]``; ``mean`` averages a text's windows, ``amax`` keeps each entry's largest value, ``sum``
+    adds them. Without ``owner`` each row is a whole text already and ``rows`` is returned as it is."""
     if owner is None:
         return rows
     index = owner.view(-1, *[1] * (rows.dim() - 1)).expand_as(rows)

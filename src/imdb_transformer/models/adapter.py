@@ -38,6 +38,12 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     return loss, accuracy
 
 
+def flops_penalty(weights: Tensor) -> Tensor:
+    """SPLADE's FLOPS regulariser of a batch of non-negative weights (B, V): the sum over entries of
+    their squared mean weight, a smooth stand-in for the number of multiplications a query costs."""
+    return weights.mean(0).square().sum()
+
+
 class EmbeddingAdapter(L.LightningModule):
     """Trains an :class:`EmbeddingHead` over a frozen pretrained backbone with contrastive crops.
 
@@ -62,6 +68,11 @@ class EmbeddingAdapter(L.LightningModule):
         term_learning_rate: Peak learning rate of those weights: one per token, each seen only in the
             batches holding its token, so they move faster than the MLP's.
         pairs: ``sparse`` only: also weigh pairs of adjacent pieces (see :class:`HeadConfig`).
+        expansion: ``sparse`` only: also weigh entries the review lacks, through the frozen LM head
+            (SPLADE's expansion, see :class:`HeadConfig`).
+        expansion_penalty: Weight of SPLADE's FLOPS penalty on the expansion weights (the sum over
+            the vocabulary of each entry's squared mean weight in the batch): higher keeps fewer
+            expansion terms per review, so the index stays sparse and queries fast.
     """
 
     def __init__(
@@ -79,6 +90,8 @@ class EmbeddingAdapter(L.LightningModule):
         term_bias: bool = False,
         term_learning_rate: float = 3e-2,
         pairs: bool = False,
+        expansion: bool = False,
+        expansion_penalty: float = 1e-3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,7 +103,15 @@ class EmbeddingAdapter(L.LightningModule):
             raise InputError(f"layers={layers}: the backbone has 1 to {c.n_layer} blocks to read")
         states = (layers if layers is not None else c.n_layer) + 1
         config = HeadConfig(
-            states, c.n_embd, dim, pooling, dropout, c.vocab_size, term_bias=term_bias, pairs=pairs
+            states,
+            c.n_embd,
+            dim,
+            pooling,
+            dropout,
+            c.vocab_size,
+            term_bias=term_bias,
+            pairs=pairs,
+            expansion=expansion,
         )
         self.head = EmbeddingHead(config)
         self.train()
@@ -111,13 +132,25 @@ class EmbeddingAdapter(L.LightningModule):
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Unit vectors (B, out_dim) of padded token ids."""
-        return self.head(self.layer_states(ids, mask), mask, ids)
+        return self.encode(ids, mask)[0]
+
+    def encode(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Unit vectors (B, out_dim) of padded token ids and, with ``expansion``, their expansion
+        weights (see :meth:`EmbeddingHead.encode`)."""
+        return self.head.encode(self.layer_states(ids, mask), mask, ids, embedding=self.backbone.wte.weight)
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        a = self(batch["a_ids"], batch["a_mask"])
-        b = self(batch["b_ids"], batch["b_mask"])
+        a, a_expansion = self.encode(batch["a_ids"], batch["a_mask"])
+        b, b_expansion = self.encode(batch["b_ids"], batch["b_mask"])
         loss, accuracy = info_nce(a, b, self.hparams.temperature)
         size = len(a)
+        if a_expansion is not None:
+            flops = (flops_penalty(a_expansion) + flops_penalty(b_expansion)) / 2
+            loss = loss + self.hparams.expansion_penalty * flops
+            terms = torch.cat([a_expansion, b_expansion]).gt(0).sum(1).float().mean()
+            self.log(
+                f"{stage}/expansion_terms", terms, on_step=stage == "train", on_epoch=True, batch_size=size
+            )
         self.log(
             f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=size
         )
