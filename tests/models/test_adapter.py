@@ -102,6 +102,8 @@ def test_topic_batches_deal_whole_runs_of_one_topic_to_each_process_by_epoch() -
     assert list(one) != first
     shares = [list(TopicBatches(topic, 8, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
     assert len(shares[0]) == len(shares[1]) == 24 and not set(shares[0]) & set(shares[1])
+    halves = TopicBatches(topic, 8, seed=1, num_replicas=2, rank=0)
+    assert (halves.num_samples, halves.total_size) == (24, 48)  # DistributedSampler's counts agree
     assert sorted(shares[0] + shares[1]) == sorted(first)  # the same runs, dealt whole
     assert {tuple(shares[0][i : i + 8]) for i in (0, 8, 16)} <= {tuple(r) for r in runs}
 

@@ -114,9 +114,11 @@ class TopicBatches(DistributedSampler):
         super().__init__(topic, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.topic, self.batch_size = topic, batch_size
         self.runs = len(topic) // batch_size // num_replicas  # whole runs per process
+        self.num_samples = self.runs * batch_size  # DistributedSampler's counts, kept true to what is dealt
+        self.total_size = self.num_samples * num_replicas
 
     def __len__(self) -> int:
-        return self.runs * self.batch_size
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng((self.seed, self.epoch))
