@@ -41,26 +41,26 @@ def orthogonalize(
     update: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
 ) -> Tensor:
     """Muon's approximate orthogonalisation of a matrix ``update``: ``steps`` quintic Newton-Schulz
-    iterations with ``coefficients`` (a, b, c), computed in ``dtype``, from the update scaled to a
-    spectral norm of at most 1 (its Frobenius norm)."""
+    iterations with ``coefficients`` (a, b, c), computed in ``dtype``, after dividing the update by its
+    Frobenius norm so that its spectral norm is at most 1."""
     a, b, c = coefficients
     x = update.to(dtype)
-    wide = x.size(0) > x.size(1)
-    if wide:
+    tall = x.size(0) > x.size(1)
+    if tall:
         x = x.T  # iterate on the smaller Gram matrix
     x = x / x.norm().clamp(min=eps)
     for _ in range(steps):
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if wide else x
+    return x.T if tall else x
 
 
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon``, with its Newton-Schulz iterations in the precision the hardware computes
     fast: bf16 where it multiplies bf16 natively (as ``torch.optim.Muon`` always does), fp32 elsewhere,
-    where emulated bf16 made them most of a step (a CPU with neither AMX nor AVX512-BF16 orthogonalises a
-    1,024 x 256 matrix about 30 times faster in fp32). Same groups, state and checkpoints as
-    ``torch.optim.Muon``; ``ns_dtype`` forces a precision.
+    where emulated bf16 made them most of a training step (on a CPU with neither AMX nor AVX512-BF16 a step
+    over ``pretrain.yaml``'s matrices took 53 times as long: ``benchmarks/muon_step.py``). Same groups,
+    state and checkpoints as ``torch.optim.Muon``; ``ns_dtype`` forces a precision.
     """
 
     def __init__(self, params: Any, ns_dtype: torch.dtype | None = None, **muon: Any) -> None:
