@@ -19,7 +19,7 @@ from common import Record, add_out_argument
 
 from imdb_transformer.core.decoder import CausalDecoder, DecoderConfig
 from imdb_transformer.hardware import describe_cpu, fast_bf16
-from imdb_transformer.models.optim import Muon
+from imdb_transformer.models.optim import Muon, newton_schulz_dtype
 
 
 def matrices(n_layer: int, n_embd: int) -> list[torch.nn.Parameter]:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--n_embd", type=int, default=256)
     add_out_argument(parser)
     args = parser.parse_args()
-    chosen = Muon([torch.nn.Parameter(torch.zeros(2, 2))])._ns_dtype(torch.device("cpu"))
+    chosen = newton_schulz_dtype(torch.device("cpu"))
     optimisers = {
         "torch.optim.Muon (bf16)": torch.optim.Muon(
             matrices(args.n_layer, args.n_embd), adjust_lr_fn="match_rms_adamw"

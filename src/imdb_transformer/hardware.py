@@ -50,9 +50,9 @@ def default_precision(accelerator: object = "auto") -> str:
     where bf16 is emulated and trains more slowly than fp32."""
     name = str(accelerator).lower()
     if name in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+        return "bf16-mixed" if fast_bf16(torch.device("cuda")) else "32-true"
     if name in ("auto", "cpu"):
-        return "bf16-mixed" if native_bf16_cpu() else "32-true"
+        return "bf16-mixed" if fast_bf16(torch.device("cpu")) else "32-true"
     return "32-true"  # other accelerators (mps, tpu...): Lightning's own default
 
 

@@ -203,7 +203,8 @@ class EmbeddingHead(nn.Module):
         if embedding is None:
             raise InputError("an expansion head needs the backbone's token embedding (its LM head)")
         real = mask.unsqueeze(-1).to(x.dtype)
-        mean = join_windows((x * real).sum(1), owner, "sum") / join_windows(real.sum(1), owner, "sum")
+        totals = join_windows(torch.cat([(x * real).sum(1), real.sum(1)], -1), owner, "sum")  # states, count
+        mean = totals[:, :-1] / totals[:, -1:]
         query = F.normalize(self.expand(mean), dim=-1)
         logits = EXPANSION_SCALE * query @ F.normalize(embedding.to(query.dtype), dim=-1).T + self.expand_bias
         return torch.log1p(F.relu(logits))

@@ -55,6 +55,19 @@ def orthogonalize(
     return x.T if tall else x
 
 
+def run_closure(closure: Any) -> Any:
+    """An optimiser step's closure (Lightning's forward and backward), run with gradients on; its loss."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """The precision Muon orthogonalises in on ``device``: bf16 where it is native, fp32 elsewhere."""
+    return torch.bfloat16 if fast_bf16(device) else torch.float32
+
+
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon``, with its Newton-Schulz iterations in the precision the hardware computes
     fast: bf16 where it multiplies bf16 natively (as ``torch.optim.Muon`` always does), fp32 elsewhere,
@@ -66,18 +79,18 @@ class Muon(torch.optim.Muon):
     def __init__(self, params: Any, ns_dtype: torch.dtype | None = None, **muon: Any) -> None:
         super().__init__(params, **muon)
         self.ns_dtype = ns_dtype
+        self._dtypes: dict[torch.device, torch.dtype] = {}  # asked of the hardware once per device
 
     def _ns_dtype(self, device: torch.device) -> torch.dtype:
         if self.ns_dtype is not None:
             return self.ns_dtype
-        return torch.bfloat16 if fast_bf16(device) else torch.float32
+        if device not in self._dtypes:
+            self._dtypes[device] = newton_schulz_dtype(device)
+        return self._dtypes[device]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
             for param in group["params"]:
@@ -136,10 +149,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         self.muon.step()
         self.adamw.step()
         return loss
