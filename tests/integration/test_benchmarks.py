@@ -116,6 +116,7 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
         "fusion.py", "--backbone", str(pretrained_run / "backbone"),
         "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir),
         "--val_fraction", "0.2", "--depth", "20", "--test", "--out", str(record),
+        "--runs", str(tmp_path / "runs"),
     )  # fmt: skip
     tables = json.loads(record.read_text())["tables"]
     assert list(tables) == ["held-out training reviews", "test reviews (80)"] and "| BM25 | " in out
@@ -129,6 +130,26 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     assert chosen["adapter 1 + BM25, wsum"].startswith("weights ") and chosen[
         "adapter 1 + BM25, rrf"
     ].startswith("k ")
+
+    # a second call reads every ranker's stored run and compares more fusions: z-scores, all three rankers
+    again = tmp_path / "again.json"
+    out = run_script(
+        "fusion.py", "--backbone", str(pretrained_run / "backbone"),
+        "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir),
+        "--val_fraction", "0.2", "--depth", "20", "--out", str(again), "--runs", str(tmp_path / "runs"),
+        "--norms", "min-max", "zmuv", "--three",
+    )  # fmt: skip
+    assert all(f"{name}: read from" in out for name in ("BM25", "TF-IDF", "adapter 1"))
+    rows = {
+        row[0]: row for row in json.loads(again.read_text())["tables"]["held-out training reviews"]["rows"]
+    }
+    first = tables["held-out training reviews"]["rows"]
+    assert all(rows[row[0]][1:3] == row[1:3] for row in first)  # the same runs, the same figures
+    assert {"adapter 1 + BM25, wsum (zmuv)", "adapter 1 + BM25 + TF-IDF, wsum"} <= set(rows)
+    assert (
+        len(json.loads(again.read_text())["notes"]["chosen"]["adapter 1 + BM25 + TF-IDF, wsum"].split("/"))
+        == 3
+    )
 
 
 def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(
