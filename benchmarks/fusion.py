@@ -8,10 +8,11 @@ the one relevant document among all the second halves. Rankers, each keeping its
 BM25 (bm25s, the index's lexical side), TF-IDF cosine (scikit-learn, sublinear tf) and each adapter (learned
 sparse vectors, dot product). Each adapter is fused with each lexical ranker two ways with ranx: the convex
 combination of min-max normalised scores (``wsum``, what the index's hybrid mode does) and reciprocal rank
-fusion (``rrf``), the weight and RRF's k each chosen by ``ranx.optimize_fusion`` on MRR@10. ``--norms`` adds
-score normalisations to compare (``zmuv``: each query's scores to zero mean and unit variance), ``--three``
-the fusion of each adapter with both lexical rankers at once, and ``--runs DIR`` keeps every ranker's run on
-disk so that a second call with other fusions reads them instead of embedding again.
+fusion (``rrf``), the weight and RRF's k each chosen by ``ranx.optimize_fusion`` on MRR@10. ``--norms``
+names the score normalisations the convex combination is tried with (``zmuv``: each query's scores to zero
+mean and unit variance), ``--three`` adds the fusion of each adapter with both lexical rankers at once, and
+``--runs DIR`` keeps every ranker's run on disk so that a second call with other fusions reads them instead of
+embedding again.
 
 Choices are made on the reviews the adapters held out of training (train + unsupervised, their validation
 split); ``--test`` then scores every run once on the 25,000 test reviews with the choices unchanged. Each
@@ -22,10 +23,9 @@ table gives MRR@10, recall@10, the ratio to BM25's MRR@10 and ranx's paired two-
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
+import importlib.metadata
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 from common import Record, add_out_argument, halves, held_out_texts, tfidf_matrices
 from ranx import Qrels, Run, compare, evaluate, fuse, optimize_fusion
 
+from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint, read_artifact
 from imdb_transformer.core.backbone import load_backbone
 from imdb_transformer.core.head import load_adapter
 from imdb_transformer.embedder import DocumentEmbedder
@@ -41,6 +42,8 @@ from imdb_transformer.search import BM25Index
 from imdb_transformer.text.imdb import load_reviews
 
 METRICS = ["mrr@10", "recall@10"]
+RUNS_FORMAT = 1  # part of a stored run's key: raise it when a ranker or run_of changes what it ranks
+Chosen = dict[str, tuple[list[str], str, str, dict]]  # fusion name: (runs fused, method, norm, params)
 
 
 def qrels_of(n: int) -> Qrels:
@@ -48,44 +51,60 @@ def qrels_of(n: int) -> Qrels:
     return Qrels({f"q{i}": {f"d{i}": 1} for i in range(n)})
 
 
-def run_of(name: str, scores_of, n: int, depth: int) -> Run:
+def run_of(name: str, scores_of: Callable[[range], np.ndarray], n: int, depth: int) -> Run:
     """A ranx run: each query's ``depth`` best documents by ``scores_of(rows)`` (a dense array of the
-    queries ``rows`` against every document), zero scores left out."""
+    queries ``rows`` against every document), zero scores left out. Equal scores are parted by rank (a
+    step of 1e-9), because ranx re-sorts a run by score alone, with an unstable sort: without it a run
+    read from disk could order its ties, and so score, differently from the run that was saved."""
     found: dict[str, dict[str, float]] = {}
     for start in range(0, n, 512):
         rows = range(start, min(n, start + 512))
         scores = torch.from_numpy(np.ascontiguousarray(scores_of(rows), dtype=np.float32))
         values, docs = scores.topk(min(depth, scores.size(1)), dim=1)
         for i, vals, ids in zip(rows, values.tolist(), docs.tolist(), strict=True):
-            found[f"q{i}"] = {f"d{d}": v for v, d in zip(vals, ids, strict=True) if v > 0} or {"d-1": 0.0}
+            kept = {f"d{d}": v - r * 1e-9 for r, (v, d) in enumerate(zip(vals, ids, strict=True)) if v > 0}
+            found[f"q{i}"] = kept or {"d-1": 0.0}
     return Run(found, name=name)
 
 
 class RunStore:
-    """Each ranker's run kept in ``folder`` (``--runs``) under a hash of what made it, so that a run is
-    computed once for any number of fusion comparisons; with no folder every run is computed."""
+    """Each ranker's run kept in ``folder`` (``--runs``) under a key of what made it: the exact queries
+    and documents, the depth, the ranker (an adapter by its embedder's fingerprint: weights, tokenizer,
+    reading), the library versions and :data:`RUNS_FORMAT`. A run is computed once for any number of
+    fusion comparisons; with no folder every run is computed."""
 
-    def __init__(self, folder: str | None, pool: dict) -> None:
+    def __init__(self, folder: str | None, queries: list[str], docs: list[str], depth: int) -> None:
         self.folder = Path(folder) if folder else None
-        self.pool = pool  # what makes the queries and documents: source, split, sizes, depth
+        self.n = len(queries)
+        self.pool = (corpus_fingerprint(queries), corpus_fingerprint(docs), depth)
 
-    def get(self, name: str, made_by: dict, make) -> Run:
+    def get(self, name: str, made_by: str, make: Callable[[], Run]) -> Run:
         if self.folder is None:
             return make()
-        key = json.dumps({**self.pool, "name": name, **made_by}, sort_keys=True)
-        path = self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
-        if path.exists():
+        path = self.folder / f"{cache_key(RUNS_FORMAT, self.pool, name, made_by)}.json"
+        if not path.exists():
+            with atomic_path(path) as partial:  # a run is on disk whole or not at all
+                make().save(str(partial), kind="json")
+        else:
             print(f"{name}: read from {path}")
-            return Run.from_file(str(path), kind="json", name=name)
-        run = make()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.json")
-        run.save(str(partial), kind="json")
-        os.replace(partial, path)  # a run is on disk whole or not at all
+        # read back in both cases, so that a stored run and a fresh one are the same object
+        run = read_artifact(
+            path, lambda p: Run.from_file(str(p), kind="json", name=name), RuntimeError,
+            "delete it to compute the run again",
+        )  # fmt: skip
+        if set(run.keys()) != {f"q{i}" for i in range(self.n)}:
+            raise RuntimeError(f"{path} ranks other queries than this pool's; delete it to compute it again")
         return run
 
 
+def versions(*packages: str) -> str:
+    """The installed versions of ``packages``: part of a lexical run's key."""
+    return " ".join(f"{p}=={importlib.metadata.version(p)}" for p in packages)
+
+
 def lexical_runs(queries: list[str], docs: list[str], depth: int, store: RunStore) -> dict[str, Run]:
+    """BM25's and TF-IDF cosine's runs over one pool."""
+
     def bm25() -> Run:
         index = BM25Index.build(docs)
         return run_of(
@@ -96,7 +115,10 @@ def lexical_runs(queries: list[str], docs: list[str], depth: int, store: RunStor
         q, d = tfidf_matrices(queries, docs)
         return run_of("TF-IDF", lambda rows: (q[rows.start : rows.stop] @ d.T).toarray(), len(queries), depth)
 
-    return {"BM25": store.get("BM25", {}, bm25), "TF-IDF": store.get("TF-IDF", {}, tfidf)}
+    return {
+        "BM25": store.get("BM25", versions("bm25s"), bm25),
+        "TF-IDF": store.get("TF-IDF", versions("scikit-learn"), tfidf),
+    }
 
 
 def adapter_run(
@@ -110,14 +132,18 @@ def adapter_run(
 
 
 def ranker_runs(
-    embedders: dict[str, DocumentEmbedder], made_by: dict[str, dict], queries: list[str], docs: list[str],
-    depth: int, store: RunStore,
-) -> dict[str, Run]:  # fmt: skip
+    embedders: dict[str, DocumentEmbedder],
+    queries: list[str],
+    docs: list[str],
+    depth: int,
+    runs_dir: str | None,
+) -> dict[str, Run]:
     """BM25, TF-IDF and each adapter's run over one pool of queries and documents."""
+    store = RunStore(runs_dir, queries, docs, depth)
     runs = lexical_runs(queries, docs, depth, store)
     for name, embedder in embedders.items():
         runs[name] = store.get(
-            name, made_by[name], lambda e=embedder, n=name: adapter_run(n, e, queries, docs, depth)
+            name, embedder.fingerprint, lambda e=embedder, n=name: adapter_run(n, e, queries, docs, depth)
         )
     return runs
 
@@ -127,9 +153,7 @@ def task(texts: list[str]) -> tuple[list[str], list[str]]:
     return list(queries), list(docs)
 
 
-def choose(
-    qrels: Qrels, runs: dict[str, Run], adapters: list[str], norms: list[str], three: bool
-) -> dict[str, tuple[list[str], str, str, dict]]:
+def choose(qrels: Qrels, runs: dict[str, Run], adapters: list[str], norms: list[str], three: bool) -> Chosen:
     """Each fusion of an adapter with a lexical ranker (and with both, if ``three``), by the convex
     combination under each normalisation and by RRF: (the runs fused, method, norm, chosen params)."""
     combos = [(adapter, lexical) for adapter in adapters for lexical in ("BM25", "TF-IDF")]
@@ -146,7 +170,7 @@ def choose(
     return chosen
 
 
-def fused(runs: dict[str, Run], chosen: dict) -> dict[str, Run]:
+def fused(runs: dict[str, Run], chosen: Chosen) -> dict[str, Run]:
     out = {}
     for name, (members, method, norm, params) in chosen.items():
         out[name] = fuse([runs[m] for m in members], norm=norm, method=method, params=params)
@@ -154,12 +178,13 @@ def fused(runs: dict[str, Run], chosen: dict) -> dict[str, Run]:
     return out
 
 
-def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chosen: dict) -> None:
-    """One table: every run's metrics, its ratio to BM25 and the paired test against BM25."""
+def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chosen: Chosen) -> None:
+    """One table: every run's metrics, its ratio to BM25 and the paired test against BM25 (one thread,
+    so that the permutations, and so the p-values, repeat from call to call)."""
     names = list(runs)
     ordered = [runs["BM25"], *(runs[n] for n in names if n != "BM25")]
-    compared = compare(qrels, ordered, METRICS, stat_test="fisher", max_p=0.01, make_comparable=True)
-    scores = {name: evaluate(qrels, runs[name], METRICS, make_comparable=True) for name in names}
+    compared = compare(qrels, ordered, METRICS, stat_test="fisher", max_p=0.01, threads=1)
+    scores = {name: evaluate(qrels, runs[name], METRICS) for name in names}
     base = scores["BM25"]["mrr@10"]
     table = record.table(title, ["run", "MRR@10", "recall@10", "vs BM25", "p vs BM25 (MRR@10)", "chosen"])
     for name in ["BM25", *(n for n in names if n != "BM25")]:
@@ -170,13 +195,6 @@ def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chose
         params = describe(chosen[name][3]) if name in chosen else "-"
         mrr, recall = scores[name]["mrr@10"], scores[name]["recall@10"]
         table.add(name, f"{mrr:.3f}", f"{recall:.3f}", f"{mrr / base:.2f}x", p, params)
-
-
-def files_of(folder: str) -> list:
-    """What identifies a saved model folder for a stored run: each file's name, size and time."""
-    return sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(folder).iterdir() if f.is_file()
-    )
 
 
 def describe(params: dict) -> str:
@@ -204,12 +222,17 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--norms", nargs="+", choices=["min-max", "zmuv", "max", "sum", "rank"], default=["min-max"],
-        help="score normalisations the convex combination is tried with (min-max is what search does)",
+        help="score normalisations the convex combination is tried with (default min-max, what search "
+        "does; name it too to compare it with others)",
     )  # fmt: skip
     parser.add_argument(
         "--three", action="store_true", help="also fuse each adapter with BM25 and TF-IDF together"
     )
-    parser.add_argument("--runs", default=None, help="keep each ranker's run in this folder and reuse it")
+    parser.add_argument(
+        "--runs", default=None,
+        help="keep each ranker's run in this folder, keyed by the queries, documents, depth and ranker "
+        "(an adapter by its weights and reading); a stored run with the same key is read, not computed",
+    )  # fmt: skip
     parser.add_argument("--test", action="store_true", help="also score every run once on the test reviews")
     parser.add_argument("--max_test", type=int, default=None, help="a sample of test reviews (default: all)")
     add_out_argument(parser)
@@ -217,27 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     record = Record("fusion")
     backbone = load_backbone(args.backbone)
     embedders = {}  # each adapter in each reading, named "adapter N" (+ ", windows")
-    made_by = {}  # what a stored run of each must match: the adapter's and backbone's files, the reading
     for i, path in enumerate(args.adapters):
         head = load_adapter(path, backbone)
         print(f"adapter {i + 1}: {path}")
         for reading in args.readings:
             name = f"adapter {i + 1}" + (", windows" if reading == "windows" else "")
             embedders[name] = DocumentEmbedder(backbone, head=head, windows=reading == "windows")
-            made_by[name] = {
-                "adapter": files_of(path),
-                "backbone": files_of(args.backbone),
-                "reading": reading,
-            }
     record.notes["adapters"] = {f"adapter {i + 1}": path for i, path in enumerate(args.adapters)}
-    pool = {"source": str(Path(args.source).resolve()), "depth": args.depth}
 
     queries, docs = task(held_out_texts(args.source, args.val_fraction, args.seed))
     print(f"held-out training reviews: {len(queries):,} (choices are made here)")
     qrels = qrels_of(len(queries))
-    held_out = {"split": "held-out", "val_fraction": args.val_fraction, "seed": args.seed}
-    store = RunStore(args.runs, {**pool, **held_out})
-    runs = ranker_runs(embedders, made_by, queries, docs, args.depth, store)
+    runs = ranker_runs(embedders, queries, docs, args.depth, args.runs)
     chosen = choose(qrels, runs, list(embedders), args.norms, args.three)
     record.notes["chosen"] = {name: describe(params) for name, (*_, params) in chosen.items()}
     report(record, "held-out training reviews", qrels, {**runs, **fused(runs, chosen)}, chosen)
@@ -249,8 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         test = load_reviews(args.source, "test", args.max_test).texts
         queries, docs = task(test)
         qrels = qrels_of(len(queries))
-        store = RunStore(args.runs, {**pool, "split": "test", "max_test": args.max_test})
-        runs = ranker_runs(embedders, made_by, queries, docs, args.depth, store)
+        runs = ranker_runs(embedders, queries, docs, args.depth, args.runs)
         report(record, f"test reviews ({len(queries):,})", qrels, {**runs, **fused(runs, chosen)}, chosen)
         record.notes["test_seconds"] = round(time.perf_counter() - started)
         record.save(args.out)

@@ -131,15 +131,20 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
         "adapter 1 + BM25, rrf"
     ].startswith("k ")
 
-    # a second call reads every ranker's stored run and compares more fusions: z-scores, all three rankers
+    stored = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(stored) == 6 and all(name.endswith(".json") for name in stored)  # 3 rankers x 2 pools, whole
+
+    # a second call reads every ranker's stored run and compares more fusions: z-scores, all three rankers;
+    # the adapter read another way (windows) is another ranker, computed and stored beside the others
     again = tmp_path / "again.json"
     out = run_script(
         "fusion.py", "--backbone", str(pretrained_run / "backbone"),
         "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir),
         "--val_fraction", "0.2", "--depth", "20", "--out", str(again), "--runs", str(tmp_path / "runs"),
-        "--norms", "min-max", "zmuv", "--three",
+        "--norms", "min-max", "zmuv", "--three", "--readings", "head_tail", "windows",
     )  # fmt: skip
     assert all(f"{name}: read from" in out for name in ("BM25", "TF-IDF", "adapter 1"))
+    assert "adapter 1, windows: read from" not in out and len(list((tmp_path / "runs").iterdir())) == 7
     rows = {
         row[0]: row for row in json.loads(again.read_text())["tables"]["held-out training reviews"]["rows"]
     }
