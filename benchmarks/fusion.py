@@ -158,9 +158,9 @@ def choose(qrels: Qrels, runs: dict[str, Run], adapters: list[str], norms: list[
     combination under each normalisation and by RRF: (the runs fused, method, norm, chosen params)."""
     combos = [(adapter, lexical) for adapter in adapters for lexical in ("BM25", "TF-IDF")]
     combos += [(adapter, "BM25", "TF-IDF") for adapter in adapters if three]
+    methods = [("wsum", norm) for norm in norms] + [("rrf", "min-max")]
     chosen = {}
     for members in combos:
-        methods = [("wsum", norm) for norm in norms] + [("rrf", "min-max")]
         for method, norm in methods:
             params = optimize_fusion(
                 qrels, [runs[m] for m in members], norm=norm, method=method, metric="mrr@10"
