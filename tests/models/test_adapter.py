@@ -18,8 +18,12 @@ from imdb_transformer.core.head import AdapterError, EmbeddingHead, HeadConfig, 
 from imdb_transformer.data.crops import (
     ContrastiveDataModule,
     TopicBatches,
+    bm25_idf,
+    bm25_scores,
     collate_crops,
     disjoint_crops,
+    lexical_prior,
+    piece_counts,
     random_crop,
     topics,
 )
@@ -37,6 +41,78 @@ def test_info_nce_is_low_when_pairs_match_and_chance_when_they_do_not() -> None:
     assert accuracy == 1.0 and loss < 0.1
     loss, _ = info_nce(a, torch.roll(a, 1, 0), temperature=1e6)  # every pair looks alike: uniform
     assert loss.item() == pytest.approx(math.log(8), rel=1e-3)
+
+
+def test_bm25_over_pieces_scores_as_bm25s_does() -> None:
+    import bm25s
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 30, rng.integers(1, 40)).tolist() for _ in range(12)]
+    queries = [rng.integers(0, 30, rng.integers(1, 8)).tolist() for _ in range(6)]
+    queries[0] = [docs[0][0]] * 3  # a piece said three times counts three times
+    retriever = bm25s.BM25()  # Lucene's BM25 (k1 1.5, b 0.75), by the library `search` uses
+    retriever.index([[f"w{t}" for t in doc] for doc in docs], show_progress=False)
+    counts = piece_counts(np.concatenate(docs), np.array([len(d) for d in docs]), 30)
+    idf = bm25_idf(np.bincount(counts.indices, minlength=30), len(docs))
+    known = [[f"w{t}" for t in q if f"w{t}" in retriever.vocab_dict] for q in queries]
+    expected = np.stack([retriever.get_scores(q) for q in known])
+    assert expected.max() > 1 and np.allclose(bm25_scores(queries, docs, idf), expected, atol=1e-5)
+
+
+def test_the_lexical_prior_ranks_each_crop_against_the_others_scaled_per_row() -> None:
+    idf = np.ones(10, np.float32)
+    a = [[1, 2], [3, 4], [5, 6]]
+    b = [[2, 7], [3, 3, 8], [9]]  # b[2] shares nothing with any a
+    prior = lexical_prior(a, b, idf, weight=4.0)
+    assert prior.shape == (2, 3, 3)
+    assert torch.equal(prior[0].argmax(1)[:2], torch.tensor([0, 1]))  # a[i] finds b[i] through BM25
+    assert prior[0, 2].abs().sum() == 0  # a[2] matches no b crop: a row of zeros, not a division by 0
+    assert prior[0].amax(1)[:2].tolist() == [4.0, 4.0] and prior.min() == 0
+    assert torch.equal(prior[1].argmax(1)[:2], torch.tensor([0, 1]))  # and b[i] finds a[i]
+
+
+def test_a_prior_that_already_ranks_the_pairs_leaves_the_vectors_less_to_learn() -> None:
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    b = torch.nn.functional.normalize(a + 0.5 * torch.randn(8, 16), dim=-1)
+    plain, accuracy = info_nce(a, b, temperature=0.1)
+    helped, same = info_nce(a, b, temperature=0.1, prior=torch.eye(8).expand(2, 8, 8) * 5)
+    misled, _ = info_nce(a, b, temperature=0.1, prior=torch.roll(torch.eye(8), 1, 1).expand(2, 8, 8) * 5)
+    assert helped < plain < misled and same == accuracy  # the share counts the vectors' own ranking
+
+
+def test_batches_carry_the_lexical_prior_from_the_training_reviews_idf(
+    imdb_dir: Path, cache_dir: Path, pretrained_run: Path
+) -> None:
+    dm = ContrastiveDataModule(
+        str(imdb_dir), str(cache_dir), backbone=str(pretrained_run / "backbone"), lexical_prior=3.0,
+        batch_size=8, val_fraction=0.25,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    idf = dm.idf()
+    assert idf.shape == (dm.tokenizer.vocab_size,) and idf.min() >= 0
+    train = dm.splits["train"]
+    df = np.zeros(len(idf), int)  # in how many training reviews (held-out ones aside) each piece is
+    for i in range(len(train)):
+        df[list(set(train[i]["ids"]))] += 1
+    assert len(train) == 240 and np.allclose(idf, bm25_idf(df, 240))
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):  # val/loss measured as training's
+        assert next(iter(loader))["prior"].amax((1, 2)).tolist() == [3.0, 3.0]
+    dm.lexical_prior = 0.0
+    assert "prior" not in next(iter(dm.train_dataloader()))
+    with pytest.raises(InputError, match="--data.lexical_prior must be 0 or more"):
+        ContrastiveDataModule("unused", lexical_prior=-1)
+
+
+def test_an_adapter_for_hybrid_search_trains_through_the_cli_with_the_lexical_prior(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    args = tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path)
+    run_cli("fit", *args, "--data.lexical_prior", "5")
+    metrics = read_metrics(tmp_path / "lightning_logs" / "version_0")
+    assert metrics["val/acc"][-1][1] > 0.5  # the head's own in-batch top-1 of held-out pairs; chance 1/32
+    assert metrics["val/acc_hybrid"][-1][1] > 0.5  # the head and BM25 together
+    assert (tmp_path / "lightning_logs/version_0/adapter/adapter.safetensors").is_file()
 
 
 def test_crops_are_spans_of_the_review_after_an_eos() -> None:

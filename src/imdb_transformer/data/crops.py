@@ -55,6 +55,60 @@ POSITIVES = ("crops", "disjoint")
 BATCHES = ("random", "topics")
 
 
+def piece_counts(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -> sp.csr_matrix:
+    """Each review's count of each piece (reviews, ``vocab_size``), given all reviews' token ids end to end
+    (``tokens``) and each review's length."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    counts = sp.csr_matrix(
+        (np.ones(len(tokens), np.float32), (rows, tokens)), shape=(len(lengths), vocab_size)
+    )
+    counts.sum_duplicates()
+    return counts
+
+
+def bm25_idf(document_frequency: np.ndarray, n: int) -> np.ndarray:
+    """BM25's inverse document frequency of each piece held by ``document_frequency`` of ``n`` reviews,
+    as Lucene and ``bm25s`` compute it: ``log(1 + (n - df + 0.5) / (df + 0.5))``, never negative."""
+    df = document_frequency.astype(np.float64)
+    return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
+def bm25_scores(
+    queries: list[list[int]], documents: list[list[int]], idf: np.ndarray, k1: float = 1.5, b: float = 0.75
+) -> np.ndarray:
+    """BM25 score (queries, documents) of each document for each query, over pieces: each of a query's
+    pieces adds ``idf * tf / (tf + k1 * (1 - b + b * length / mean length))`` (Lucene's form, as in
+    ``bm25s``; a piece said twice in the query counts twice), the mean length taken over ``documents``."""
+
+    def counts(texts: list[list[int]]) -> sp.csr_matrix:
+        lengths = np.array([len(t) for t in texts])
+        tokens = np.concatenate([np.zeros(0, np.int64), *(np.asarray(t, np.int64) for t in texts)])
+        return piece_counts(tokens, lengths, len(idf))
+
+    tf = counts(documents)
+    lengths = np.asarray(tf.sum(1)).ravel()
+    norm = k1 * (1 - b + b * lengths / max(lengths.mean(), 1e-9))
+    weights = tf.copy()
+    weights.data = weights.data / (weights.data + np.repeat(norm, np.diff(tf.indptr)))
+    weights = weights @ sp.diags(idf)
+    return (counts(queries) @ weights.T).toarray()
+
+
+def lexical_prior(a: list[list[int]], b: list[list[int]], idf: np.ndarray, weight: float) -> torch.Tensor:
+    """Logits (2, B, B) to add to InfoNCE's, from BM25 between two crops of each of B reviews: ``[0]``
+    ranks the ``b`` crops for each ``a`` crop, ``[1]`` the ``a`` crops for each ``b`` crop; each row
+    scaled to 0..1 (min-max, as hybrid search fuses scores) and times ``weight``. With them InfoNCE
+    trains the head on what BM25 misses: a pair BM25 already tells apart from the rest needs little
+    from the head, a pair BM25 confuses needs much (CLEAR, Gao et al., 2021)."""
+
+    def scaled(scores: np.ndarray) -> np.ndarray:
+        low, high = scores.min(1, keepdims=True), scores.max(1, keepdims=True)
+        return (scores - low) / np.maximum(high - low, 1e-9)
+
+    both = np.stack([scaled(bm25_scores(a, b, idf)), scaled(bm25_scores(b, a, idf))])
+    return torch.from_numpy(weight * both).float()
+
+
 def topics(
     tokens: np.ndarray, lengths: np.ndarray, vocab_size: int, count: int, seed: int, rounds: int = 10
 ) -> np.ndarray:
@@ -64,9 +118,7 @@ def topics(
     from the review its centre serves worst. Common tokens weigh little, so a topic gathers reviews that
     share their rarer words: a genre, a film, an actor."""
     n = len(lengths)
-    rows = np.repeat(np.arange(n), lengths)
-    bags = sp.csr_matrix((np.ones(len(tokens), np.float32), (rows, tokens)), shape=(n, vocab_size))
-    bags.sum_duplicates()
+    bags = piece_counts(tokens, lengths, vocab_size)
     bags.data = 1 + np.log(bags.data)
     df = np.bincount(bags.indices, minlength=vocab_size)
     bags = bags @ sp.diags(np.log((1 + n) / (1 + df)).astype(np.float32) + 1)
@@ -140,11 +192,14 @@ def collate_crops(
     fixed: bool,
     reverse: bool = False,
     positives: str = "crops",
+    idf: np.ndarray | None = None,
+    prior_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Two crops ``a`` and ``b`` of each review: independent (``positives="crops"``) or from either side of
     a cut (``"disjoint"``). With ``fixed`` each review's crops are drawn from a generator seeded by its
     index, so validation sees the same pairs every time. ``reverse``: reviews read last token first, for
-    a backward backbone."""
+    a backward backbone. With ``idf`` (each piece's BM25 IDF) the batch also holds ``prior``: the crops'
+    BM25 scores against each other times ``prior_weight`` (see :func:`lexical_prior`)."""
     shared = random.Random()
     a, b = [], []
     for item in items:
@@ -160,7 +215,10 @@ def collate_crops(
         a.append(first)
         b.append(second)
     (a_ids, a_mask), (b_ids, b_mask) = pad(a), pad(b)
-    return {"a_ids": a_ids, "a_mask": a_mask, "b_ids": b_ids, "b_mask": b_mask}
+    batch = {"a_ids": a_ids, "a_mask": a_mask, "b_ids": b_ids, "b_mask": b_mask}
+    if idf is not None:  # each crop's text without the EOS it starts with
+        batch["prior"] = lexical_prior([x[1:] for x in a], [x[1:] for x in b], idf, prior_weight)
+    return batch
 
 
 def held_out(n: int, val_fraction: float, seed: int) -> np.ndarray:
@@ -192,6 +250,12 @@ class ContrastiveDataModule(ReviewsDataModule):
         batches: ``random``: reviews drawn at random into batches; ``topics``: each batch drawn from one
             topic of the training reviews (see :class:`TopicBatches`), so its negatives are hard ones.
             The topics (one per ``batch_size`` reviews) are found by :func:`topics` at setup.
+        lexical_prior: Above 0, train the adapter for hybrid search: each batch's logits start from
+            BM25 between its crops (over pieces, IDF from the training reviews), each row scaled to
+            0..1 and times this weight (val/loss too), so the head learns what BM25 misses (see
+            :func:`lexical_prior`).
+            0 (the default) trains the head alone: hybrid search fuses each ranker's own proposals, and a
+            head trained beside BM25 proposes poorly on its own (docs/search.md measures 3 and 10).
         val_fraction: Share of whole reviews held out for validation.
         max_reviews: Use only this many reviews of each split: for smoke runs.
         batch_size: Reviews per batch: each brings two crops, and every other review is a negative.
@@ -213,6 +277,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         crop_max: int = 128,
         positives: str = "crops",
         batches: str = "random",
+        lexical_prior: float = 0.0,
         val_fraction: float = 0.02,
         max_reviews: int | None = None,
         batch_size: int = 256,
@@ -226,11 +291,15 @@ class ContrastiveDataModule(ReviewsDataModule):
             raise InputError(f"--data.positives must be one of {', '.join(POSITIVES)} (got {positives!r})")
         if batches not in BATCHES:
             raise InputError(f"--data.batches must be one of {', '.join(BATCHES)} (got {batches!r})")
+        if not lexical_prior >= 0:
+            raise InputError(f"--data.lexical_prior must be 0 or more (got {lexical_prior}); 0 turns it off")
         super().__init__(
             source, cache_dir, backbone, tokenizer, max_length, val_fraction, max_reviews, batch_size,
             num_workers, num_proc, seed,
         )  # fmt: skip
         self.crop_min, self.crop_max, self.positives, self.batches = crop_min, crop_max, positives, batches
+        self.lexical_prior = lexical_prior
+        self._idf: np.ndarray | None = None
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
         table = datasets.concatenate_datasets([tables[s] for s in self.source_splits])
@@ -254,9 +323,7 @@ class ContrastiveDataModule(ReviewsDataModule):
             )
         topic = None
         if rank == 0:  # one process finds the topics and tells the others, so all deal the same runs
-            column = train.table.data.column("ids").take(pa.array(train.order))
-            tokens = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            tokens, lengths = self._train_tokens()
             count = len(train) // self.batch_size
             topic = topics(tokens, lengths, self.tokenizer.vocab_size, count, self.seed)
         if world > 1:
@@ -264,12 +331,30 @@ class ContrastiveDataModule(ReviewsDataModule):
         rank_zero_info(f"Topic batches: {len(train):,} training reviews in {len(np.unique(topic)):,} topics")
         return self._loader("train", sampler=TopicBatches(topic, self.batch_size, self.seed, world, rank))
 
+    def _train_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training reviews' token ids end to end, and each review's length."""
+        train = self.splits["train"]
+        column = train.table.data.column("ids").take(pa.array(train.order))
+        return (
+            pc.list_flatten(column).to_numpy(zero_copy_only=False),
+            pc.list_value_length(column).to_numpy(zero_copy_only=False),
+        )
+
+    def idf(self) -> np.ndarray:
+        """Each piece's BM25 IDF over the training reviews (held-out reviews aside), found once."""
+        if self._idf is None:
+            tokens, lengths = self._train_tokens()
+            counts = piece_counts(tokens, lengths, self.tokenizer.vocab_size)
+            self._idf = bm25_idf(np.bincount(counts.indices, minlength=counts.shape[1]), len(lengths))
+        return self._idf
+
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         crop_max = min(self.crop_max, self.context - 1)  # room for the EOS before it
         crop_min = min(self.crop_min, crop_max)
         return partial(
             collate_crops, crop_min=crop_min, crop_max=crop_max, fixed=split != "train", reverse=self.reverse,
-            positives=self.positives,
+            positives=self.positives, idf=self.idf() if self.lexical_prior > 0 else None,
+            prior_weight=self.lexical_prior,
         )  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:

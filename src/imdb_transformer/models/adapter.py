@@ -28,12 +28,15 @@ from imdb_transformer.models.export import export_best, part
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def info_nce(a: Tensor, b: Tensor, temperature: float, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Symmetric InfoNCE over a batch of positive pairs (row i of ``a`` and of ``b``), every other row a
-    negative; returns the loss and the share of rows whose positive scores highest (in-batch top-1)."""
+    negative; returns the loss and the share of rows whose positive scores highest (in-batch top-1).
+    ``prior`` (2, B, B): fixed logits added to the ``a``-to-``b`` and the ``b``-to-``a`` rankings, so the
+    vectors learn what the prior's ranker misses; the share counts the vectors' own ranking."""
     logits = a @ b.T / temperature  # (B, B)
     target = torch.arange(len(a), device=a.device)
-    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    ab, ba = (logits, logits.T) if prior is None else (logits + prior[0], logits.T + prior[1])
+    loss = (F.cross_entropy(ab, target) + F.cross_entropy(ba, target)) / 2
     accuracy = (logits.argmax(-1) == target).float().mean()
     return loss, accuracy
 
@@ -142,8 +145,13 @@ class EmbeddingAdapter(L.LightningModule):
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         a, a_expansion = self.encode(batch["a_ids"], batch["a_mask"])
         b, b_expansion = self.encode(batch["b_ids"], batch["b_mask"])
-        loss, accuracy = info_nce(a, b, self.hparams.temperature)
+        prior = batch.get("prior")
+        loss, accuracy = info_nce(a, b, self.hparams.temperature, prior)
         size = len(a)
+        if prior is not None:  # in-batch top-1 of the vectors and BM25 together, as hybrid search ranks
+            fused = (a @ b.T / self.hparams.temperature + prior[0]).argmax(-1)
+            hybrid = (fused == torch.arange(size, device=a.device)).float().mean()
+            self.log(f"{stage}/acc_hybrid", hybrid, prog_bar=stage == "val", on_epoch=True, batch_size=size)
         if a_expansion is not None:
             flops = (flops_penalty(a_expansion) + flops_penalty(b_expansion)) / 2
             loss = loss + self.hparams.expansion_penalty * flops
