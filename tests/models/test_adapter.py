@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_adapter_args
 from helpers import fails, read_metrics, run_cli
 
@@ -33,6 +34,7 @@ from imdb_transformer.models.adapter import EmbeddingAdapter, info_nce
 from imdb_transformer.search import SemanticIndex
 from imdb_transformer.search import index as search_index
 from imdb_transformer.text.imdb import load_reviews
+from imdb_transformer.text.tokenizer import EOS_ID
 
 
 def test_info_nce_is_low_when_pairs_match_and_chance_when_they_do_not() -> None:
@@ -60,15 +62,17 @@ def test_bm25_over_pieces_scores_as_bm25s_does() -> None:
 
 
 def test_the_lexical_prior_ranks_each_crop_against_the_others_scaled_per_row() -> None:
-    idf = np.ones(10, np.float32)
+    idf = np.ones(12, np.float32)
     a = [[1, 2], [3, 4], [5, 6]]
-    b = [[2, 7], [3, 3, 8], [9]]  # b[2] shares nothing with any a
+    b = [[3, 3, 8], [2, 7], [9]]  # a[0] shares a piece with b[1] only, a[1] with b[0]; b[2] with none
     prior = lexical_prior(a, b, idf, weight=4.0)
     assert prior.shape == (2, 3, 3)
-    assert torch.equal(prior[0].argmax(1)[:2], torch.tensor([0, 1]))  # a[i] finds b[i] through BM25
-    assert prior[0, 2].abs().sum() == 0  # a[2] matches no b crop: a row of zeros, not a division by 0
+    assert prior[0].argmax(1)[:2].tolist() == [1, 0]  # row: an a crop, column: a b crop (as a @ b.T)
+    assert prior[1].argmax(1)[:2].tolist() == [1, 0]  # row: a b crop, column: an a crop (as its transpose)
+    assert prior[0, 2].abs().sum() == 0 and prior[1, 2].abs().sum() == 0  # no match: zeros, not 0 / 0
     assert prior[0].amax(1)[:2].tolist() == [4.0, 4.0] and prior.min() == 0
-    assert torch.equal(prior[1].argmax(1)[:2], torch.tensor([0, 1]))  # and b[i] finds a[i]
+    raw = bm25_scores(b, a, idf)  # the second ranking is BM25 with the b crops as queries
+    assert torch.allclose(prior[1, :2], torch.from_numpy(4 * raw[:2] / raw[:2].max(1, keepdims=True)))
 
 
 def test_a_prior_that_already_ranks_the_pairs_leaves_the_vectors_less_to_learn() -> None:
@@ -78,6 +82,20 @@ def test_a_prior_that_already_ranks_the_pairs_leaves_the_vectors_less_to_learn()
     helped, same = info_nce(a, b, temperature=0.1, prior=torch.eye(8).expand(2, 8, 8) * 5)
     misled, _ = info_nce(a, b, temperature=0.1, prior=torch.roll(torch.eye(8), 1, 1).expand(2, 8, 8) * 5)
     assert helped < plain < misled and same == accuracy  # the share counts the vectors' own ranking
+    prior = torch.randn(2, 8, 8)  # each half added to its own direction's logits
+    logits, target = a @ b.T / 0.1, torch.arange(8)
+    expected = (F.cross_entropy(logits + prior[0], target) + F.cross_entropy(logits.T + prior[1], target)) / 2
+    assert torch.allclose(info_nce(a, b, 0.1, prior)[0], expected)
+
+
+def test_the_prior_scores_each_crops_text_without_its_eos() -> None:
+    idf = np.zeros(64, np.float32)
+    idf[EOS_ID] = 100.0  # were the EOS scored, every pair would match through it
+    idf[10:] = 1.0
+    items = [{"idx": 0, "ids": [10, 11]}, {"idx": 1, "ids": [20, 21]}, {"idx": 2, "ids": [30]}]
+    batch = collate_crops(items, crop_min=2, crop_max=2, fixed=True, idf=idf, prior_weight=1.0)
+    # with the EOS scored, a shorter crop would outscore a longer one that shares nothing else
+    assert torch.equal(batch["prior"], torch.eye(3).expand(2, 3, 3))
 
 
 def test_batches_carry_the_lexical_prior_from_the_training_reviews_idf(

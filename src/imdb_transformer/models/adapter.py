@@ -148,7 +148,7 @@ class EmbeddingAdapter(L.LightningModule):
         prior = batch.get("prior")
         loss, accuracy = info_nce(a, b, self.hparams.temperature, prior)
         size = len(a)
-        if prior is not None:  # in-batch top-1 of the vectors and BM25 together, as hybrid search ranks
+        if prior is not None:  # in-batch top-1 of the training logits: the vectors' and BM25's together
             fused = (a @ b.T / self.hparams.temperature + prior[0]).argmax(-1)
             hybrid = (fused == torch.arange(size, device=a.device)).float().mean()
             self.log(f"{stage}/acc_hybrid", hybrid, prog_bar=stage == "val", on_epoch=True, batch_size=size)
