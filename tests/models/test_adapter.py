@@ -20,10 +20,10 @@ from imdb_transformer.data.crops import (
     ContrastiveDataModule,
     TopicBatches,
     bm25_idf,
+    bm25_logits,
     bm25_scores,
     collate_crops,
     disjoint_crops,
-    lexical_prior,
     piece_counts,
     random_crop,
     topics,
@@ -39,9 +39,9 @@ from imdb_transformer.text.tokenizer import EOS_ID
 
 def test_info_nce_is_low_when_pairs_match_and_chance_when_they_do_not() -> None:
     a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
-    loss, accuracy = info_nce(a, a, temperature=0.05)
+    loss, accuracy, _ = info_nce(a, a, temperature=0.05)
     assert accuracy == 1.0 and loss < 0.1
-    loss, _ = info_nce(a, torch.roll(a, 1, 0), temperature=1e6)  # every pair looks alike: uniform
+    loss, _, _ = info_nce(a, torch.roll(a, 1, 0), temperature=1e6)  # every pair looks alike: uniform
     assert loss.item() == pytest.approx(math.log(8), rel=1e-3)
 
 
@@ -65,7 +65,7 @@ def test_the_lexical_prior_ranks_each_crop_against_the_others_scaled_per_row() -
     idf = np.ones(12, np.float32)
     a = [[1, 2], [3, 4], [5, 6]]
     b = [[3, 3, 8], [2, 7], [9]]  # a[0] shares a piece with b[1] only, a[1] with b[0]; b[2] with none
-    prior = lexical_prior(a, b, idf, weight=4.0)
+    prior = bm25_logits(a, b, idf, weight=4.0)
     assert prior.shape == (2, 3, 3)
     assert prior[0].argmax(1)[:2].tolist() == [1, 0]  # row: an a crop, column: a b crop (as a @ b.T)
     assert prior[1].argmax(1)[:2].tolist() == [1, 0]  # row: a b crop, column: an a crop (as its transpose)
@@ -76,12 +76,14 @@ def test_the_lexical_prior_ranks_each_crop_against_the_others_scaled_per_row() -
 
 
 def test_a_prior_that_already_ranks_the_pairs_leaves_the_vectors_less_to_learn() -> None:
+    torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     b = torch.nn.functional.normalize(a + 0.5 * torch.randn(8, 16), dim=-1)
-    plain, accuracy = info_nce(a, b, temperature=0.1)
-    helped, same = info_nce(a, b, temperature=0.1, prior=torch.eye(8).expand(2, 8, 8) * 5)
-    misled, _ = info_nce(a, b, temperature=0.1, prior=torch.roll(torch.eye(8), 1, 1).expand(2, 8, 8) * 5)
-    assert helped < plain < misled and same == accuracy  # the share counts the vectors' own ranking
+    plain, accuracy, _ = info_nce(a, b, temperature=0.1)
+    helped, same, _ = info_nce(a, b, temperature=0.1, prior=torch.eye(8).expand(2, 8, 8) * 5)
+    misled, _, _ = info_nce(a, b, temperature=0.1, prior=torch.roll(torch.eye(8), 1, 1).expand(2, 8, 8) * 5)
+    assert helped < plain < misled and same == accuracy  # the first share counts the vectors' own ranking
+    assert info_nce(a, b, 0.1, prior=torch.eye(8).expand(2, 8, 8) * 100)[2] == 1  # the second, with the prior
     prior = torch.randn(2, 8, 8)  # each half added to its own direction's logits
     logits, target = a @ b.T / 0.1, torch.arange(8)
     expected = (F.cross_entropy(logits + prior[0], target) + F.cross_entropy(logits.T + prior[1], target)) / 2
@@ -277,7 +279,7 @@ def test_the_sparse_head_learns_its_token_weights() -> None:
     optimiser = torch.optim.AdamW(head.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
-        loss, _ = info_nce(head(states, keep, ids), head(crop[0], keep[:, :9], crop[1]), 0.05)
+        loss, _, _ = info_nce(head(states, keep, ids), head(crop[0], keep[:, :9], crop[1]), 0.05)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -416,7 +418,7 @@ def test_training_leaves_the_backbone_unchanged_and_crops_find_their_review(
         with torch.no_grad():
             a = model(batch["a_ids"], batch["a_mask"])
             b = model(batch["b_ids"], batch["b_mask"])
-        loss, accuracy = info_nce(a, b, 0.05)
+        loss, accuracy, _ = info_nce(a, b, 0.05)
         return loss.item(), accuracy.item()
 
     untrained = held_out()

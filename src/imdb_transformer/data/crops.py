@@ -86,7 +86,7 @@ def bm25_scores(
         return piece_counts(tokens, lengths, len(idf))
 
     tf = counts(documents)
-    lengths = np.asarray(tf.sum(1)).ravel()
+    lengths = np.array([len(d) for d in documents], np.float32)
     norm = k1 * (1 - b + b * lengths / max(lengths.mean(), 1e-9))
     weights = tf.copy()
     weights.data = weights.data / (weights.data + np.repeat(norm, np.diff(tf.indptr)))
@@ -94,7 +94,7 @@ def bm25_scores(
     return (counts(queries) @ weights.T).toarray()
 
 
-def lexical_prior(a: list[list[int]], b: list[list[int]], idf: np.ndarray, weight: float) -> torch.Tensor:
+def bm25_logits(a: list[list[int]], b: list[list[int]], idf: np.ndarray, weight: float) -> torch.Tensor:
     """Logits (2, B, B) to add to InfoNCE's, from BM25 between two crops of each of B reviews: ``[0]``
     ranks the ``b`` crops for each ``a`` crop, ``[1]`` the ``a`` crops for each ``b`` crop; each row
     scaled to 0..1 (min-max, as hybrid search fuses scores) and times ``weight``. With them InfoNCE
@@ -199,7 +199,7 @@ def collate_crops(
     a cut (``"disjoint"``). With ``fixed`` each review's crops are drawn from a generator seeded by its
     index, so validation sees the same pairs every time. ``reverse``: reviews read last token first, for
     a backward backbone. With ``idf`` (each piece's BM25 IDF) the batch also holds ``prior``: the crops'
-    BM25 scores against each other times ``prior_weight`` (see :func:`lexical_prior`)."""
+    BM25 scores against each other times ``prior_weight`` (see :func:`bm25_logits`)."""
     shared = random.Random()
     a, b = [], []
     for item in items:
@@ -217,7 +217,7 @@ def collate_crops(
     (a_ids, a_mask), (b_ids, b_mask) = pad(a), pad(b)
     batch = {"a_ids": a_ids, "a_mask": a_mask, "b_ids": b_ids, "b_mask": b_mask}
     if idf is not None:  # each crop's text without the EOS it starts with
-        batch["prior"] = lexical_prior([x[1:] for x in a], [x[1:] for x in b], idf, prior_weight)
+        batch["prior"] = bm25_logits([x[1:] for x in a], [x[1:] for x in b], idf, prior_weight)
     return batch
 
 
@@ -253,7 +253,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         lexical_prior: Above 0, train the adapter for hybrid search: each batch's logits start from
             BM25 between its crops (over pieces, IDF from the training reviews), each row scaled to
             0..1 and times this weight (val/loss too), so the head learns what BM25 misses (see
-            :func:`lexical_prior`).
+            :func:`bm25_logits`).
             0 (the default) trains the head alone: hybrid search fuses each ranker's own proposals, and a
             head trained beside BM25 proposes poorly on its own (docs/search.md measures 3 and 10).
         val_fraction: Share of whole reviews held out for validation.

@@ -28,17 +28,20 @@ from imdb_transformer.models.export import export_best, part
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def info_nce(
+    a: Tensor, b: Tensor, temperature: float, prior: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Symmetric InfoNCE over a batch of positive pairs (row i of ``a`` and of ``b``), every other row a
-    negative; returns the loss and the share of rows whose positive scores highest (in-batch top-1).
-    ``prior`` (2, B, B): fixed logits added to the ``a``-to-``b`` and the ``b``-to-``a`` rankings, so the
-    vectors learn what the prior's ranker misses; the share counts the vectors' own ranking."""
+    negative. ``prior`` (2, B, B): fixed logits added to the ``a``-to-``b`` and the ``b``-to-``a``
+    rankings, so the vectors learn what the prior's ranker misses. Returns the loss and two in-batch
+    top-1 shares (rows whose positive scores highest): of the vectors alone, and of the vectors with the
+    prior (the same share without one)."""
     logits = a @ b.T / temperature  # (B, B)
     target = torch.arange(len(a), device=a.device)
     ab, ba = (logits, logits.T) if prior is None else (logits + prior[0], logits.T + prior[1])
     loss = (F.cross_entropy(ab, target) + F.cross_entropy(ba, target)) / 2
     accuracy = (logits.argmax(-1) == target).float().mean()
-    return loss, accuracy
+    return loss, accuracy, (ab.argmax(-1) == target).float().mean() if prior is not None else accuracy
 
 
 def flops_penalty(weights: Tensor) -> Tensor:
@@ -145,12 +148,9 @@ class EmbeddingAdapter(L.LightningModule):
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         a, a_expansion = self.encode(batch["a_ids"], batch["a_mask"])
         b, b_expansion = self.encode(batch["b_ids"], batch["b_mask"])
-        prior = batch.get("prior")
-        loss, accuracy = info_nce(a, b, self.hparams.temperature, prior)
+        loss, accuracy, hybrid = info_nce(a, b, self.hparams.temperature, batch.get("prior"))
         size = len(a)
-        if prior is not None:  # in-batch top-1 of the training logits: the vectors' and BM25's together
-            fused = (a @ b.T / self.hparams.temperature + prior[0]).argmax(-1)
-            hybrid = (fused == torch.arange(size, device=a.device)).float().mean()
+        if "prior" in batch:  # the vectors and BM25 together, as the loss ranks
             self.log(f"{stage}/acc_hybrid", hybrid, prog_bar=stage == "val", on_epoch=True, batch_size=size)
         if a_expansion is not None:
             flops = (flops_penalty(a_expansion) + flops_penalty(b_expansion)) / 2
