@@ -154,7 +154,7 @@ def test_ddp_on_two_cpu_processes_sees_each_block_once(tiny_fit_args: list[str],
         "--trainer.max_steps", "-1", "--trainer.max_epochs", "1",
         "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.callbacks+=helpers.RecordBatches", f"--trainer.callbacks.record_dir={record}",
-        env=HELPERS,
+        env=HELPERS, process=True,
     )  # fmt: skip
     seen = [tuple(row) for f in sorted(record.glob("rank*.pt")) for row in torch.load(f).tolist()]
     assert len(list(record.glob("rank*.pt"))) == 2
@@ -231,7 +231,7 @@ def test_the_classifier_trains_under_ddp_on_two_cpu_processes(
         "fit", *classify_args(imdb_dir, cache_dir, tmp_path),
         "--model.backbone", str(pretrained_run / "backbone"),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_epochs", "2", "--data.batch_size", "8",
+        "--trainer.max_epochs", "2", "--data.batch_size", "8", process=True,
     )  # fmt: skip
     run = tmp_path / "lightning_logs" / "version_0"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

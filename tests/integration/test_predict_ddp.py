@@ -20,7 +20,7 @@ def test_embed_under_ddp_builds_the_index_one_process_builds(
     args = ["embed", "--backbone", str(pretrained_run / "backbone"), "--source", str(imdb_dir),
             "--max_reviews", "37", "--batch_size", "4"]  # fmt: skip  # 10 batches, the last of 1
     run_cli(*args, "--out", str(tmp_path / "one"), "--device", "cpu")
-    out = run_cli(*args, "--out", str(tmp_path / "two"), *DDP).stdout
+    out = run_cli(*args, "--out", str(tmp_path / "two"), *DDP, process=True).stdout
     assert out.count("Saved 37 review embeddings") == 1  # the first process writes the index
     one, two = (pq.read_table(tmp_path / n / "reviews.parquet").to_pydict() for n in ("one", "two"))
     assert one == two  # the same reviews, in the same order
@@ -37,7 +37,7 @@ def test_classify_under_ddp_writes_the_predictions_one_process_writes(
     args = ["classify", "--classifier", members[0], "--classifier", members[1], "--split", "test",
             "--source", str(imdb_dir), "--max_reviews", "79", "--batch_size", "4"]  # fmt: skip
     single = run_cli(*args, "--out", str(tmp_path / "one.parquet")).stdout
-    double = run_cli(*args, "--out", str(tmp_path / "two.parquet"), *DDP).stdout
+    double = run_cli(*args, "--out", str(tmp_path / "two.parquet"), *DDP, process=True).stdout
     assert single == double.replace("two.parquet", "one.parquet")  # the same table, printed once
     one, two = (pq.read_table(tmp_path / n).to_pydict() for n in ("one.parquet", "two.parquet"))
     assert list(one) == ["id", "key", "label", "probability", "predicted"]
@@ -50,7 +50,7 @@ def test_fewer_texts_than_processes_each_come_back_once(pretrained_run: Path, tm
     """One text on two processes: the second gets a stand-in batch whose row is dropped."""
     checkpoint = str(classifier_checkpoint(pretrained_run / "backbone", tmp_path / "c.ckpt"))
     args = ["classify", "--classifier", checkpoint, "a good film"]
-    assert run_cli(*args, *DDP).stdout == run_cli(*args).stdout
+    assert run_cli(*args, *DDP, process=True).stdout == run_cli(*args).stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
 
 

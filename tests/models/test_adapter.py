@@ -226,7 +226,7 @@ def test_topic_batches_train_under_ddp_on_two_cpu_processes(
 ) -> None:
     ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     args = tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path)
-    out = run_cli("fit", *args, *ddp, "--data.batches", "topics", "--trainer.max_steps", "4")
+    out = run_cli("fit", *args, *ddp, "--data.batches", "topics", "--trainer.max_steps", "4", process=True)
     assert (out.stdout + out.stderr).count("Topic batches: ") == 1  # found once, by the first process
     assert (tmp_path / "lightning_logs/version_0/adapter/adapter.safetensors").is_file()
 

@@ -59,7 +59,9 @@ def test_a_device_without_cuda_or_unknown_is_one_clear_line(tmp_path: Path) -> N
         "generate": ["generate", "--backbone", nowhere, "--prompt", "The", "--device", "cuda"],
         "unknown": ["embed", "--backbone", nowhere, "--out", str(tmp_path / "i"), "--device", "tpu"],
     }
-    results = main_each(list(runs.values()), env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, whatever the machine
+    results = main_each(
+        list(runs.values()), env={"CUDA_VISIBLE_DEVICES": ""}, process=True
+    )  # no GPU, whatever the machine
     for verb, result in zip(runs, results, strict=True):
         line = error_line(result)
         if verb == "unknown":
