@@ -24,6 +24,7 @@ from imdb_transformer.data.crops import (
     bm25_scores,
     collate_crops,
     disjoint_crops,
+    neighbours,
     piece_counts,
     random_crop,
     topics,
@@ -202,6 +203,48 @@ def test_topic_batches_deal_whole_runs_of_one_topic_to_each_process_by_epoch() -
     assert (halves.num_samples, halves.total_size) == (24, 48)  # DistributedSampler's counts agree
     assert sorted(shares[0] + shares[1]) == sorted(first)  # the same runs, dealt whole
     assert {tuple(shares[0][i : i + 8]) for i in (0, 8, 16)} <= {tuple(r) for r in runs}
+
+
+def test_each_reviews_neighbour_is_the_other_review_bm25_ranks_first_for_its_rarer_words() -> None:
+    rng = random.Random(0)
+    common = list(range(10))  # in every review
+    ids = [[*rng.choices(common, k=30), 100 + i // 2, 100 + i // 2] for i in range(40)]  # pairs share a word
+    ids.append(rng.choices(common, k=30))  # shares only common words: BM25 still ranks someone first
+    ids.append([150])  # shares nothing: its own neighbour
+    tokens, lengths = np.concatenate(ids), np.array([len(r) for r in ids])
+    found = neighbours(tokens, lengths, 200, terms=4, chunk=7)  # chunks that split the pairs
+    assert found[:40].tolist() == [i ^ 1 for i in range(40)]  # 0 <-> 1, 2 <-> 3, ...
+    assert found[40] in range(40) and found[41] == 41
+    # the same as BM25 over all reviews with a query of its 4 pieces of highest tf-idf, itself aside
+    tf = piece_counts(tokens, lengths, 200)
+    idf = bm25_idf(np.bincount(tf.indices, minlength=200), len(ids))
+    rank = tf.toarray()[3] * idf
+    query = [int(t) for t in np.argsort(-rank, kind="stable")[:4]]
+    scores = bm25_scores([query], ids, idf)[0]
+    scores[3] = -1
+    assert found[3] == int(np.argmax(scores)) == 2
+
+
+def test_neighbour_positives_crop_the_partner_for_about_half_the_training_reviews() -> None:
+    items = [{"ids": [1000 + i] * 20, "idx": i, "partner": [5000 + i] * 20} for i in range(400)]
+    random.seed(0)
+    batch = collate_crops(items, 4, 8, fixed=False, positives="neighbours")
+    from_partner = [int(row[1]) >= 5000 for row in batch["b_ids"]]
+    assert all(int(row[1]) < 5000 for row in batch["a_ids"])  # ``a`` is always the review's own
+    assert 150 < sum(from_partner) < 250
+    fixed = collate_crops([{k: v for k, v in item.items() if k != "partner"} for item in items], 4, 8, True,
+                          positives="neighbours")  # fmt: skip
+    assert all(int(row[1]) < 5000 for row in fixed["b_ids"])  # validation items bring no partner: own crops
+
+
+def test_an_adapter_trains_on_neighbour_positives_through_the_cli(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    args = tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path)
+    out = run_cli("fit", *args, "--data.positives", "neighbours", "--data.batches", "topics")
+    assert "Neighbours: " in out.stdout + out.stderr and "Topic batches: " in out.stdout + out.stderr
+    acc = [v for _, v in read_metrics(tmp_path / "lightning_logs" / "version_0")["val/acc"]]
+    assert acc[-1] > 0.5  # held-out pairs (own crops) still find each other in-batch; chance 1/32
 
 
 def test_batches_must_be_a_known_kind() -> None:

@@ -2,9 +2,10 @@
 
 Two independent random spans of one review are a positive pair (Contriever's independent cropping), or
 two spans from either side of a cut, which share no text (``positives="disjoint"``, as the inverse cloze
-task pairs a passage with its context); every other review in the batch is a negative. No labels and
-no outside text: the ``train`` and ``unsupervised`` reviews only. The ``test`` split is never read, so
-retrieval benchmarks on it stay honest.
+task pairs a passage with its context), or for half the reviews a span of the review BM25 finds closest
+to it (``positives="neighbours"``, a weak positive); every other review in the batch is a negative. No
+labels and no outside text: the ``train`` and ``unsupervised`` reviews only. The ``test`` split is never
+read, so retrieval benchmarks on it stay honest.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg  # noqa: F401 (sp.linalg.norm)
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from imdb_transformer.data.reviews import ReviewsDataModule, _Reviews
 from imdb_transformer.errors import InputError
@@ -51,7 +52,8 @@ def disjoint_crops(
     return pair if rng.random() < 0.5 else pair[::-1]
 
 
-POSITIVES = ("crops", "disjoint")
+POSITIVES = ("crops", "disjoint", "neighbours")
+NEIGHBOUR_SHARE = 0.5  # of training pairs whose second crop comes from the review's neighbour
 BATCHES = ("random", "topics")
 
 
@@ -85,13 +87,51 @@ def bm25_scores(
         tokens = np.concatenate([np.zeros(0, np.int64), *(np.asarray(t, np.int64) for t in texts)])
         return piece_counts(tokens, lengths, len(idf))
 
-    tf = counts(documents)
-    lengths = np.array([len(d) for d in documents], np.float32)
+    weights = bm25_weights(counts(documents), np.array([len(d) for d in documents]), idf, k1, b)
+    return (counts(queries) @ weights.T).toarray()
+
+
+def bm25_weights(
+    tf: sp.csr_matrix, lengths: np.ndarray, idf: np.ndarray, k1: float = 1.5, b: float = 0.75
+) -> sp.csr_matrix:
+    """What each piece of each document (rows of ``tf``, its piece counts) adds to BM25 for a query that
+    holds the piece once: ``idf * tf / (tf + k1 * (1 - b + b * length / mean length))``."""
+    lengths = lengths.astype(np.float32)
     norm = k1 * (1 - b + b * lengths / max(lengths.mean(), 1e-9))
     weights = tf.copy()
     weights.data = weights.data / (weights.data + np.repeat(norm, np.diff(tf.indptr)))
-    weights = weights @ sp.diags(idf)
-    return (counts(queries) @ weights.T).toarray()
+    return (weights @ sp.diags(idf)).tocsr()
+
+
+def neighbours(
+    tokens: np.ndarray, lengths: np.ndarray, vocab_size: int, terms: int = 32, chunk: int = 1024
+) -> np.ndarray:
+    """For each review (given all reviews' token ids end to end and each one's length), the other review
+    that BM25 ranks first when the review's ``terms`` pieces of highest tf-idf are the query, as Lucene's
+    MoreLikeThis picks a document's terms: the review that shares most of its rarer words (a film, an
+    actor). A review that shares none of them with another is its own neighbour."""
+    n = len(lengths)
+    tf = piece_counts(tokens, lengths, vocab_size)
+    idf = bm25_idf(np.bincount(tf.indices, minlength=vocab_size), n)
+    documents = bm25_weights(tf, lengths, idf).T.tocsr()  # (pieces, reviews)
+    rank = tf @ sp.diags(idf)
+    rows, cols = [], []
+    for i in range(n):  # each review's query: its top pieces by tf-idf
+        start, end = rank.indptr[i], rank.indptr[i + 1]
+        top = np.argsort(-rank.data[start:end], kind="stable")[:terms]
+        rows.append(np.full(len(top), i))
+        cols.append(rank.indices[start:end][top])
+    rows_, cols_ = np.concatenate([np.zeros(0, int), *rows]), np.concatenate([np.zeros(0, int), *cols])
+    queries = sp.csr_matrix((np.ones(len(rows_), np.float32), (rows_, cols_)), shape=(n, vocab_size))
+    found = np.arange(n)
+    for lo in range(0, n, chunk):
+        scores = (queries[lo : lo + chunk] @ documents).toarray()
+        own = np.arange(len(scores))
+        scores[own, lo + own] = 0  # not itself
+        best = scores.argmax(1)
+        shares = scores[own, best] > 0
+        found[lo + own[shares]] = best[shares]
+    return found
 
 
 def bm25_logits(a: list[list[int]], b: list[list[int]], idf: np.ndarray, weight: float) -> torch.Tensor:
@@ -196,10 +236,12 @@ def collate_crops(
     prior_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Two crops ``a`` and ``b`` of each review: independent (``positives="crops"``) or from either side of
-    a cut (``"disjoint"``). With ``fixed`` each review's crops are drawn from a generator seeded by its
-    index, so validation sees the same pairs every time. ``reverse``: reviews read last token first, for
-    a backward backbone. With ``idf`` (each piece's BM25 IDF) the batch also holds ``prior``: the crops'
-    BM25 scores against each other times ``prior_weight`` (see :func:`bm25_logits`)."""
+    a cut (``"disjoint"``); with ``"neighbours"``, for ``NEIGHBOUR_SHARE`` of the items that bring a
+    ``partner`` (the ids of their nearest review, see :func:`neighbours`), ``b`` is a crop of the partner
+    instead, and the others as with ``"crops"``. With ``fixed`` each review's crops are drawn from a
+    generator seeded by its index, so validation sees the same pairs every time. ``reverse``: reviews read
+    last token first, for a backward backbone. With ``idf`` (each piece's BM25 IDF) the batch also holds
+    ``prior``: the crops' BM25 scores against each other times ``prior_weight`` (see :func:`bm25_logits`)."""
     shared = random.Random()
     a, b = [], []
     for item in items:
@@ -207,6 +249,10 @@ def collate_crops(
         ids = reading_order(item["ids"], reverse)
         if positives == "disjoint":
             first, second = disjoint_crops(ids, rng, crop_min, crop_max)
+        elif positives == "neighbours" and "partner" in item and rng.random() < NEIGHBOUR_SHARE:
+            partner = reading_order(item["partner"], reverse)
+            first = random_crop(ids, rng, crop_min, crop_max)
+            second = random_crop(partner, rng, crop_min, crop_max)
         else:
             first, second = (
                 random_crop(ids, rng, crop_min, crop_max),
@@ -219,6 +265,20 @@ def collate_crops(
     if idf is not None:  # each crop's text without the EOS it starts with
         batch["prior"] = bm25_logits([x[1:] for x in a], [x[1:] for x in b], idf, prior_weight)
     return batch
+
+
+class _Partnered(Dataset):
+    """The training reviews, each with its neighbour's ids as ``partner`` (``partner[i]`` is the position
+    of review ``i``'s neighbour among them)."""
+
+    def __init__(self, reviews: _Reviews, partner: np.ndarray) -> None:
+        self.reviews, self.partner = reviews, partner
+
+    def __len__(self) -> int:
+        return len(self.reviews)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.reviews[i], "partner": self.reviews[int(self.partner[i])]["ids"]}
 
 
 def held_out(n: int, val_fraction: float, seed: int) -> np.ndarray:
@@ -246,7 +306,10 @@ class ContrastiveDataModule(ReviewsDataModule):
             crops span both).
         positives: ``crops``: two independent random crops of a review (they may overlap); ``disjoint``:
             one crop from each side of a random cut in the review's middle third (no shared text, so
-            the pair must match by topic and names rather than by copied words).
+            the pair must match by topic and names rather than by copied words); ``neighbours``: as
+            ``crops``, but for half the training reviews the second crop comes from the review BM25 ranks
+            first for it (see :func:`neighbours`, found at setup), a weak positive about the same things;
+            validation keeps ``crops``, so its figures compare across options.
         batches: ``random``: reviews drawn at random into batches; ``topics``: each batch drawn from one
             topic of the training reviews (see :class:`TopicBatches`), so its negatives are hard ones.
             The topics (one per ``batch_size`` reviews) are found by :func:`topics` at setup.
@@ -312,24 +375,38 @@ class ContrastiveDataModule(ReviewsDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        if self.batches == "random":
-            return super().train_dataloader()
         train = self.splits["train"]
+        dataset = train
+        if self.positives == "neighbours":
+            partner = self._found_once(lambda: neighbours(*self._train_tokens(), self.tokenizer.vocab_size))
+            rank_zero_info(
+                f"Neighbours: {np.sum(partner != np.arange(len(partner))):,} of {len(partner):,} training "
+                "reviews have one"
+            )
+            dataset = _Partnered(train, partner)
+        if self.batches == "random":
+            return self._loader("train", shuffle=True, dataset=dataset)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         if len(train) < self.batch_size * world:
             raise InputError(
                 f"--data.batches topics needs a whole batch for each of {world} process(es): "
                 f"{len(train):,} training reviews for batches of {self.batch_size}; lower --data.batch_size"
             )
-        topic = None
-        if rank == 0:  # one process finds the topics and tells the others, so all deal the same runs
-            tokens, lengths = self._train_tokens()
-            count = len(train) // self.batch_size
-            topic = topics(tokens, lengths, self.tokenizer.vocab_size, count, self.seed)
-        if world > 1:
-            topic = self.trainer.strategy.broadcast(topic, src=0)
+        count = len(train) // self.batch_size
+        topic = self._found_once(
+            lambda: topics(*self._train_tokens(), self.tokenizer.vocab_size, count, self.seed)
+        )
         rank_zero_info(f"Topic batches: {len(train):,} training reviews in {len(np.unique(topic)):,} topics")
-        return self._loader("train", sampler=TopicBatches(topic, self.batch_size, self.seed, world, rank))
+        sampler = TopicBatches(topic, self.batch_size, self.seed, world, rank)
+        return self._loader("train", sampler=sampler, dataset=dataset)
+
+    def _found_once(self, find: Callable[[], np.ndarray]) -> np.ndarray:
+        """``find()`` on the first process, handed to the others, so every process deals the same."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        found = find() if rank == 0 else None
+        if world > 1:
+            found = self.trainer.strategy.broadcast(found, src=0)
+        return found
 
     def _train_tokens(self) -> tuple[np.ndarray, np.ndarray]:
         """The training reviews' token ids end to end, and each review's length."""

@@ -163,9 +163,16 @@ class ReviewsDataModule(L.LightningDataModule):
             "test": _Reviews(tables["test"], _by_length(tables["test"], np.arange(len(tables["test"])))),
         }
 
-    def _loader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(
+        self,
+        split: str,
+        shuffle: bool = False,
+        sampler: Sampler | None = None,
+        dataset: Dataset | None = None,
+    ) -> DataLoader:
+        """Batches of ``split`` (its reviews, or ``dataset`` in their place, collated as ``split``'s)."""
         return DataLoader(
-            self.splits[split],
+            self.splits[split] if dataset is None else dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
