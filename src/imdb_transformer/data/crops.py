@@ -386,7 +386,7 @@ class ContrastiveDataModule(ReviewsDataModule):
             dataset = _Partnered(train, partner)
         if self.batches == "random":
             return self._loader("train", shuffle=True, dataset=dataset)
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        world, rank = self._processes()
         if len(train) < self.batch_size * world:
             raise InputError(
                 f"--data.batches topics needs a whole batch for each of {world} process(es): "
@@ -400,9 +400,13 @@ class ContrastiveDataModule(ReviewsDataModule):
         sampler = TopicBatches(topic, self.batch_size, self.seed, world, rank)
         return self._loader("train", sampler=sampler, dataset=dataset)
 
+    def _processes(self) -> tuple[int, int]:
+        """How many processes train, and which one this is (one, the first, outside a Trainer)."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+
     def _found_once(self, find: Callable[[], np.ndarray]) -> np.ndarray:
         """``find()`` on the first process, handed to the others, so every process deals the same."""
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        world, rank = self._processes()
         found = find() if rank == 0 else None
         if world > 1:
             found = self.trainer.strategy.broadcast(found, src=0)
