@@ -12,7 +12,8 @@ fusion (``rrf``), the weight and RRF's k each chosen by ``ranx.optimize_fusion``
 names the score normalisations the convex combination is tried with (``zmuv``: each query's scores to zero
 mean and unit variance), ``--three`` adds the fusion of each adapter with both lexical rankers at once, and
 ``--runs DIR`` keeps every ranker's run on disk so that a second call with other fusions reads them instead of
-embedding again.
+embedding again. ``--expand N`` also ranks with each query followed by the N tokens the backbone writes after
+it (HyDE's hypothetical document, written by the project's own LM): each ranker and fusion again on those.
 
 Choices are made on the reviews the adapters held out of training (train + unsupervised, their validation
 split); ``--test`` then scores every run once on the 25,000 test reviews with the choices unchanged. Each
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,17 +35,25 @@ import scipy.sparse as sp
 import torch
 from common import Record, add_out_argument, halves, held_out_texts, tfidf_matrices
 from ranx import Qrels, Run, compare, evaluate, fuse, optimize_fusion
+from tqdm import tqdm
 
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint, read_artifact
-from imdb_transformer.core.backbone import load_backbone
+from imdb_transformer.core.backbone import Backbone, load_backbone
 from imdb_transformer.core.head import load_adapter
 from imdb_transformer.embedder import DocumentEmbedder
+from imdb_transformer.generation import generate
 from imdb_transformer.search import BM25Index
 from imdb_transformer.text.imdb import load_reviews
+from imdb_transformer.text.tokenizer import EOS_ID
 
 METRICS = ["mrr@10", "recall@10"]
 RUNS_FORMAT = 1  # part of a stored run's key: raise it when a ranker or run_of changes what it ranks
 Chosen = dict[str, tuple[list[str], str, str, dict]]  # fusion name: (runs fused, method, norm, params)
+EXPANDED = ", expanded"  # the name of a ranker's run on the queries --expand lengthened
+# How the backbone writes an expansion: its likeliest next token each step, the logit of a token the text
+# holds already scaled 1.3-fold towards unlikely (greedy decoding of a small LM otherwise loops on a phrase)
+EXPANSION = {"strategy": "greedy", "repetition_penalty": 1.3}
+EXPAND_BATCH = 64  # queries the backbone continues at once
 
 
 def qrels_of(n: int) -> Qrels:
@@ -102,8 +112,10 @@ def versions(*packages: str) -> str:
     return " ".join(f"{p}=={importlib.metadata.version(p)}" for p in packages)
 
 
-def lexical_runs(queries: list[str], docs: list[str], depth: int, store: RunStore) -> dict[str, Run]:
-    """BM25's and TF-IDF cosine's runs over one pool."""
+def lexical_runs(
+    queries: list[str], docs: list[str], depth: int, store: RunStore, suffix: str = ""
+) -> dict[str, Run]:
+    """BM25's and TF-IDF cosine's runs over one pool (named with ``suffix``)."""
 
     def bm25() -> Run:
         index = BM25Index.build(docs)
@@ -116,8 +128,8 @@ def lexical_runs(queries: list[str], docs: list[str], depth: int, store: RunStor
         return run_of("TF-IDF", lambda rows: (q[rows.start : rows.stop] @ d.T).toarray(), len(queries), depth)
 
     return {
-        "BM25": store.get("BM25", versions("bm25s"), bm25),
-        "TF-IDF": store.get("TF-IDF", versions("scikit-learn"), tfidf),
+        "BM25" + suffix: store.get("BM25" + suffix, versions("bm25s"), bm25),
+        "TF-IDF" + suffix: store.get("TF-IDF" + suffix, versions("scikit-learn"), tfidf),
     }
 
 
@@ -137,15 +149,49 @@ def ranker_runs(
     docs: list[str],
     depth: int,
     runs_dir: str | None,
+    suffix: str = "",
 ) -> dict[str, Run]:
-    """BM25, TF-IDF and each adapter's run over one pool of queries and documents."""
+    """BM25, TF-IDF and each adapter's run over one pool of queries and documents, each named with
+    ``suffix``."""
     store = RunStore(runs_dir, queries, docs, depth)
-    runs = lexical_runs(queries, docs, depth, store)
+    runs = lexical_runs(queries, docs, depth, store, suffix)
     for name, embedder in embedders.items():
-        runs[name] = store.get(
-            name, embedder.fingerprint, lambda e=embedder, n=name: adapter_run(n, e, queries, docs, depth)
-        )
+        runs[name + suffix] = store.get(
+            name + suffix, embedder.fingerprint,
+            lambda e=embedder, n=name + suffix: adapter_run(n, e, queries, docs, depth),
+        )  # fmt: skip
     return runs
+
+
+def expanded(backbone: Backbone, queries: list[str], tokens: int, folder: str | None) -> list[str]:
+    """Each query followed by the ``tokens`` tokens the backbone writes after it (:data:`EXPANSION`): the
+    rest of the review as the LM expects it, as HyDE (Gao et al., 2022) has an LM write a hypothetical
+    document for a query. The prompt is the query's last ``block_size - tokens`` tokens, so the window
+    never slides. Kept in ``folder`` (``--runs``) under a key of the queries, weights and settings."""
+    key = cache_key(
+        RUNS_FORMAT, corpus_fingerprint(queries), backbone.fingerprint, tokens, EXPANSION
+    )  # fmt: skip
+    path = Path(folder) / f"expansions-{key}.json" if folder else None
+    if path is not None and path.exists():
+        print(f"expansions: read from {path}")
+        return read_artifact(
+            path, lambda p: json.loads(p.read_text()), RuntimeError, "delete it to write them again"
+        )
+    tok, keep = backbone.tokenizer, backbone.decoder.config.block_size - tokens
+    prompts = [[EOS_ID, *ids][-keep:] for ids in tok.encode(queries)]
+    order = sorted(range(len(queries)), key=lambda i: len(prompts[i]))  # like lengths together: less padding
+    written: list[str] = [""] * len(queries)
+    with tqdm(total=len(queries), desc="Expanding queries", unit="query") as bar:
+        for start in range(0, len(order), EXPAND_BATCH):
+            rows = order[start : start + EXPAND_BATCH]
+            new = generate(backbone.decoder, [prompts[i] for i in rows], tokens, **EXPANSION)
+            for i, ids in zip(rows, new, strict=True):
+                written[i] = f"{queries[i]} {tok.decode(ids)}"
+            bar.update(len(rows))
+    if path is not None:
+        with atomic_path(path) as partial:
+            partial.write_text(json.dumps(written))
+    return written
 
 
 def task(texts: list[str]) -> tuple[list[str], list[str]]:
@@ -153,11 +199,18 @@ def task(texts: list[str]) -> tuple[list[str], list[str]]:
     return list(queries), list(docs)
 
 
-def choose(qrels: Qrels, runs: dict[str, Run], adapters: list[str], norms: list[str], three: bool) -> Chosen:
-    """Each fusion of an adapter with a lexical ranker (and with both, if ``three``), by the convex
-    combination under each normalisation and by RRF: (the runs fused, method, norm, chosen params)."""
+def combinations(adapters: list[str], three: bool, expand: bool) -> list[tuple[str, ...]]:
+    """The runs each fusion joins: every adapter with each lexical ranker, with both if ``three``, and
+    with BM25 on the expanded queries too if ``expand``."""
     combos = [(adapter, lexical) for adapter in adapters for lexical in ("BM25", "TF-IDF")]
     combos += [(adapter, "BM25", "TF-IDF") for adapter in adapters if three]
+    combos += [(adapter + EXPANDED, "BM25" + EXPANDED) for adapter in adapters if expand]
+    return combos
+
+
+def choose(qrels: Qrels, runs: dict[str, Run], combos: list[tuple[str, ...]], norms: list[str]) -> Chosen:
+    """Each fusion of ``combos`` by the convex combination under each normalisation and by RRF: (the runs
+    fused, method, norm, chosen params)."""
     methods = [("wsum", norm) for norm in norms] + [("rrf", "min-max")]
     chosen = {}
     for members in combos:
@@ -204,6 +257,17 @@ def describe(params: dict) -> str:
     return ", ".join(f"{k} {float(v):g}" for k, v in params.items())
 
 
+def pool_runs(
+    backbone: Backbone, embedders: dict[str, DocumentEmbedder], queries: list[str], docs: list[str], args
+) -> dict[str, Run]:
+    """Every ranker's run over one pool, and again on the expanded queries if ``--expand``."""
+    runs = ranker_runs(embedders, queries, docs, args.depth, args.runs)
+    if args.expand:
+        longer = expanded(backbone, queries, args.expand, args.runs)
+        runs |= ranker_runs(embedders, longer, docs, args.depth, args.runs, EXPANDED)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", required=True)
@@ -233,12 +297,23 @@ def main(argv: list[str] | None = None) -> None:
         help="keep each ranker's run in this folder, keyed by the queries, documents, depth and ranker "
         "(an adapter by its weights and reading); a stored run with the same key is read, not computed",
     )  # fmt: skip
+    parser.add_argument(
+        "--expand", type=int, default=0, metavar="TOKENS",
+        help="also rank with each query followed by this many tokens the backbone writes after it (greedy, "
+        "repeats discouraged), every ranker and fusion again; 0 (default) does not",
+    )  # fmt: skip
     parser.add_argument("--test", action="store_true", help="also score every run once on the test reviews")
     parser.add_argument("--max_test", type=int, default=None, help="a sample of test reviews (default: all)")
     add_out_argument(parser)
     args = parser.parse_args(argv)
     record = Record("fusion")
     backbone = load_backbone(args.backbone)
+    context = backbone.decoder.config.block_size
+    if not 0 <= args.expand <= context // 2:
+        parser.error(
+            f"--expand {args.expand} is out of range: the backbone reads {context} tokens and the query "
+            f"keeps at least half of them, so 0 <= --expand <= {context // 2}; 0 turns it off"
+        )
     embedders = {}  # each adapter in each reading, named "adapter N" (+ ", windows")
     for i, path in enumerate(args.adapters):
         head = load_adapter(path, backbone)
@@ -251,8 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     queries, docs = task(held_out_texts(args.source, args.val_fraction, args.seed))
     print(f"held-out training reviews: {len(queries):,} (choices are made here)")
     qrels = qrels_of(len(queries))
-    runs = ranker_runs(embedders, queries, docs, args.depth, args.runs)
-    chosen = choose(qrels, runs, list(embedders), args.norms, args.three)
+    runs = pool_runs(backbone, embedders, queries, docs, args)
+    chosen = choose(qrels, runs, combinations(list(embedders), args.three, args.expand > 0), args.norms)
     record.notes["chosen"] = {name: describe(params) for name, (*_, params) in chosen.items()}
     report(record, "held-out training reviews", qrels, {**runs, **fused(runs, chosen)}, chosen)
     record.save(args.out)
@@ -263,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         test = load_reviews(args.source, "test", args.max_test).texts
         queries, docs = task(test)
         qrels = qrels_of(len(queries))
-        runs = ranker_runs(embedders, queries, docs, args.depth, args.runs)
+        runs = pool_runs(backbone, embedders, queries, docs, args)
         report(record, f"test reviews ({len(queries):,})", qrels, {**runs, **fused(runs, chosen)}, chosen)
         record.notes["test_seconds"] = round(time.perf_counter() - started)
         record.save(args.out)

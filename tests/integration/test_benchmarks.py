@@ -157,6 +157,42 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     )
 
 
+def test_fusion_expands_queries_with_the_backbones_own_text(
+    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``--expand N``: each query followed by N tokens the backbone writes, every ranker and the fusion
+    again on those queries; the expansions are kept beside the runs and read back by a second call."""
+    record, runs = tmp_path / "expand.json", tmp_path / "runs"
+    command = (
+        "fusion.py", "--backbone", str(pretrained_run / "backbone"),
+        "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir), "--val_fraction", "0.2",
+        "--depth", "20", "--expand", "8", "--runs", str(runs), "--out", str(record),
+    )  # fmt: skip
+    run_script(*command)
+    table = json.loads(record.read_text())["tables"]["held-out training reviews"]
+    rows = {row[0]: row for row in table["rows"]}
+    expanded = {"BM25, expanded", "TF-IDF, expanded", "adapter 1, expanded"}
+    assert expanded | {"adapter 1, expanded + BM25, expanded, wsum", "BM25", "adapter 1"} <= set(rows)
+    assert all(0 <= float(rows[name][1]) <= 1 for name in expanded)
+    (kept,) = runs.glob("expansions-*.json")  # each held-out query, then what the backbone wrote after it
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from common import halves, held_out_texts
+
+    queries = [halves(text)[0] for text in held_out_texts(str(imdb_dir), 0.2, 1234)]
+    texts = json.loads(kept.read_text())
+    assert len(texts) == len(queries) and all(
+        t.startswith(q + " ") and len(t) > len(q) + 1 for t, q in zip(texts, queries, strict=True)
+    )
+    again = run_script(*command)
+    assert "expansions: read from" in again and "adapter 1, expanded: read from" in again
+
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "fusion.py"), *command[1:-4], "--expand", "100000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--expand 100000 is out of range" in bad.stderr
+
+
 def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(
     pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path
 ) -> None:
