@@ -11,7 +11,7 @@ import torch
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.lm import CausalLM, LanguageModel
 from imdb_transformer.models.lstm import LSTMLM
-from imdb_transformer.models.optim import Muon, on_the_clock, orthogonalize, warmup_cosine
+from imdb_transformer.models.optim import CLOCK_EVERY, Muon, on_the_clock, orthogonalize, warmup_cosine
 
 
 def test_schedule_warms_up_then_anneals_fully_by_the_last_step() -> None:
@@ -175,12 +175,23 @@ def test_with_max_time_the_schedule_runs_on_the_clock_and_anneals_by_the_limit(
     timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
     spent = {"seconds": 0.0}
     monkeypatch.setattr(timer, "time_elapsed", lambda stage=None: spent["seconds"])
+    readings = []  # each reading of rank 0's clock is a broadcast, a collective under DDP
+    monkeypatch.setattr(trainer.strategy, "broadcast", lambda obj, src=0: readings.append(obj) or obj)
     schedule = partial(warmup_cosine, warmup_steps=10, total_steps=100, min_ratio=0.1)
     clocked = on_the_clock(schedule, trainer, 100, warmup_steps=10)
     assert clocked(5) == schedule(5) and clocked(20) == schedule(20)  # on time: by the step
-    spent["seconds"] = 300.0  # half the time gone at step 20: half way through the schedule
+    spent["seconds"] = 300.0  # half the time gone: half way through the schedule, from the next reading
     assert clocked(5) == schedule(5)  # warmup stays counted in steps
-    assert clocked(20) == pytest.approx(schedule(50))
+    assert clocked(20 + CLOCK_EVERY - 1) == schedule(20 + CLOCK_EVERY - 1)  # read at step 20, not since
+    assert clocked(20 + CLOCK_EVERY) == pytest.approx(schedule(50))
     spent["seconds"] = 600.0
-    assert clocked(30) == pytest.approx(0.1)  # out of time at step 30: fully annealed
+    assert clocked(20 + 2 * CLOCK_EVERY) == pytest.approx(0.1)  # out of time: fully annealed
+    assert readings == [0.0, 0.5, 1.0]
+
+    readings.clear()  # a whole run: LambdaLR asks once per parameter group each step; the clock is read
+    clocked = on_the_clock(schedule, trainer, 100, warmup_steps=10)  # on one of every CLOCK_EVERY steps
+    for step in range(100):
+        for _group in range(2):
+            clocked(step)
+    assert len(readings) == -(-90 // CLOCK_EVERY)
     assert on_the_clock(schedule, L.Trainer(**options), 100) is schedule  # no max_time: by the step only

@@ -202,6 +202,9 @@ def adamw_warmup_cosine(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+CLOCK_EVERY = 16  # steps between readings of the clock by a schedule on --trainer.max_time
+
+
 def on_the_clock(
     schedule: Callable[[int], float], trainer: L.Trainer, total_steps: int, warmup_steps: int = 0
 ) -> Callable[[int], float]:
@@ -209,17 +212,22 @@ def on_the_clock(
     step, or the share of ``--trainer.max_time`` spent, as a step. A run that reaches its time limit
     before its last step (a slower machine than the config was sized on) still ends its schedule
     annealed, instead of being cut off at a high learning rate. Warmup stays counted in steps. Every
-    process uses rank 0's clock, so replicas keep the same learning rate. Without ``max_time``,
-    ``schedule`` is returned as it is."""
+    process uses rank 0's clock, so replicas keep the same learning rate; the clock is read on the first
+    step after warmup and then every :data:`CLOCK_EVERY` steps, not on every step and parameter group,
+    because each reading is a collective under DDP. Without ``max_time``, ``schedule`` is returned as
+    it is."""
     timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
     if timer is None or timer.time_remaining() is None:
         return schedule
+    read = {"step": -CLOCK_EVERY, "share": 0.0}  # the last reading: at which step, what share of the time
 
     def scheduled(step: int) -> float:
         if step < warmup_steps:
             return schedule(step)
-        spent, left = timer.time_elapsed(), timer.time_remaining()
-        share = trainer.strategy.broadcast(min(1.0, spent / max(spent + left, 1e-9)))
-        return schedule(max(step, round(share * total_steps)))
+        if not 0 <= step - read["step"] < CLOCK_EVERY:  # every process takes the same steps, so reads alike
+            spent, left = timer.time_elapsed(), timer.time_remaining()
+            read["step"] = step
+            read["share"] = trainer.strategy.broadcast(min(1.0, spent / max(spent + left, 1e-9)))
+        return schedule(max(step, round(read["share"] * total_steps)))
 
     return scheduled
