@@ -141,56 +141,48 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
         "fusion.py", "--backbone", str(pretrained_run / "backbone"),
         "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir),
         "--val_fraction", "0.2", "--depth", "20", "--out", str(again), "--runs", str(tmp_path / "runs"),
-        "--norms", "min-max", "zmuv", "--three", "--readings", "head_tail", "windows",
+        "--norms", "min-max", "zmuv", "--three", "--readings", "head_tail", "windows", "--expand", "8",
     )  # fmt: skip
     assert all(f"{name}: read from" in out for name in ("BM25", "TF-IDF", "adapter 1"))
-    assert "adapter 1, windows: read from" not in out and len(list((tmp_path / "runs").iterdir())) == 7
+    assert "adapter 1, windows: read from" not in out
+    # 6 stored before, the windows reading, each of the 4 rankers on the expanded queries, and the expansions
+    assert len(list((tmp_path / "runs").iterdir())) == 6 + 1 + 4 + 1
     rows = {
         row[0]: row for row in json.loads(again.read_text())["tables"]["held-out training reviews"]["rows"]
     }
     first = tables["held-out training reviews"]["rows"]
     assert all(rows[row[0]][1:3] == row[1:3] for row in first)  # the same runs, the same figures
     assert {"adapter 1 + BM25, wsum (zmuv)", "adapter 1 + BM25 + TF-IDF, wsum"} <= set(rows)
+    expanded = ["BM25, expanded", "TF-IDF, expanded", "adapter 1, expanded", "adapter 1, windows, expanded"]
+    assert set(expanded) | {"adapter 1, expanded + BM25, expanded, rrf"} <= set(rows)
+    assert all(0 <= float(rows[name][1]) <= 1 for name in expanded)
     assert (
         len(json.loads(again.read_text())["notes"]["chosen"]["adapter 1 + BM25 + TF-IDF, wsum"].split("/"))
         == 3
     )
 
 
-def test_fusion_expands_queries_with_the_backbones_own_text(
-    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path, monkeypatch
+def test_fusion_expansions_are_the_query_then_what_the_backbone_writes_kept_and_read_back(
+    pretrained_run: Path, imdb_dir: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    """``--expand N``: each query followed by N tokens the backbone writes, every ranker and the fusion
-    again on those queries; the expansions are kept beside the runs and read back by a second call."""
-    record, runs = tmp_path / "expand.json", tmp_path / "runs"
-    command = (
-        "fusion.py", "--backbone", str(pretrained_run / "backbone"),
-        "--adapters", str(adapter_run / "adapter"), "--source", str(imdb_dir), "--val_fraction", "0.2",
-        "--depth", "20", "--expand", "8", "--runs", str(runs), "--out", str(record),
-    )  # fmt: skip
-    run_script(*command)
-    table = json.loads(record.read_text())["tables"]["held-out training reviews"]
-    rows = {row[0]: row for row in table["rows"]}
-    expanded = {"BM25, expanded", "TF-IDF, expanded", "adapter 1, expanded"}
-    assert expanded | {"adapter 1, expanded + BM25, expanded, wsum", "BM25", "adapter 1"} <= set(rows)
-    assert all(0 <= float(rows[name][1]) <= 1 for name in expanded)
-    (kept,) = runs.glob("expansions-*.json")  # each held-out query, then what the backbone wrote after it
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from common import halves, held_out_texts
+    fusion = _script("fusion", monkeypatch)
+    from imdb_transformer.core.backbone import load_backbone
 
-    queries = [halves(text)[0] for text in held_out_texts(str(imdb_dir), 0.2, 1234)]
-    texts = json.loads(kept.read_text())
-    assert len(texts) == len(queries) and all(
-        t.startswith(q + " ") and len(t) > len(q) + 1 for t, q in zip(texts, queries, strict=True)
-    )
-    again = run_script(*command)
-    assert "expansions: read from" in again and "adapter 1, expanded: read from" in again
+    backbone = load_backbone(pretrained_run / "backbone")
+    queries = ["a film about a dog and", "the acting was", "I saw it twice"]
+    texts = fusion.expanded(backbone, queries, 8, str(tmp_path))
+    (kept,) = tmp_path.glob("expansions-*.json")
+    assert json.loads(kept.read_text()) == texts and len(texts) == 3
+    assert all(t.startswith(q + " ") and len(t) > len(q) + 1 for t, q in zip(texts, queries, strict=True))
+    capsys.readouterr()
+    assert fusion.expanded(backbone, queries, 8, str(tmp_path)) == texts  # read, not written again
+    assert "expansions: read from" in capsys.readouterr().out
+    assert fusion.expanded(backbone, queries, 8, None) == texts  # greedy: the same text, without a folder
+    assert len(list(tmp_path.glob("expansions-*.json"))) == 1
 
-    bad = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "fusion.py"), *command[1:-4], "--expand", "100000"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "--expand 100000 is out of range" in bad.stderr
+    with pytest.raises(SystemExit) as stop:  # the query must keep at least half of the context
+        fusion.main(["--backbone", str(pretrained_run / "backbone"), "--adapters", "x", "--expand", "33"])
+    assert stop.value.code == 2 and "--expand 33 is out of range" in capsys.readouterr().err
 
 
 def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(
@@ -206,15 +198,13 @@ def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(
     assert row[0] == str(adapter_run / "adapter") and all(0 <= float(v) <= 1 for v in row[2:6])
 
 
-def _sentiment_heads(monkeypatch):
-    """``benchmarks/sentiment_heads.py`` as a module, its ``common`` importable."""
+def _script(name: str, monkeypatch):
+    """``benchmarks/NAME.py`` as a module, its ``common`` importable."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "sentiment_heads", REPO / "benchmarks" / "sentiment_heads.py"
-    )
-    heads = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(heads)
-    return heads
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_sentiment_heads_read_the_backbone_once_for_every_head(
@@ -223,7 +213,7 @@ def test_sentiment_heads_read_the_backbone_once_for_every_head(
     """Three heads and an ensemble on validation; the frozen backbone reads each review once in all."""
     from imdb_transformer.core.decoder import CausalDecoder
 
-    heads = _sentiment_heads(monkeypatch)
+    heads = _script("sentiment_heads", monkeypatch)
     rows = []
     original = CausalDecoder.hidden_states
 
@@ -258,7 +248,7 @@ def test_sentiment_heads_on_windows_leave_classifiers_that_read_windows(
     from imdb_transformer.core.backbone import load_spec
     from imdb_transformer.ensemble import Reading, SentimentEnsemble
 
-    heads = _sentiment_heads(monkeypatch)
+    heads = _script("sentiment_heads", monkeypatch)
     heads.main([
         "--backbone", str(pretrained_run / "backbone"), "--source", str(imdb_dir),
         "--cache_dir", str(cache_dir), "--runs", str(tmp_path / "runs"), "--max_epochs", "1", "--windows",
