@@ -12,8 +12,9 @@ fusion (``rrf``), the weight and RRF's k each chosen by ``ranx.optimize_fusion``
 names the score normalisations the convex combination is tried with (``zmuv``: each query's scores to zero
 mean and unit variance), ``--three`` adds the fusion of each adapter with both lexical rankers at once, and
 ``--runs DIR`` keeps every ranker's run on disk so that a second call with other fusions reads them instead of
-embedding again. ``--expand N`` also ranks with each query followed by the N tokens the backbone writes after
-it (HyDE's hypothetical document, written by the project's own LM): each ranker and fusion again on those.
+embedding again. ``--expand N`` also ranks with each query followed by up to N tokens the backbone writes
+after it (HyDE's hypothetical document, written by the project's own LM): every ranker again on those
+queries, and each adapter fused with BM25 on them.
 
 Choices are made on the reviews the adapters held out of training (train + unsupervised, their validation
 split); ``--test`` then scores every run once on the 25,000 test reviews with the choices unchanged. Each
@@ -41,13 +42,14 @@ from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprin
 from imdb_transformer.core.backbone import Backbone, load_backbone
 from imdb_transformer.core.head import load_adapter
 from imdb_transformer.embedder import DocumentEmbedder
-from imdb_transformer.generation import generate
+from imdb_transformer.generation import continuation, generate
 from imdb_transformer.search import BM25Index
 from imdb_transformer.text.imdb import load_reviews
 from imdb_transformer.text.tokenizer import EOS_ID
 
 METRICS = ["mrr@10", "recall@10"]
 RUNS_FORMAT = 1  # part of a stored run's key: raise it when a ranker or run_of changes what it ranks
+EXPANSIONS_FORMAT = 1  # part of stored expansions' key: raise it when expanded changes what it writes
 Chosen = dict[str, tuple[list[str], str, str, dict]]  # fusion name: (runs fused, method, norm, params)
 EXPANDED = ", expanded"  # the name of a ranker's run on the queries --expand lengthened
 # How the backbone writes an expansion: its likeliest next token each step, the logit of a token the text
@@ -90,7 +92,9 @@ class RunStore:
 
     def get(self, name: str, made_by: str, make: Callable[[], Run]) -> Run:
         if self.folder is None:
-            return make()
+            run = make()
+            run.name = name  # as a stored run is read back: named for this pool's table
+            return run
         path = self.folder / f"{cache_key(RUNS_FORMAT, self.pool, name, made_by)}.json"
         if not path.exists():
             with atomic_path(path) as partial:  # a run is on disk whole or not at all
@@ -164,20 +168,26 @@ def ranker_runs(
 
 
 def expanded(backbone: Backbone, queries: list[str], tokens: int, folder: str | None) -> list[str]:
-    """Each query followed by the ``tokens`` tokens the backbone writes after it (:data:`EXPANSION`): the
-    rest of the review as the LM expects it, as HyDE (Gao et al., 2022) has an LM write a hypothetical
-    document for a query. The prompt is the query's last ``block_size - tokens`` tokens, so the window
-    never slides. Kept in ``folder`` (``--runs``) under a key of the queries, weights and settings."""
+    """Each query followed by up to ``tokens`` tokens the backbone writes after it (:data:`EXPANSION`;
+    fewer where it ends the review): the rest of the review as the LM expects it, as HyDE (Gao et al., 2022)
+    has an LM write a hypothetical document for a query. The prompt is the query's last ``block_size -
+    tokens`` tokens (at least half the context), so the window never slides. Kept in ``folder``
+    (``--runs``) under a key of the queries, the backbone (weights, tokenizer, context) and the settings."""
+    context = backbone.decoder.config.block_size
+    if not 0 < tokens <= context // 2:
+        raise ValueError(f"tokens must be in 1..{context // 2} (half the backbone's context), got {tokens}")
     key = cache_key(
-        RUNS_FORMAT, corpus_fingerprint(queries), backbone.fingerprint, tokens, EXPANSION
+        EXPANSIONS_FORMAT, corpus_fingerprint(queries), backbone.fingerprint, context, tokens,
+        EXPANSION, EXPAND_BATCH,
     )  # fmt: skip
     path = Path(folder) / f"expansions-{key}.json" if folder else None
     if path is not None and path.exists():
         print(f"expansions: read from {path}")
         return read_artifact(
-            path, lambda p: json.loads(p.read_text()), RuntimeError, "delete it to write them again"
-        )
-    tok, keep = backbone.tokenizer, backbone.decoder.config.block_size - tokens
+            path, lambda p: checked_expansions(json.loads(p.read_text()), queries), RuntimeError,
+            "delete it to write them again",
+        )  # fmt: skip
+    tok, keep = backbone.tokenizer, context - tokens
     prompts = [[EOS_ID, *ids][-keep:] for ids in tok.encode(queries)]
     order = sorted(range(len(queries)), key=lambda i: len(prompts[i]))  # like lengths together: less padding
     written: list[str] = [""] * len(queries)
@@ -186,12 +196,23 @@ def expanded(backbone: Backbone, queries: list[str], tokens: int, folder: str | 
             rows = order[start : start + EXPAND_BATCH]
             new = generate(backbone.decoder, [prompts[i] for i in rows], tokens, **EXPANSION)
             for i, ids in zip(rows, new, strict=True):
-                written[i] = f"{queries[i]} {tok.decode(ids)}"
+                written[i] = queries[i] + continuation(tok, prompts[i], ids)
             bar.update(len(rows))
     if path is not None:
         with atomic_path(path) as partial:
             partial.write_text(json.dumps(written))
     return written
+
+
+def checked_expansions(found: object, queries: list[str]) -> list[str]:
+    """Stored expansions as read, refused unless they are one text per query that starts with it."""
+    if not (
+        isinstance(found, list)
+        and len(found) == len(queries)
+        and all(isinstance(t, str) and t.startswith(q) for t, q in zip(found, queries, strict=True))
+    ):
+        raise ValueError(f"they are not {len(queries):,} texts, each starting with its query")
+    return found
 
 
 def task(texts: list[str]) -> tuple[list[str], list[str]]:
@@ -200,8 +221,8 @@ def task(texts: list[str]) -> tuple[list[str], list[str]]:
 
 
 def combinations(adapters: list[str], three: bool, expand: bool) -> list[tuple[str, ...]]:
-    """The runs each fusion joins: every adapter with each lexical ranker, with both if ``three``, and
-    with BM25 on the expanded queries too if ``expand``."""
+    """The runs each fusion joins: every adapter with each lexical ranker, with both if ``three``, and, if
+    ``expand``, every adapter's run on the expanded queries with BM25's on them."""
     combos = [(adapter, lexical) for adapter in adapters for lexical in ("BM25", "TF-IDF")]
     combos += [(adapter, "BM25", "TF-IDF") for adapter in adapters if three]
     combos += [(adapter + EXPANDED, "BM25" + EXPANDED) for adapter in adapters if expand]
@@ -258,13 +279,19 @@ def describe(params: dict) -> str:
 
 
 def pool_runs(
-    backbone: Backbone, embedders: dict[str, DocumentEmbedder], queries: list[str], docs: list[str], args
+    backbone: Backbone,
+    embedders: dict[str, DocumentEmbedder],
+    queries: list[str],
+    docs: list[str],
+    depth: int,
+    runs_dir: str | None,
+    expand: int,
 ) -> dict[str, Run]:
-    """Every ranker's run over one pool, and again on the expanded queries if ``--expand``."""
-    runs = ranker_runs(embedders, queries, docs, args.depth, args.runs)
-    if args.expand:
-        longer = expanded(backbone, queries, args.expand, args.runs)
-        runs |= ranker_runs(embedders, longer, docs, args.depth, args.runs, EXPANDED)
+    """Every ranker's run over one pool, and again on the queries expanded by ``expand`` tokens (if any)."""
+    runs = ranker_runs(embedders, queries, docs, depth, runs_dir)
+    if expand:
+        longer = expanded(backbone, queries, expand, runs_dir)
+        runs |= ranker_runs(embedders, longer, docs, depth, runs_dir, EXPANDED)
     return runs
 
 
@@ -294,13 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--runs", default=None,
-        help="keep each ranker's run in this folder, keyed by the queries, documents, depth and ranker "
-        "(an adapter by its weights and reading); a stored run with the same key is read, not computed",
+        help="keep each ranker's run (and --expand's expansions) in this folder, keyed by the queries, "
+        "documents, depth and ranker (an adapter by its weights and reading); a stored run with the same key "
+        "is read, not computed",
     )  # fmt: skip
     parser.add_argument(
         "--expand", type=int, default=0, metavar="TOKENS",
-        help="also rank with each query followed by this many tokens the backbone writes after it (greedy, "
-        "repeats discouraged), every ranker and fusion again; 0 (default) does not",
+        help="also rank with each query followed by up to this many tokens the backbone writes after it "
+        "(greedy, repeats discouraged): every ranker again, and each adapter fused with BM25, on those "
+        "queries; at most half the backbone's context; 0 (default) does not",
     )  # fmt: skip
     parser.add_argument("--test", action="store_true", help="also score every run once on the test reviews")
     parser.add_argument("--max_test", type=int, default=None, help="a sample of test reviews (default: all)")
@@ -326,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     queries, docs = task(held_out_texts(args.source, args.val_fraction, args.seed))
     print(f"held-out training reviews: {len(queries):,} (choices are made here)")
     qrels = qrels_of(len(queries))
-    runs = pool_runs(backbone, embedders, queries, docs, args)
+    runs = pool_runs(backbone, embedders, queries, docs, args.depth, args.runs, args.expand)
     chosen = choose(qrels, runs, combinations(list(embedders), args.three, args.expand > 0), args.norms)
     record.notes["chosen"] = {name: describe(params) for name, (*_, params) in chosen.items()}
     report(record, "held-out training reviews", qrels, {**runs, **fused(runs, chosen)}, chosen)
@@ -338,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         test = load_reviews(args.source, "test", args.max_test).texts
         queries, docs = task(test)
         qrels = qrels_of(len(queries))
-        runs = pool_runs(backbone, embedders, queries, docs, args)
+        runs = pool_runs(backbone, embedders, queries, docs, args.depth, args.runs, args.expand)
         report(record, f"test reviews ({len(queries):,})", qrels, {**runs, **fused(runs, chosen)}, chosen)
         record.notes["test_seconds"] = round(time.perf_counter() - started)
         record.save(args.out)

@@ -38,7 +38,7 @@ from imdb_transformer.core.backbone import Backbone
 from imdb_transformer.core.decoder import CausalDecoder, KVCache
 from imdb_transformer.errors import InputError
 from imdb_transformer.hardware import describe_cpu
-from imdb_transformer.text.tokenizer import EOS_ID, PAD_ID
+from imdb_transformer.text.tokenizer import EOS_ID, PAD_ID, Tokenizer
 
 Strategy = Literal["greedy", "sample", "top_k", "top_p"]
 STRATEGIES: tuple[str, ...] = ("greedy", "sample", "top_k", "top_p")
@@ -375,8 +375,15 @@ def generate_text(backbone: Backbone, prompts: Sequence[str], max_new_tokens: in
     tok = backbone.tokenizer
     ids = [[EOS_ID, *tok.encode(prompt)] for prompt in prompts]
     new = generate(backbone.decoder, ids, max_new_tokens, eos_id=EOS_ID, **options)
-    # decode prompt and continuation together, so a word split across them keeps its spacing
-    return [tok.decode(p[1:] + n)[len(tok.decode(p[1:])) :] for p, n in zip(ids, new, strict=True)]
+    return [continuation(tok, p, n) for p, n in zip(ids, new, strict=True)]
+
+
+def continuation(tokenizer: Tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
+    """The text the ``new`` token ids add after ``prompt``'s (an end-of-text token at its head aside): the
+    two decoded together and the prompt's text cut off, so a word split across them keeps its spacing (a
+    first piece without a leading space carries on the prompt's last word)."""
+    prompt = list(prompt[1:] if len(prompt) and prompt[0] == EOS_ID else prompt)
+    return tokenizer.decode(prompt + list(new))[len(tokenizer.decode(prompt)) :]
 
 
 def stream_text(backbone: Backbone, prompt: str, max_new_tokens: int, **options) -> Iterator[tuple[str, int]]:

@@ -109,7 +109,7 @@ def test_retrieval_prints_every_method(pretrained_run: Path, adapter_run: Path, 
 
 
 def test_fusion_scores_every_ranker_and_fusion_with_ranx(
-    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path
+    pretrained_run: Path, adapter_run: Path, imdb_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     record = tmp_path / "fusion.json"
     out = run_script(
@@ -156,6 +156,12 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     expanded = ["BM25, expanded", "TF-IDF, expanded", "adapter 1, expanded", "adapter 1, windows, expanded"]
     assert set(expanded) | {"adapter 1, expanded + BM25, expanded, rrf"} <= set(rows)
     assert all(0 <= float(rows[name][1]) <= 1 for name in expanded)
+    (kept,) = (tmp_path / "runs").glob("expansions-*.json")  # each held-out query, then the backbone's text
+    common = _script("common", monkeypatch)
+    queries = [common.halves(text)[0] for text in common.held_out_texts(str(imdb_dir), 0.2, 1234)]
+    texts = json.loads(kept.read_text())
+    assert len(texts) == len(queries) and all(t.startswith(q) for t, q in zip(texts, queries, strict=True))
+    assert sum(map(len, texts)) > sum(map(len, queries))
     assert (
         len(json.loads(again.read_text())["notes"]["chosen"]["adapter 1 + BM25 + TF-IDF, wsum"].split("/"))
         == 3
@@ -163,26 +169,45 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
 
 
 def test_fusion_expansions_are_the_query_then_what_the_backbone_writes_kept_and_read_back(
-    pretrained_run: Path, imdb_dir: Path, tmp_path: Path, monkeypatch, capsys
+    pretrained_run: Path, adapter_run: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     fusion = _script("fusion", monkeypatch)
     from imdb_transformer.core.backbone import load_backbone
+    from imdb_transformer.core.head import load_adapter
+    from imdb_transformer.embedder import DocumentEmbedder
 
-    backbone = load_backbone(pretrained_run / "backbone")
-    queries = ["a film about a dog and", "the acting was", "I saw it twice"]
+    backbone = load_backbone(pretrained_run / "backbone")  # a 64-token context
+    long = " ".join(["the film was long and slow"] * 30)  # past the context: its last 56 tokens prompt
+    queries = ["a film about a dog and", "the acting was", "I saw it twice", long]
     texts = fusion.expanded(backbone, queries, 8, str(tmp_path))
     (kept,) = tmp_path.glob("expansions-*.json")
-    assert json.loads(kept.read_text()) == texts and len(texts) == 3
-    assert all(t.startswith(q + " ") and len(t) > len(q) + 1 for t, q in zip(texts, queries, strict=True))
+    assert json.loads(kept.read_text()) == texts and len(texts) == 4
+    assert all(t.startswith(q) for t, q in zip(texts, queries, strict=True))
+    assert sum(len(t) > len(q) for t, q in zip(texts, queries, strict=True)) >= 3  # an end of text adds none
     capsys.readouterr()
     assert fusion.expanded(backbone, queries, 8, str(tmp_path)) == texts  # read, not written again
     assert "expansions: read from" in capsys.readouterr().out
     assert fusion.expanded(backbone, queries, 8, None) == texts  # greedy: the same text, without a folder
     assert len(list(tmp_path.glob("expansions-*.json"))) == 1
+    kept.write_text(json.dumps(texts[:2]))  # a stored file that does not fit these queries is refused
+    with pytest.raises(RuntimeError, match="not 4 texts, each starting with its query.*delete it"):
+        fusion.expanded(backbone, queries, 8, str(tmp_path))
 
+    assert fusion.expanded(backbone, queries[:1], 32, None)[0].startswith(queries[0])  # half the context
+    with pytest.raises(ValueError, match="tokens must be in 1..32"):
+        fusion.expanded(backbone, queries, 33, None)
     with pytest.raises(SystemExit) as stop:  # the query must keep at least half of the context
         fusion.main(["--backbone", str(pretrained_run / "backbone"), "--adapters", "x", "--expand", "33"])
     assert stop.value.code == 2 and "--expand 33 is out of range" in capsys.readouterr().err
+
+    # every run is named as its table row, whether stored (--runs) or not
+    embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
+    docs = ["a dog in the film", "the film's acting was poor", "good acting, a good dog", "a long slow film"]
+    for folder in (None, str(tmp_path / "runs")):
+        runs = fusion.pool_runs(backbone, {"adapter 1": embedder}, queries, docs, 3, folder, 8)
+        names = ["BM25", "TF-IDF", "adapter 1"]
+        assert list(runs) == names + [f"{name}, expanded" for name in names]
+        assert all(run.name == name for name, run in runs.items())
 
 
 def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(

@@ -188,10 +188,19 @@ def test_with_max_time_the_schedule_runs_on_the_clock_and_anneals_by_the_limit(
     assert clocked(20 + 2 * CLOCK_EVERY) == pytest.approx(0.1)  # out of time: fully annealed
     assert readings == [0.0, 0.5, 1.0]
 
-    readings.clear()  # a whole run: LambdaLR asks once per parameter group each step; the clock is read
-    clocked = on_the_clock(schedule, trainer, 100, warmup_steps=10)  # on one of every CLOCK_EVERY steps
-    for step in range(100):
-        for _group in range(2):
-            clocked(step)
-    assert len(readings) == -(-90 // CLOCK_EVERY)
+    readings.clear()  # a whole run: LambdaLR asks once per parameter group each step (and once as it is
+    # made); the clock is read on one of every CLOCK_EVERY steps after warmup, whatever the groups
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(2, 2))]},
+        {"params": [torch.nn.Parameter(torch.zeros(2))]},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, on_the_clock(schedule, trainer, 100, warmup_steps=10)
+    )
+    for _ in range(99):
+        optimizer.step()
+        scheduler.step()
+    assert len(readings) == -(-90 // CLOCK_EVERY)  # steps 10, 26, ..., 90
+    assert optimizer.param_groups[0]["lr"] == optimizer.param_groups[1]["lr"] == pytest.approx(1e-4)
     assert on_the_clock(schedule, L.Trainer(**options), 100) is schedule  # no max_time: by the step only

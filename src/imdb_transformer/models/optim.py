@@ -214,8 +214,8 @@ def on_the_clock(
     annealed, instead of being cut off at a high learning rate. Warmup stays counted in steps. Every
     process uses rank 0's clock, so replicas keep the same learning rate; the clock is read on the first
     step after warmup and then every :data:`CLOCK_EVERY` steps, not on every step and parameter group,
-    because each reading is a collective under DDP. Without ``max_time``, ``schedule`` is returned as
-    it is."""
+    because each reading is a collective under DDP (so the schedule trails the clock by less than
+    ``CLOCK_EVERY`` steps). Without ``max_time``, ``schedule`` is returned as it is."""
     timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
     if timer is None or timer.time_remaining() is None:
         return schedule
