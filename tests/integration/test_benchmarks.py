@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import REPO
 
@@ -208,6 +209,29 @@ def test_fusion_expansions_are_the_query_then_what_the_backbone_writes_kept_and_
         names = ["BM25", "TF-IDF", "adapter 1"]
         assert list(runs) == names + [f"{name}, expanded" for name in names]
         assert all(run.name == name for name, run in runs.items())
+
+
+def test_fusion_tests_each_run_against_bm25_by_fishers_randomization_test(monkeypatch) -> None:
+    fusion = _script("fusion", monkeypatch)
+    from ranx import Qrels, Run
+
+    rng = np.random.default_rng(0)
+    qrels = Qrels({f"q{i}": {f"d{i}": 1} for i in range(200)})
+
+    def ranked(at: list[int], name: str) -> Run:  # query i's right document at rank at[i] of 5
+        return Run(
+            {f"q{i}": {f"d{i + (s - r) % 5}": 1.0 - s / 10 for s in range(5)} for i, r in enumerate(at)},
+            name=name,
+        )
+
+    ranks = rng.integers(0, 5, 200).tolist()
+    bm25 = ranked(ranks, "BM25")
+    same = ranked(ranks, "same")  # the same ranking: no difference to find
+    better = ranked([r // 3 for r in ranks], "better")  # the right document higher for most queries
+    noisy = ranked(rng.integers(0, 5, 200).tolist(), "noisy")  # as good on average, other queries
+    assert fusion.p_against_bm25(qrels, bm25, same) == 1.0
+    assert fusion.p_against_bm25(qrels, bm25, better) < 0.01
+    assert fusion.p_against_bm25(qrels, bm25, noisy) > 0.01
 
 
 def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(
