@@ -173,9 +173,7 @@ def expanded(backbone: Backbone, queries: list[str], tokens: int, folder: str | 
     has an LM write a hypothetical document for a query. The prompt is the query's last ``block_size -
     tokens`` tokens (at least half the context), so the window never slides. Kept in ``folder``
     (``--runs``) under a key of the queries, the backbone (weights, tokenizer, context) and the settings."""
-    context = backbone.decoder.config.block_size
-    if not 0 < tokens <= context // 2:
-        raise ValueError(f"tokens must be in 1..{context // 2} (half the backbone's context), got {tokens}")
+    context = check_expand(backbone, tokens)
     key = cache_key(
         EXPANSIONS_FORMAT, corpus_fingerprint(queries), backbone.fingerprint, context, tokens,
         EXPANSION, EXPAND_BATCH,
@@ -202,6 +200,18 @@ def expanded(backbone: Backbone, queries: list[str], tokens: int, folder: str | 
         with atomic_path(path) as partial:
             partial.write_text(json.dumps(written))
     return written
+
+
+def check_expand(backbone: Backbone, tokens: int) -> int:
+    """The backbone's context, once ``tokens`` is known to fit an expansion: at most half of it, so the
+    query keeps the other half; ``ValueError`` naming the range otherwise."""
+    context = backbone.decoder.config.block_size
+    if not 0 < tokens <= context // 2:
+        raise ValueError(
+            f"--expand {tokens} is out of range: the backbone reads {context} tokens and the query keeps at "
+            f"least half of them, so 1 <= --expand <= {context // 2} (0 turns it off)"
+        )
+    return context
 
 
 def checked_expansions(found: object, queries: list[str]) -> list[str]:
@@ -344,12 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     record = Record("fusion")
     backbone = load_backbone(args.backbone)
-    context = backbone.decoder.config.block_size
-    if not 0 <= args.expand <= context // 2:
-        parser.error(
-            f"--expand {args.expand} is out of range: the backbone reads {context} tokens and the query "
-            f"keeps at least half of them, so 0 <= --expand <= {context // 2}; 0 turns it off"
-        )
+    if args.expand:
+        try:  # before any ranker runs: the expansions come after the plain queries' runs
+            check_expand(backbone, args.expand)
+        except ValueError as err:
+            parser.error(str(err))
     embedders = {}  # each adapter in each reading, named "adapter N" (+ ", windows")
     for i, path in enumerate(args.adapters):
         head = load_adapter(path, backbone)

@@ -195,7 +195,7 @@ def test_fusion_expansions_are_the_query_then_what_the_backbone_writes_kept_and_
         fusion.expanded(backbone, queries, 8, str(tmp_path))
 
     assert fusion.expanded(backbone, queries[:1], 32, None)[0].startswith(queries[0])  # half the context
-    with pytest.raises(ValueError, match="tokens must be in 1..32"):
+    with pytest.raises(ValueError, match=r"--expand 33 is out of range.*1 <= --expand <= 32"):
         fusion.expanded(backbone, queries, 33, None)
     with pytest.raises(SystemExit) as stop:  # the query must keep at least half of the context
         fusion.main(["--backbone", str(pretrained_run / "backbone"), "--adapters", "x", "--expand", "33"])

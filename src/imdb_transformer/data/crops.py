@@ -75,6 +75,11 @@ def bm25_idf(document_frequency: np.ndarray, n: int) -> np.ndarray:
     return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
 
 
+def piece_idf(counts: sp.csr_matrix) -> np.ndarray:
+    """Each piece's BM25 IDF over the reviews whose piece counts are the rows of ``counts``."""
+    return bm25_idf(np.bincount(counts.indices, minlength=counts.shape[1]), counts.shape[0])
+
+
 def bm25_scores(
     queries: list[list[int]], documents: list[list[int]], idf: np.ndarray, k1: float = 1.5, b: float = 0.75
 ) -> np.ndarray:
@@ -112,7 +117,7 @@ def neighbours(
     actor). A review that shares none of them with another is its own neighbour."""
     n = len(lengths)
     tf = piece_counts(tokens, lengths, vocab_size)
-    idf = bm25_idf(np.bincount(tf.indices, minlength=vocab_size), n)
+    idf = piece_idf(tf)
     documents = bm25_weights(tf, lengths, idf).T.tocsr()  # (pieces, reviews)
     rank = tf @ sp.diags(idf)
     rows, cols = [], []
@@ -249,15 +254,12 @@ def collate_crops(
         ids = reading_order(item["ids"], reverse)
         if positives == "disjoint":
             first, second = disjoint_crops(ids, rng, crop_min, crop_max)
-        elif positives == "neighbours" and "partner" in item and rng.random() < NEIGHBOUR_SHARE:
-            partner = reading_order(item["partner"], reverse)
+        else:  # two independent crops, the second of the neighbour for NEIGHBOUR_SHARE of partnered items
+            other = ids
+            if positives == "neighbours" and "partner" in item and rng.random() < NEIGHBOUR_SHARE:
+                other = reading_order(item["partner"], reverse)
             first = random_crop(ids, rng, crop_min, crop_max)
-            second = random_crop(partner, rng, crop_min, crop_max)
-        else:
-            first, second = (
-                random_crop(ids, rng, crop_min, crop_max),
-                random_crop(ids, rng, crop_min, crop_max),
-            )
+            second = random_crop(other, rng, crop_min, crop_max)
         a.append(first)
         b.append(second)
     (a_ids, a_mask), (b_ids, b_mask) = pad(a), pad(b)
@@ -425,8 +427,7 @@ class ContrastiveDataModule(ReviewsDataModule):
         """Each piece's BM25 IDF over the training reviews (held-out reviews aside), found once."""
         if self._idf is None:
             tokens, lengths = self._train_tokens()
-            counts = piece_counts(tokens, lengths, self.tokenizer.vocab_size)
-            self._idf = bm25_idf(np.bincount(counts.indices, minlength=counts.shape[1]), len(lengths))
+            self._idf = piece_idf(piece_counts(tokens, lengths, self.tokenizer.vocab_size))
         return self._idf
 
     def _collate(self, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
