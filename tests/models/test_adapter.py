@@ -26,6 +26,7 @@ from imdb_transformer.data.crops import (
     disjoint_crops,
     neighbours,
     piece_counts,
+    piece_idf,
     random_crop,
     topics,
 )
@@ -217,7 +218,7 @@ def test_each_reviews_neighbour_is_the_other_review_bm25_ranks_first_for_its_rar
     assert found[40] in range(40) and found[41] == 41
     # the same as BM25 over all reviews with a query of its 4 pieces of highest tf-idf, itself aside
     tf = piece_counts(tokens, lengths, 200)
-    idf = bm25_idf(np.bincount(tf.indices, minlength=200), len(ids))
+    idf = piece_idf(tf)
     rank = tf.toarray()[3] * idf
     query = [int(t) for t in np.argsort(-rank, kind="stable")[:4]]
     scores = bm25_scores([query], ids, idf)[0]
