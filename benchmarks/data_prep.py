@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         lm = LMDataModule(**lm_args)
         n_fit = len(lm.reviews()[0])
-        cold = timed(lm._fit_tokenizer)
-        cached = timed(LMDataModule(**lm_args)._fit_tokenizer)
+        cold = timed(lm.fit_tokenizer)
+        cached = timed(LMDataModule(**lm_args).fit_tokenizer)
         rows.append((f"fit the tokenizer ({n_fit:,} reviews, {args.vocab_size:,} pieces)", cold, cached))
 
-        tokenizer = lm._fit_tokenizer()
+        tokenizer = lm.fit_tokenizer()
         texts = [
             clean_text(t)
             for split in ("train", "test", "unsupervised")

@@ -1,6 +1,7 @@
 """The GPU check: set up, then measure the GPU path in one command that fits one short window.
 
-    python3 benchmarks/gpu_check.py --data .gpu_check/imdb --wheels .gpu_check/wheels --out OUT
+    python3 benchmarks/gpu_check.py --data .gpu_check/imdb --cache .gpu_check/cache \
+        --wheels .gpu_check/wheels --out OUT
     python3 benchmarks/gpu_check.py --smoke --data DIR --out OUT   # the same steps on CPU, tiny (minutes)
 
 Steps, one after another, each under its own time limit and all within ``--budget`` seconds:
@@ -24,12 +25,14 @@ Steps, one after another, each under its own time limit and all within ``--budge
 
 Each step appends one JSON object to ``OUT/results.jsonl`` as it ends (``step``, ``status``: ok, failed,
 timeout, skipped or interrupted, ``seconds``, and what it measured: a CLI step cut short keeps the figures
-its ``metrics.csv`` holds) and streams its output to ``OUT/gpu_check.log``; nothing else is written under
+its ``metrics.csv`` holds) and streams its output to ``OUT/gpu_check.log``, each line stamped with the seconds
+since the step began, and a step's stacks shortly before its limit; nothing else is written under
 ``OUT`` (runs and checkpoints go to ``--work``), so the two files are all a short window has to bring back.
 A step over its limit gets SIGTERM, then SIGKILL with its children; the check stopped by a signal stops
 its step the same way. Nothing is downloaded at run time: the data is a local parquet folder (``--data``).
 
-``--smoke`` runs every step on the CPU with tiny models and few steps, so the script is tested before a
+``--cache`` starts from a data cache fit elsewhere (the tokenizer); ``--skip`` leaves out steps no later one
+needs. ``--smoke`` runs every step on the CPU with tiny models and few steps, so the script is tested before a
 GPU is ever available (``tests/integration/test_gpu_check.py``). Only the Python standard library is
 imported here: this file runs before anything is installed.
 """
@@ -38,14 +41,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +77,8 @@ NEEDED = {
     "pyarrow": "pyarrow",
     "tqdm": "tqdm",
 }
+# steps whose results no later step needs, so a short window can leave them out (--skip)
+SKIPPABLE = ("train_speed", "decode", "embed", "embed_index", "finetune")
 GPU_SHAPE = ["--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "512"]
 TINY_SHAPE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
 
@@ -88,7 +96,7 @@ class Check:
         self.log = self.out / "gpu_check.log"
         self.deadline = time.monotonic() + args.budget
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.paths = [str(REPO / "src"), str(REPO / "benchmarks")]
+        self.paths = [str(REPO / "src"), str(REPO / "benchmarks"), str(stacks_folder(self.work))]
         self.current: subprocess.Popen | None = None
         self._path_env()
 
@@ -110,28 +118,46 @@ class Check:
             f.write(text)
 
     def run(self, command: list[str], limit: float) -> tuple[str, int | None, str]:
-        """Run ``command`` from the repository root for at most ``limit`` seconds, its output appended to
-        the log as it comes; (status, return code, its output). A command over its limit gets SIGTERM
+        """Run ``command`` from the repository root for at most ``limit`` seconds, each line of its output
+        appended to the log as it comes, stamped with the seconds since it started; (status, return code,
+        its output). A Python step writes its threads' stacks to the log shortly before its limit
+        (:data:`STACKS`), so a step that hangs says where. A command over its limit gets SIGTERM
         (Lightning then saves a checkpoint), then its whole process group SIGKILL after a grace period."""
-        self.say(f"\n$ {shlex.join(command)}\n")
-        start = self.log.stat().st_size
+        self.say(f"\n$ {shlex.join(command)}   (at {self.args.budget - self.left():.0f} s of the check)\n")
+        began = time.monotonic()
+        stacks_in = limit - min(5.0, limit / 4)
+        env = {
+            **self.env,
+            "GPU_CHECK_PID": str(os.getpid()),
+            "GPU_CHECK_STACKS_AT": str(time.time() + stacks_in),
+        }
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace", start_new_session=True,
+        )  # fmt: skip
+        lines: list[str] = []
+        copier = threading.Thread(target=self._copy, args=(process.stdout, began, lines), daemon=True)
+        copier.start()
+        self.current = process
+        try:
+            code = process.wait(timeout=max(1.0, limit))
+            status = "ok" if code == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            code, status = None, "timeout"
+        finally:
+            stop(process)  # also what a finished command left running (a worker, a server)
+            self.current = None
+            copier.join(timeout=10)  # the pipe closes once the whole group has ended
+        return status, code, "".join(lines)
+
+    def _copy(self, stream: io.TextIOBase, began: float, lines: list[str]) -> None:
+        """Append each line of ``stream`` to the log, stamped, and to ``lines`` as it is (a progress
+        bar's redraws are lines too)."""
         with self.log.open("a") as log:
-            process = subprocess.Popen(
-                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )  # fmt: skip
-            self.current = process
-            try:
-                code = process.wait(timeout=max(1.0, limit))
-                status = "ok" if code == 0 else "failed"
-            except subprocess.TimeoutExpired:
-                code, status = None, "timeout"
-            finally:
-                stop(process)  # also what a finished command left running (a worker, a server)
-                self.current = None
-        with self.log.open() as log:
-            log.seek(start)
-            output = log.read()
-        return status, code, output
+            for line in stream:
+                lines.append(line)
+                log.write(f"[{time.monotonic() - began:6.1f}s] {line.rstrip(chr(10))}\n")
+                log.flush()
 
     def skip(self, name: str, why: str) -> dict:
         record = {"step": name, "status": "skipped", "seconds": 0, "why": why}
@@ -148,6 +174,8 @@ class Check:
     ) -> dict:
         """One step: skipped when less than ``needs`` seconds are left, else run for at most ``limit``
         seconds (cut to the budget left); its figures from ``read(output)``, also after a timeout."""
+        if name in self.args.skip:
+            return self.skip(name, "--skip names it")
         left = self.left()
         if left < needs:
             return self.skip(name, f"{left:.0f} s of the budget left")
@@ -170,6 +198,31 @@ class Check:
                 record["unread"] = f"{type(err).__name__}: {err}"
         self.write(record)
         return record
+
+
+STACKS = """\
+# Written by gpu_check.py: a step's own Python process (a child of the check) writes its threads' stacks to
+# stderr, the check's log, at GPU_CHECK_STACKS_AT (a time.time()), shortly before the check stops a step
+# over its limit. faulthandler's watchdog thread needs no signal and works while the main thread is stuck in
+# native code. Children of the step (data workers, compile workers) are left alone.
+import faulthandler
+import os
+import time
+
+if os.environ.get("GPU_CHECK_STACKS_AT") and str(os.getppid()) == os.environ.get("GPU_CHECK_PID"):
+    faulthandler.dump_traceback_later(
+        max(1.0, float(os.environ["GPU_CHECK_STACKS_AT"]) - time.time()), exit=False
+    )
+"""
+
+
+def stacks_folder(work: Path) -> Path:
+    """A folder holding :data:`STACKS` as ``sitecustomize``, for the steps' ``PYTHONPATH``: a run killed
+    before its own handlers are set up would otherwise leave no trace of where it was."""
+    folder = work / "stacks"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(STACKS)
+    return folder
 
 
 class Interrupted(Exception):
@@ -247,6 +300,9 @@ def setup(check: Check) -> dict:
             found = broken if broken is not None else "the check printed no answer"
             why = f"could not install {names}: {found}"
             record.update(status="failed", why=why, tail=output[-1500:])
+    if check.args.cache:  # e.g. the tokenizer, fit on another machine: the GPU's minutes go to the model
+        shutil.copytree(check.args.cache, check.work / "cache", dirs_exist_ok=True)
+        record["cache"] = sorted(path.name for path in check.args.cache.iterdir())
     if check.args.smoke:
         record["smoke"] = True
     record["seconds"] = round(time.monotonic() - started, 1)
@@ -289,6 +345,14 @@ def empty_or_new(value: str) -> Path:
     return path
 
 
+def folder(value: str) -> Path:
+    """An argparse type: a folder that exists."""
+    path = Path(value).resolve()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is not a folder")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -304,12 +368,22 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=empty_or_new, default=None, help="runs and checkpoints (default: a temporary folder)"
     )
     parser.add_argument(
+        "--cache", type=folder, default=None,
+        help="a data cache to start from, copied into the work folder's (the tokenizer fit on another "
+        "machine, so it is not fit again on the GPU's time)",
+    )  # fmt: skip
+    parser.add_argument(
         "--wheels", default=None, help="a folder of wheels for the packages the machine lacks"
     )
     parser.add_argument("--budget", type=float, default=540, help="seconds for every step together")
     parser.add_argument(
         "--pretrain_minutes", type=float, default=3.5,
         help="pretraining's wall time at most, after its data is prepared; less if the budget left needs it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip", nargs="+", default=[], choices=SKIPPABLE, metavar="STEP",
+        help=f"steps to leave out, recorded as skipped: any of {', '.join(SKIPPABLE)} (their figures are "
+        "not needed by later steps; without train_speed, pretraining's MFU is not computed)",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="the same steps on CPU with tiny models")
     args = parser.parse_args(argv)

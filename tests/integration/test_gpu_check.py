@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_a_step_over_its_limit_is_stopped_with_its_children(tmp_path: Path) -> N
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_check
 
-    args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", budget=60, smoke=True)
+    args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", budget=60, smoke=True, skip=[])
     pid_file = tmp_path / "child.pid"
     stubborn = (  # ignores SIGTERM, as a busy worker might, and leaves a child sleeping
         "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -103,6 +104,10 @@ def test_a_step_over_its_limit_is_stopped_with_its_children(tmp_path: Path) -> N
     started = time.monotonic()
     status, code, output = gpu_check.Check(args).run([sys.executable, "-c", stubborn], limit=2)
     assert status == "timeout" and code is None and "started" in output
+    # its stacks, written shortly before its limit: where it hung; each line stamped with its time
+    assert "most recent call first" in output and 'File "<string>", line 1' in output
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert re.search(r"^\[ *[0-9.]+s\] started$", log, re.M) and "most recent call first" in log
     assert time.monotonic() - started < 2 + 20 + 5  # the limit, the grace period, a margin
     child = int(pid_file.read_text())
     time.sleep(0.5)
@@ -124,3 +129,31 @@ def test_a_used_out_or_work_folder_is_refused(imdb_dir: Path, tmp_path: Path) ->
 def test_missing_data_or_out_is_a_usage_error(tmp_path: Path) -> None:
     done = check("--smoke", "--out", str(tmp_path / "fresh"), timeout=60)
     assert done.returncode == 2 and "--data" in done.stderr
+
+
+def test_skipped_steps_are_recorded_and_not_run(imdb_dir: Path, tmp_path: Path) -> None:
+    """--skip leaves out the steps no later one needs; each is recorded as skipped, saying why. A data
+    cache given with --cache is used: the tokenizer fit elsewhere is not fit again."""
+    from imdb_transformer.data import LMDataModule
+
+    seed = tmp_path / "seed"  # the smoke run's data settings (tiny.yaml, --data.vocab_size 400)
+    LMDataModule(str(imdb_dir), str(seed), vocab_size=400, block_size=64, num_proc=1).prepare_data()
+    out = tmp_path / "out"
+    done = check(
+        "--smoke", "--skip", "train_speed", "decode", "embed", "embed_index", "finetune",
+        "--cache", str(seed), "--data", str(imdb_dir), "--out", str(out), "--work", str(tmp_path / "work"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    by = {r["step"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert list(by) == STEPS
+    left_out = {"train_speed", "decode", "embed", "embed_index", "finetune", "finetune_test"}
+    assert {name for name, r in by.items() if r["status"] == "skipped"} == left_out
+    assert by["train_speed"]["why"] == "--skip names it" and by["frozen_test"]["status"] == "ok"
+    log = (out / "gpu_check.log").read_text()
+    assert "train_speed.py" not in log and "Fitting a unigram tokenizer" not in log
+    assert any(name.startswith("tokenizer-unigram-400-") for name in by["setup"]["cache"])
+
+
+def test_an_unknown_step_to_skip_is_a_usage_error(tmp_path: Path) -> None:
+    done = check("--smoke", "--skip", "pretrain", "--data", "x", "--out", str(tmp_path / "o"), timeout=60)
+    assert done.returncode == 2 and "invalid choice: 'pretrain'" in done.stderr
