@@ -34,8 +34,17 @@ def check(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_smoke_runs_every_step_and_records_each(imdb_dir: Path, tmp_path: Path) -> None:
+    """Every step, in order, each recorded ok; the data cache given with --cache is used, so the tokenizer
+    fit elsewhere is not fit again."""
+    from imdb_transformer.data import LMDataModule
+
+    seed = tmp_path / "seed"  # the smoke run's data settings (tiny.yaml, --data.vocab_size 400)
+    LMDataModule(str(imdb_dir), str(seed), vocab_size=400, block_size=64, num_proc=1).fit_tokenizer()
     out = tmp_path / "out"
-    done = check("--smoke", "--data", str(imdb_dir), "--out", str(out), "--work", str(tmp_path / "work"))
+    done = check(
+        "--smoke", "--cache", str(seed), "--data", str(imdb_dir), "--out", str(out),
+        "--work", str(tmp_path / "work"),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
         "gpu_check.log",
@@ -56,8 +65,10 @@ def test_smoke_runs_every_step_and_records_each(imdb_dir: Path, tmp_path: Path) 
     assert [row[0] for row in by["embed"]["tables"]["embedding"]["rows"]] == ["fp32", "bf16"]
     assert by["decode"]["tables"]["decoding"]["rows"]
     assert by["embed_index"]["reviews"] == 40 and by["embed_index"]["reviews_per_s"] > 0
+    assert [name[:22] for name in by["setup"]["cache"]] == ["tokenizer-unigram-400-"]
     log = (out / "gpu_check.log").read_text()
     assert "benchmarks/train_speed.py" in log and " fit " in log and " test " in log
+    assert "Fitting a unigram tokenizer" not in log
 
 
 def test_a_short_budget_still_gives_every_step_its_record(imdb_dir: Path, tmp_path: Path) -> None:
@@ -131,27 +142,26 @@ def test_missing_data_or_out_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--data" in done.stderr
 
 
-def test_skipped_steps_are_recorded_and_not_run(imdb_dir: Path, tmp_path: Path) -> None:
-    """--skip leaves out the steps no later one needs; each is recorded as skipped, saying why. A data
-    cache given with --cache is used: the tokenizer fit elsewhere is not fit again."""
-    from imdb_transformer.data import LMDataModule
+def test_a_step_named_by_skip_is_recorded_and_not_run(tmp_path: Path) -> None:
+    """--skip: the step is recorded as skipped, saying why, and its command never runs."""
+    import argparse
 
-    seed = tmp_path / "seed"  # the smoke run's data settings (tiny.yaml, --data.vocab_size 400)
-    LMDataModule(str(imdb_dir), str(seed), vocab_size=400, block_size=64, num_proc=1).prepare_data()
-    out = tmp_path / "out"
-    done = check(
-        "--smoke", "--skip", "train_speed", "decode", "embed", "embed_index", "finetune",
-        "--cache", str(seed), "--data", str(imdb_dir), "--out", str(out), "--work", str(tmp_path / "work"),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    by = {r["step"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
-    assert list(by) == STEPS
-    left_out = {"train_speed", "decode", "embed", "embed_index", "finetune", "finetune_test"}
-    assert {name for name, r in by.items() if r["status"] == "skipped"} == left_out
-    assert by["train_speed"]["why"] == "--skip names it" and by["frozen_test"]["status"] == "ok"
-    log = (out / "gpu_check.log").read_text()
-    assert "train_speed.py" not in log and "Fitting a unigram tokenizer" not in log
-    assert any(name.startswith("tokenizer-unigram-400-") for name in by["setup"]["cache"])
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", budget=60, smoke=True)
+    args.skip = ["decode"]
+    check_ = gpu_check.Check(args)
+    touched = tmp_path / "ran"
+    command = [sys.executable, "-c", f"open({str(touched)!r}, 'w')"]
+    assert check_.step("decode", command, limit=30) == {
+        "step": "decode",
+        "status": "skipped",
+        "seconds": 0,
+        "why": "--skip names it",
+    }
+    assert not touched.exists()
+    assert check_.step("embed", command, limit=30)["status"] == "ok" and touched.exists()
 
 
 def test_an_unknown_step_to_skip_is_a_usage_error(tmp_path: Path) -> None:
