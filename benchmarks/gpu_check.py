@@ -45,6 +45,7 @@ import io
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -77,7 +78,8 @@ NEEDED = {
     "pyarrow": "pyarrow",
     "tqdm": "tqdm",
 }
-# steps whose results no later step needs, so a short window can leave them out (--skip)
+# steps a short window can leave out (--skip): no later step needs their results, except that pretraining's
+# MFU needs train_speed's measured peak
 SKIPPABLE = ("train_speed", "decode", "embed", "embed_index", "finetune")
 GPU_SHAPE = ["--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "512"]
 TINY_SHAPE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
@@ -97,7 +99,6 @@ class Check:
         self.deadline = time.monotonic() + args.budget
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.paths = [str(REPO / "src"), str(REPO / "benchmarks"), str(stacks_folder(self.work))]
-        self.current: subprocess.Popen | None = None
         self._path_env()
 
     def _path_env(self) -> None:
@@ -114,31 +115,29 @@ class Check:
         print(json.dumps(record), flush=True)
 
     def say(self, text: str) -> None:
-        with self.log.open("a") as f:
+        with self.log.open("a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
 
     def run(self, command: list[str], limit: float) -> tuple[str, int | None, str]:
-        """Run ``command`` from the repository root for at most ``limit`` seconds, each line of its output
-        appended to the log as it comes, stamped with the seconds since it started; (status, return code,
-        its output). A Python step writes its threads' stacks to the log shortly before its limit
-        (:data:`STACKS`), so a step that hangs says where. A command over its limit gets SIGTERM
-        (Lightning then saves a checkpoint), then its whole process group SIGKILL after a grace period."""
+        """Run ``command`` from the repository root for at most ``limit`` seconds; (status, return code,
+        its output). Its output goes to the log as it comes (:meth:`_copy`), and a Python step writes its
+        threads' stacks there shortly before its limit (:data:`STACKS`), so a step that hangs shows where
+        it was. A command over its limit gets SIGTERM (Lightning then saves a checkpoint), then its whole
+        process group SIGKILL after a grace period."""
         self.say(f"\n$ {shlex.join(command)}   (at {self.args.budget - self.left():.0f} s of the check)\n")
         began = time.monotonic()
-        stacks_in = limit - min(5.0, limit / 4)
         env = {
             **self.env,
             "GPU_CHECK_PID": str(os.getpid()),
-            "GPU_CHECK_STACKS_AT": str(time.time() + stacks_in),
+            "GPU_CHECK_STACKS_AT": str(began + limit - min(5.0, limit / 4)),  # CLOCK_MONOTONIC: system-wide
         }
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            errors="replace", start_new_session=True,
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
         lines: list[str] = []
         copier = threading.Thread(target=self._copy, args=(process.stdout, began, lines), daemon=True)
         copier.start()
-        self.current = process
         try:
             code = process.wait(timeout=max(1.0, limit))
             status = "ok" if code == 0 else "failed"
@@ -146,18 +145,61 @@ class Check:
             code, status = None, "timeout"
         finally:
             stop(process)  # also what a finished command left running (a worker, a server)
-            self.current = None
             copier.join(timeout=10)  # the pipe closes once the whole group has ended
+            if copier.is_alive():  # a process that left the group holds it: stop reading
+                process.stdout.close()
+                self.say(
+                    "(a process outside the step's group still holds its output; the rest is not logged)\n"
+                )
         return status, code, "".join(lines)
 
-    def _copy(self, stream: io.TextIOBase, began: float, lines: list[str]) -> None:
-        """Append each line of ``stream`` to the log, stamped, and to ``lines`` as it is (a progress
-        bar's redraws are lines too)."""
-        with self.log.open("a") as log:
-            for line in stream:
-                lines.append(line)
-                log.write(f"[{time.monotonic() - began:6.1f}s] {line.rstrip(chr(10))}\n")
-                log.flush()
+    def _copy(self, stream: io.BufferedReader, began: float, lines: list[str]) -> None:
+        """Write each line of ``stream`` to the log, stamped with the seconds since ``began``, and keep it
+        in ``lines``. A line ends at a newline or a carriage return (a progress bar's redraw), and text
+        left without an end for a second is written as it stands, so a stuck bar shows when it stuck.
+        Undecodable bytes are replaced; a log that cannot be written (a full disk) does not stop the
+        reading, so the step never blocks on a full pipe."""
+        try:
+            log = self.log.open("a", encoding="utf-8", errors="backslashreplace")
+        except OSError:
+            log = None
+
+        def emit(piece: bytes) -> None:
+            text = piece.decode("utf-8", errors="replace")
+            lines.append(text + "\n")
+            if log is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    log.write(f"[{time.monotonic() - began:6.1f}s] {text}\n")
+                    log.flush()
+
+        pending, written, after_cr = b"", False, False  # written: pending went out before its end came
+        with contextlib.suppress(OSError, ValueError):  # the stream closed under it (run gave up on it)
+            while True:
+                ready, _, _ = select.select([stream], [], [], 1.0)
+                if not ready:
+                    if pending:
+                        emit(pending)
+                        pending, written = b"", True
+                    continue
+                chunk = stream.read1(65536)
+                if not chunk:
+                    break
+                if after_cr and chunk.startswith(b"\n"):  # a CRLF split between two reads
+                    chunk = chunk[1:]
+                after_cr = chunk.endswith(b"\r")
+                *ended, pending = re.split(rb"\r\n|\r|\n", pending + chunk)
+                if written and ended and ended[0] == b"":  # the end of the text already written
+                    ended, written = ended[1:], False
+                written = written and not ended and not pending
+                for piece in ended:
+                    emit(piece)
+        if pending:
+            emit(pending)
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()
+        with contextlib.suppress(OSError, ValueError):
+            stream.close()
 
     def skip(self, name: str, why: str) -> dict:
         record = {"step": name, "status": "skipped", "seconds": 0, "why": why}
@@ -201,18 +243,40 @@ class Check:
 
 
 STACKS = """\
-# Written by gpu_check.py: a step's own Python process (a child of the check) writes its threads' stacks to
-# stderr, the check's log, at GPU_CHECK_STACKS_AT (a time.time()), shortly before the check stops a step
-# over its limit. faulthandler's watchdog thread needs no signal and works while the main thread is stuck in
-# native code. Children of the step (data workers, compile workers) are left alone.
+# Written by gpu_check.py and put first on a step's PYTHONPATH. The step's own Python process (a child of the
+# check) writes its threads' stacks to stderr, the check's log, at GPU_CHECK_STACKS_AT (a time.monotonic():
+# Linux shares that clock between processes), shortly before the check stops a step over its limit.
+# faulthandler's watchdog thread needs no signal and works while the main thread is in native code. It is
+# stopped before each fork and armed again in the parent, so a forked child has no watchdog to wait for
+# when it exits. Then the machine's own sitecustomize, if there is one, runs as it would have.
 import faulthandler
+import importlib
 import os
+import sys
 import time
 
+
+def _arm():
+    left = float(os.environ["GPU_CHECK_STACKS_AT"]) - time.monotonic()
+    faulthandler.dump_traceback_later(max(1.0, left), exit=False)
+
+
 if os.environ.get("GPU_CHECK_STACKS_AT") and str(os.getppid()) == os.environ.get("GPU_CHECK_PID"):
-    faulthandler.dump_traceback_later(
-        max(1.0, float(os.environ["GPU_CHECK_STACKS_AT"]) - time.time()), exit=False
-    )
+    _arm()
+    os.register_at_fork(before=faulthandler.cancel_dump_traceback_later, after_in_parent=_arm)
+
+_here = os.path.dirname(os.path.abspath(__file__))
+_path = sys.path[:]
+sys.path[:] = [p for p in _path if os.path.abspath(p or ".") != _here]
+_mine = sys.modules.pop("sitecustomize")
+try:
+    importlib.import_module("sitecustomize")
+except ImportError as err:
+    if err.name != "sitecustomize":
+        raise
+finally:
+    sys.path[:] = _path
+    sys.modules.setdefault("sitecustomize", _mine)
 """
 
 
@@ -301,8 +365,11 @@ def setup(check: Check) -> dict:
             why = f"could not install {names}: {found}"
             record.update(status="failed", why=why, tail=output[-1500:])
     if check.args.cache:  # e.g. the tokenizer, fit on another machine: the GPU's minutes go to the model
-        shutil.copytree(check.args.cache, check.work / "cache", dirs_exist_ok=True)
-        record["cache"] = sorted(path.name for path in check.args.cache.iterdir())
+        try:
+            shutil.copytree(check.args.cache, check.work / "cache", dirs_exist_ok=True)
+            record["cache"] = sorted(path.name for path in check.args.cache.iterdir())
+        except OSError as err:
+            record.update(status="failed", why=f"could not copy --cache {check.args.cache}: {err}")
     if check.args.smoke:
         record["smoke"] = True
     record["seconds"] = round(time.monotonic() - started, 1)
@@ -381,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         help="pretraining's wall time at most, after its data is prepared; less if the budget left needs it",
     )  # fmt: skip
     parser.add_argument(
-        "--skip", nargs="+", default=[], choices=SKIPPABLE, metavar="STEP",
+        "--skip", nargs="+", action="extend", default=[], choices=SKIPPABLE, metavar="STEP",
         help=f"steps to leave out, recorded as skipped: any of {', '.join(SKIPPABLE)} (their figures are "
         "not needed by later steps; without train_speed, pretraining's MFU is not computed)",
     )  # fmt: skip
@@ -444,9 +511,13 @@ def steps(check: Check) -> int:
     lm = work / "lm"
 
     def read_pretraining(output: str) -> dict:
-        metrics = latest_version(lm) / "metrics.csv"
+        found = {"max_time_s": seconds, "tokenizer_fit": "Fitting a " in output}  # no --cache, or a stale one
+        run = latest_version(lm)
+        metrics = run / "metrics.csv" if run else None
+        if metrics is None or not metrics.is_file():
+            return {**found, "steps": None, "unread": "no metrics.csv: the run logged no step"}
         flops = last_value(metrics, "train/device/flops_per_sec")
-        found = {"max_time_s": seconds, "steps": last_value(metrics, "step"), "flops_per_s": flops}
+        found.update(steps=last_value(metrics, "step"), flops_per_s=flops)
         found["tokens_per_s"] = last_value(metrics, "train/device/items_per_sec")
         found["val_bpb_logged"] = last_value(metrics, "val/bpb")  # the last validation during training
         if flops and peak:
@@ -499,7 +570,8 @@ def steps(check: Check) -> int:
         version = latest_version(root)
         best = sorted(version.glob("checkpoints/best-*.ckpt")) if version else []
         if fitted["status"] == "skipped" or not best:
-            check.skip(f"{name}_test", "no best checkpoint to test")
+            why = f"{name} was skipped" if fitted["status"] == "skipped" else "no best checkpoint to test"
+            check.skip(f"{name}_test", why)
             return
         test = [*cli, "test", *classify, *options, "--trainer.default_root_dir", str(root / "test")]
         check.step(

@@ -68,7 +68,8 @@ def test_smoke_runs_every_step_and_records_each(imdb_dir: Path, tmp_path: Path) 
     assert [name[:22] for name in by["setup"]["cache"]] == ["tokenizer-unigram-400-"]
     log = (out / "gpu_check.log").read_text()
     assert "benchmarks/train_speed.py" in log and " fit " in log and " test " in log
-    assert "Fitting a unigram tokenizer" not in log
+    assert "Fitting a unigram tokenizer" not in log and by["pretrain"]["tokenizer_fit"] is False
+    assert "most recent call first" not in log  # no step came near its limit, so none wrote its stacks
 
 
 def test_a_short_budget_still_gives_every_step_its_record(imdb_dir: Path, tmp_path: Path) -> None:
@@ -118,7 +119,8 @@ def test_a_step_over_its_limit_is_stopped_with_its_children(tmp_path: Path) -> N
     # its stacks, written shortly before its limit: where it hung; each line stamped with its time
     assert "most recent call first" in output and 'File "<string>", line 1' in output
     log = (tmp_path / "out" / "gpu_check.log").read_text()
-    assert re.search(r"^\[ *[0-9.]+s\] started$", log, re.M) and "most recent call first" in log
+    assert re.search(r"^\[ *[0-9.]+s\] started$", log, re.M)
+    assert log.count("most recent call first") == 1  # the step's own process; its Python child does not
     assert time.monotonic() - started < 2 + 20 + 5  # the limit, the grace period, a margin
     child = int(pid_file.read_text())
     time.sleep(0.5)
@@ -162,6 +164,61 @@ def test_a_step_named_by_skip_is_recorded_and_not_run(tmp_path: Path) -> None:
     }
     assert not touched.exists()
     assert check_.step("embed", command, limit=30)["status"] == "ok" and touched.exists()
+    written = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["status"]) for r in written] == [("decode", "skipped"), ("embed", "ok")]
+
+
+def _check(tmp_path: Path):
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", budget=60, smoke=True, skip=[])
+    return gpu_check.Check(args)
+
+
+def test_each_line_and_redraw_is_logged_when_it_comes(tmp_path: Path) -> None:
+    """A progress bar's redraws (carriage returns) and text left without an end are stamped when written,
+    not when the step ends; odd bytes are replaced; the output handed back is the text, unstamped."""
+    check_ = _check(tmp_path)
+    step = (
+        "import sys, time; w = sys.stdout.buffer.write; f = sys.stdout.flush\n"
+        "w(b'\\rbar 1'); f(); time.sleep(1.5)\n"  # a redraw, then a pause with 'bar 2' unended
+        "w(b'\\rbar 2'); f(); time.sleep(2.5)\n"
+        "w(b'\\xff odd\\n'); f()\n"
+    )
+    status, code, output = check_.run([sys.executable, "-c", step], limit=30)
+    assert (status, code) == ("ok", 0)
+    assert output.splitlines() == ["", "bar 1", "bar 2", "\ufffd odd"]
+    stamps = dict(
+        (text, float(at)) for at, text in re.findall(r"^\[ *([0-9.]+)s\] (.*)$", check_.log.read_text(), re.M)
+    )
+    assert stamps["bar 1"] < 1.4 and 1.4 < stamps["bar 2"] < 3.5 and stamps["\ufffd odd"] >= 3.9
+
+
+def test_the_machines_own_sitecustomize_still_runs(tmp_path: Path, monkeypatch) -> None:
+    """The check's sitecustomize (the stacks) runs first, then hands over to the one it shadows."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("print('the machine s own sitecustomize')\n")
+    monkeypatch.setenv("PYTHONPATH", str(own))
+    check_ = _check(tmp_path)
+    status, _, output = check_.run([sys.executable, "-c", "import faulthandler; print('ran')"], limit=30)
+    assert status == "ok" and output.splitlines() == ["the machine s own sitecustomize", "ran"]
+
+
+def test_a_forked_child_of_a_step_exits_without_waiting_on_the_stacks_watchdog(tmp_path: Path) -> None:
+    """faulthandler's watchdog is stopped around a fork, so a child that exits the ordinary way ends at
+    once (a child holding the parent's watchdog state would wait for a thread it does not have)."""
+    child = (
+        "import os, sys\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n    sys.exit(0)\n"
+        "os.waitpid(pid, 0); print('child ended')\n"
+    )
+    status, _, output = _check(tmp_path).run([sys.executable, "-c", child], limit=20)
+    assert status == "ok" and "child ended" in output
 
 
 def test_an_unknown_step_to_skip_is_a_usage_error(tmp_path: Path) -> None:
