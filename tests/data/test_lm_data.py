@@ -109,3 +109,15 @@ def test_too_little_text_for_one_block_is_a_clear_error(tmp_path: Path, cache_di
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="val_fraction"):
         LMDataModule(val_fraction=0.0)
+
+
+def test_tokenising_processes_default_to_the_cores_this_process_may_use(monkeypatch, tmp_path) -> None:
+    """Not the machine's count: a container or ``taskset`` may allow fewer (hardware.usable_cores)."""
+    import os
+
+    from imdb_transformer.data import LMDataModule, ReviewsDataModule
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert LMDataModule("x", str(tmp_path)).num_proc == 3
+    assert ReviewsDataModule("x", str(tmp_path)).num_proc == 3
+    assert LMDataModule("x", str(tmp_path), num_proc=1).num_proc == 1

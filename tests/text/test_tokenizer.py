@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,13 @@ def test_token_bytes_sum_to_the_text_length(tokenizer: Tokenizer) -> None:
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="tokenizer model"):
         Tokenizer(tmp_path / "nope.model")
+
+
+def test_a_fit_says_how_long_it_took_and_a_cached_one_says_nothing(tmp_path: Path) -> None:
+    said: list[str] = []
+    fit_or_load(TEXTS, tmp_path, vocab_size=320, model_type="unigram", say=said.append)
+    assert said[0].startswith("Fitting a unigram tokenizer (320 pieces)")
+    assert re.fullmatch(r"Fit the tokenizer in \d+ s on \d+ cores", said[1]) and len(said) == 2
+    said.clear()
+    fit_or_load(TEXTS, tmp_path, vocab_size=320, model_type="unigram", say=said.append)
+    assert said == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
 from imdb_transformer.errors import InputError
+from imdb_transformer.hardware import usable_cores
 from imdb_transformer.text.imdb import DEFAULT_SOURCE, load_split, review_texts
 from imdb_transformer.text.tokenizer import EOS_ID, ModelType, Tokenizer, fit_or_load, tokenize
 
@@ -102,7 +102,7 @@ class LMDataModule(L.LightningDataModule):
             direction and ensembles their classifiers). The tokenizer is the same as forward's.
         batch_size: Blocks per batch on each device.
         num_workers: DataLoader worker processes. The blocks live in memory, so 0 keeps up.
-        num_proc: Processes for tokenising in ``prepare_data`` (default: all CPU cores).
+        num_proc: Processes for tokenising in ``prepare_data`` (default: every core this process may use).
         seed: Seeds the review shuffle and the validation split.
     """
 
@@ -136,7 +136,7 @@ class LMDataModule(L.LightningDataModule):
         self.max_reviews = max_reviews
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.num_proc = num_proc or os.cpu_count() or 1
+        self.num_proc = num_proc or usable_cores()
         self.seed = seed
         self.reverse = reverse
         self._reviews: tuple[list[str], list[str]] | None = None

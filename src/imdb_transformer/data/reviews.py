@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
 from imdb_transformer.core.backbone import load_spec
 from imdb_transformer.errors import InputError
+from imdb_transformer.hardware import usable_cores
 from imdb_transformer.text.batching import collate_for
 from imdb_transformer.text.imdb import DEFAULT_SOURCE, load_reviews, validation_rows
 from imdb_transformer.text.tokenizer import Tokenizer, tokenize
@@ -64,7 +64,7 @@ class ReviewsDataModule(L.LightningDataModule):
         max_reviews: Use only this many (shuffled) reviews of each split: for smoke runs.
         batch_size: Reviews per batch on each device.
         num_workers: DataLoader worker processes.
-        num_proc: Processes for tokenising in ``prepare_data`` (default: all CPU cores).
+        num_proc: Processes for tokenising in ``prepare_data`` (default: every core this process may use).
         seed: Seeds the validation split and the ``max_reviews`` sample.
         windows: A review longer than the context is read as all its windows (the classifier averages
             their features) instead of its head and tail.
@@ -99,7 +99,7 @@ class ReviewsDataModule(L.LightningDataModule):
         self.max_reviews = max_reviews
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.num_proc = num_proc or os.cpu_count() or 1
+        self.num_proc = num_proc or usable_cores()
         self.seed = seed
         self.tokenizer: Tokenizer | None = None
         self.reverse = False  # set from the backbone: a backward one reads each review reversed

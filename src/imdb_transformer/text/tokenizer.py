@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ import torch
 
 from imdb_transformer.artifacts import atomic_path, cache_key, corpus_fingerprint
 from imdb_transformer.errors import InputError
+from imdb_transformer.hardware import usable_cores
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ModelType = Literal["unigram", "bpe"]
@@ -67,7 +69,7 @@ class Tokenizer:
         default one per core; a list of one is encoded without starting sentencepiece's thread pool)."""
         if isinstance(text, list) and len(text) == 1:
             return [self.sp.encode(text[0])]
-        return self.sp.encode(text, num_threads=num_threads or os.cpu_count() or 1)
+        return self.sp.encode(text, num_threads=num_threads or usable_cores())
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """The piece each id stands for (``▁`` marks a leading space), for showing tokens."""
@@ -123,7 +125,7 @@ def _train(model: io.BytesIO, texts: Iterable[str], vocab_size: int, model_type:
         split_digits=True,
         max_sentence_length=1 << 16,  # one review is one "sentence"; the longest is ~14 kB
         hard_vocab_limit=False,  # a small corpus may yield fewer pieces than asked for
-        num_threads=os.cpu_count() or 1,
+        num_threads=usable_cores(),  # the cores this process may use, not the machine's
         minloglevel=2,
     )
 
@@ -158,7 +160,10 @@ def fit_or_load(
     if path.is_file():
         return Tokenizer(path)
     say(f"Fitting a {model_type} tokenizer ({vocab_size} pieces), {len(texts):,} reviews: {path}")
-    return Tokenizer.fit(texts, path, vocab_size=vocab_size, model_type=model_type)
+    started = time.monotonic()
+    tokenizer = Tokenizer.fit(texts, path, vocab_size=vocab_size, model_type=model_type)
+    say(f"Fit the tokenizer in {time.monotonic() - started:.0f} s on {usable_cores()} cores")
+    return tokenizer
 
 
 class Encode:
