@@ -512,6 +512,8 @@ def steps(check: Check) -> int:
 
     def read_pretraining(output: str) -> dict:
         found = {"max_time_s": seconds, "tokenizer_fit": "Fitting a " in output}  # no --cache, or a stale one
+        fit = re.search(r"Fit the tokenizer in (\d+) s", output)
+        found["tokenizer_fit_s"] = int(fit[1]) if fit else None
         run = latest_version(lm)
         metrics = run / "metrics.csv" if run else None
         if metrics is None or not metrics.is_file():

@@ -69,6 +69,7 @@ def test_smoke_runs_every_step_and_records_each(imdb_dir: Path, tmp_path: Path) 
     log = (out / "gpu_check.log").read_text()
     assert "benchmarks/train_speed.py" in log and " fit " in log and " test " in log
     assert "Fitting a unigram tokenizer" not in log and by["pretrain"]["tokenizer_fit"] is False
+    assert by["pretrain"]["tokenizer_fit_s"] is None
     assert "most recent call first" not in log  # no step came near its limit, so none wrote its stacks
 
 
