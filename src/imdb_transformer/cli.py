@@ -67,7 +67,7 @@ class SaveRunFiles(SaveConfigCallback):
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
             self.parser.save(
-                self.config, str(config), skip_none=False, overwrite=True, multifile=self.multifile
+                self.config, str(config), skip_unset=False, overwrite=True, multifile=self.multifile
             )
             tokenizer = getattr(pl_module, "tokenizer", None)
             if tokenizer is not None:
