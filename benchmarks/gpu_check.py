@@ -392,6 +392,13 @@ def wheel_name(wheel: Path) -> str:
     return re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
 
 
+def tokenizer_fit(output: str) -> dict:
+    """Whether a run's output shows the tokenizer being fit (no ``--cache``, or one of other data or
+    settings), and in how many seconds if the fit finished."""
+    fit = re.search(r"Fit the tokenizer in (\d+) s", output)
+    return {"tokenizer_fit": "Fitting a " in output, "tokenizer_fit_s": int(fit[1]) if fit else None}
+
+
 def json_record(path: Path) -> Callable[[str], dict]:
     """A reader of a benchmark's ``--out`` record: its tables and notes."""
 
@@ -511,9 +518,7 @@ def steps(check: Check) -> int:
     lm = work / "lm"
 
     def read_pretraining(output: str) -> dict:
-        found = {"max_time_s": seconds, "tokenizer_fit": "Fitting a " in output}  # no --cache, or a stale one
-        fit = re.search(r"Fit the tokenizer in (\d+) s", output)
-        found["tokenizer_fit_s"] = int(fit[1]) if fit else None
+        found = {"max_time_s": seconds, **tokenizer_fit(output)}
         run = latest_version(lm)
         metrics = run / "metrics.csv" if run else None
         if metrics is None or not metrics.is_file():

@@ -33,7 +33,7 @@ def check(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
-def _check(tmp_path: Path, skip: list[str] | None = None):
+def in_process(tmp_path: Path, skip: list[str] | None = None):
     """A check built in this process (its steps still run as processes), writing under ``tmp_path``."""
     import argparse
 
@@ -122,7 +122,7 @@ def test_a_step_over_its_limit_is_stopped_with_its_children(tmp_path: Path) -> N
         f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(120)"
     )
     started = time.monotonic()
-    status, code, output = _check(tmp_path).run([sys.executable, "-c", stubborn], limit=2)
+    status, code, output = in_process(tmp_path).run([sys.executable, "-c", stubborn], limit=2)
     assert status == "timeout" and code is None and "started" in output
     # its stacks, written shortly before its limit: where it hung; each line stamped with its time
     assert "most recent call first" in output and 'File "<string>", line 1' in output
@@ -154,7 +154,7 @@ def test_missing_data_or_out_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_a_step_named_by_skip_is_recorded_and_not_run(tmp_path: Path) -> None:
     """--skip: the step is recorded as skipped, saying why, and its command never runs."""
-    check_ = _check(tmp_path, skip=["decode"])
+    check_ = in_process(tmp_path, skip=["decode"])
     touched = tmp_path / "ran"
     command = [sys.executable, "-c", f"open({str(touched)!r}, 'w')"]
     assert check_.step("decode", command, limit=30) == {
@@ -172,7 +172,7 @@ def test_a_step_named_by_skip_is_recorded_and_not_run(tmp_path: Path) -> None:
 def test_each_line_and_redraw_is_logged_when_it_comes(tmp_path: Path) -> None:
     """A progress bar's redraws (carriage returns) and text left without an end are stamped when written,
     not when the step ends; odd bytes are replaced; the output handed back is the text, unstamped."""
-    check_ = _check(tmp_path)
+    check_ = in_process(tmp_path)
     step = (
         "import sys, time; w = sys.stdout.buffer.write; f = sys.stdout.flush\n"
         "w(b'\\rbar 1'); f(); time.sleep(3)\n"  # a redraw, then a pause with 'bar 2' unended
@@ -194,7 +194,7 @@ def test_the_machines_own_sitecustomize_still_runs(tmp_path: Path, monkeypatch) 
     own.mkdir()
     (own / "sitecustomize.py").write_text("print('the machine s own sitecustomize')\n")
     monkeypatch.setenv("PYTHONPATH", str(own))
-    check_ = _check(tmp_path)
+    check_ = in_process(tmp_path)
     status, _, output = check_.run([sys.executable, "-c", "import faulthandler; print('ran')"], limit=30)
     assert status == "ok" and output.splitlines() == ["the machine s own sitecustomize", "ran"]
 
@@ -208,10 +208,29 @@ def test_a_forked_child_of_a_step_exits_without_waiting_on_the_stacks_watchdog(t
         "if pid == 0:\n    sys.exit(0)\n"
         "os.waitpid(pid, 0); print('child ended')\n"
     )
-    status, _, output = _check(tmp_path).run([sys.executable, "-c", child], limit=20)
+    status, _, output = in_process(tmp_path).run([sys.executable, "-c", child], limit=20)
     assert status == "ok" and "child ended" in output
 
 
 def test_an_unknown_step_to_skip_is_a_usage_error(tmp_path: Path) -> None:
     done = check("--smoke", "--skip", "pretrain", "--data", "x", "--out", str(tmp_path / "o"), timeout=60)
     assert done.returncode == 2 and "invalid choice: 'pretrain'" in done.stderr
+
+
+def test_the_tokenizer_fit_is_read_from_the_lines_the_fit_prints(tmp_path: Path) -> None:
+    """The pretrain record's tokenizer fields, read from what ``fit_or_load`` itself says (so the two
+    cannot drift apart), and nothing from a run that found the tokenizer cached."""
+    from imdb_transformer.text.tokenizer import fit_or_load
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    said: list[str] = []
+    texts = [f"review {i}: a fine film, a dull plot and some acting worth seeing again" for i in range(60)]
+    fit_or_load(texts, tmp_path, vocab_size=300, model_type="unigram", say=said.append)
+    found = gpu_check.tokenizer_fit("\n".join(["Seed set to 1337", *said, "Cached token blocks"]))
+    assert found["tokenizer_fit"] is True and isinstance(found["tokenizer_fit_s"], int)
+    assert gpu_check.tokenizer_fit("Using cached token blocks") == {
+        "tokenizer_fit": False,
+        "tokenizer_fit_s": None,
+    }
