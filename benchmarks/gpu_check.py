@@ -17,7 +17,8 @@ Steps, one after another, each under its own time limit and all within ``--budge
    left), then ``validate`` on its last checkpoint: steps, tokens/s, MFU (Lightning's FLOP/s over the
    measured peak), ``val/bpb``.
 4. ``frozen`` and ``frozen_test``: a frozen classifier on that backbone (``configs/classify.yaml``: pooled
-   features and word votes in context), then ``test`` of its best checkpoint on the 25,000 test reviews.
+   features and word votes in context; Lightning's ``max_time`` ends its fit before the step's limit),
+   then ``test`` of its best checkpoint on the 25,000 test reviews.
 5. ``decode`` and ``embed``: ``decode_speed.py`` and ``embed_speed.py`` on that backbone (fp32 and bf16);
    ``embed_index``: ``imdb-transformer embed`` of the 25,000 test reviews into an index through
    ``Trainer.predict`` in ``bf16-mixed`` (reviews/s, BM25 and saving included).
@@ -57,7 +58,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runs import last_value, latest_version, logged_metric
+from runs import last_value, latest_version, logged_metric, max_time
 
 REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution: what the project imports (pyproject's dependencies and theirs that GPU
@@ -79,8 +80,16 @@ NEEDED = {
     "tqdm": "tqdm",
 }
 # steps a short window can leave out (--skip): no later step needs their results, except that pretraining's
-# MFU needs train_speed's measured peak
-SKIPPABLE = ("train_speed", "decode", "embed", "embed_index", "finetune")
+# MFU needs train_speed's measured peak (validate checks that last.ckpt restores; pretraining logs val/bpb)
+SKIPPABLE = ("train_speed", "validate", "decode", "embed", "embed_index", "finetune")
+# seconds on one H200 (2026-12-04, stamped log): pretraining's start with a cached tokenizer (imports, token
+# blocks, device set-up) 32 and its export and exit 14; validate 47; a frozen classifier's start 62 (the
+# reviews tokenised), two epochs under 83; its test's start 51. Limits and reservations are sized from these.
+PRETRAIN_OVERHEAD = {True: 40, False: 90}  # smoke: the start, the data (without a fit) and the export
+VALIDATE_LIMIT = {True: 60, False: 150}  # the checkpoint's own model compiles again
+CLASSIFIER_LIMIT = {True: 90, False: 150}
+CLASSIFIER_START = {True: 30, False: 75}  # a classifier fit's start; its max_time is what the limit leaves
+TEST_LIMIT = 120
 GPU_SHAPE = ["--n_layer", "12", "--n_head", "12", "--n_embd", "768", "--block_size", "512"]
 TINY_SHAPE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "32", "--vocab_size", "50"]
 
@@ -427,6 +436,15 @@ def folder(value: str) -> Path:
     return path
 
 
+def pretrain_seconds(left: float, wanted: float, smoke: bool, skip: list[str]) -> int:
+    """Pretraining's wall time (at least 10 s): ``wanted``, less what the ``left`` of the budget needs
+    for pretraining's own start and export and for the steps its backbone is for: ``validate`` unless
+    skipped, then a frozen classifier and its test."""
+    later = CLASSIFIER_LIMIT[smoke] + TEST_LIMIT
+    later += 0 if "validate" in skip else VALIDATE_LIMIT[smoke] // 2  # half its limit: it took 47 s of 150
+    return round(max(10, min(wanted, left - PRETRAIN_OVERHEAD[smoke] - later)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -496,9 +514,8 @@ def steps(check: Check) -> int:
     peak = timed.get("notes", {}).get("peak_matmul_gflops", {}).get("bf16")
 
     # 3. pretraining through the CLI for a wall time that leaves the later steps their share of the budget
-    overhead, later = (40, 90) if smoke else (120, 200)  # data, compile and export; the steps after it
     wanted = round((0.5 if smoke else args.pretrain_minutes) * 60)
-    seconds = max(10, min(wanted, round(check.left() - overhead - later)))
+    seconds = pretrain_seconds(check.left(), wanted, smoke, args.skip)
     config = [
         "--config",
         "configs/pretrain.yaml",
@@ -531,16 +548,16 @@ def steps(check: Check) -> int:
             found["mfu"] = round(flops / (peak * 1e9), 4)
         return found
 
-    max_time = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
-    fit = [*cli, "fit", *config, "--trainer.default_root_dir", str(lm), "--trainer.max_time", max_time]
-    check.step("pretrain", fit, limit=seconds + overhead, read=read_pretraining, needs=60)
+    fit = [*cli, "fit", *config, "--trainer.default_root_dir", str(lm)]
+    fit += ["--trainer.max_time", max_time(seconds)]
+    check.step("pretrain", fit, limit=seconds + PRETRAIN_OVERHEAD[smoke], read=read_pretraining, needs=60)
     run = latest_version(lm)
     last = run / "checkpoints" / "last.ckpt" if run else None
     if last is not None and last.is_file():
         # the checkpoint's own hyper-parameters apply (a compiled model compiles again): a generous limit
         validate = [*cli, "validate", *config, "--trainer.default_root_dir", str(work / "validate")]
         check.step(
-            "validate", [*validate, "--ckpt_path", str(last)], limit=60 if smoke else 150,
+            "validate", [*validate, "--ckpt_path", str(last)], limit=VALIDATE_LIMIT[smoke],
             read=lambda out: {"val_bpb": logged_metric(out, "val/bpb")},
         )  # fmt: skip
     else:
@@ -570,6 +587,9 @@ def steps(check: Check) -> int:
     def classifier(name: str, options: list[str], limit: float) -> None:
         root = work / name
         fit = [*cli, "fit", *classify, *options, "--trainer.default_root_dir", str(root)]
+        # the fit stops itself before its limit (or the budget's end), keeping its best checkpoint, rather
+        # than being stopped
+        fit += ["--trainer.max_time", max_time(min(limit, check.left()) - CLASSIFIER_START[smoke])]
         fitted = check.step(
             name, fit, limit=limit, needs=60,
             read=lambda out: {"val_acc": last_value(latest_version(root) / "metrics.csv", "val/acc")},
@@ -582,11 +602,11 @@ def steps(check: Check) -> int:
             return
         test = [*cli, "test", *classify, *options, "--trainer.default_root_dir", str(root / "test")]
         check.step(
-            f"{name}_test", [*test, "--ckpt_path", str(best[-1])], limit=120,
+            f"{name}_test", [*test, "--ckpt_path", str(best[-1])], limit=TEST_LIMIT,
             read=lambda out: {"test_acc": logged_metric(out, "test/acc"), "checkpoint": best[-1].name},
         )  # fmt: skip
 
-    classifier("frozen", [], limit=90 if smoke else 150)
+    classifier("frozen", [], limit=CLASSIFIER_LIMIT[smoke])
 
     # 5. decoding and embedding, fp32 against bf16
     decode, embed = work / "decode_speed.json", work / "embed_speed.json"

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from common import REPO, Record, add_out_argument
-from runs import last_value, latest_version, logged_metric
+from runs import last_value, latest_version, logged_metric, max_time
 
 
 def named(value: str) -> tuple[str, list[str]]:
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = Path(args.log).resolve()
     log.write_text("")
-    seconds = round(args.minutes * 60)
-    max_time = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    limit = max_time(args.minutes * 60)
     record = Record("pretrain_variants")
     record.notes.update(config=args.config, minutes=args.minutes, options=args.options)
     table = record.table(
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             common += [*options, "--trainer.default_root_dir", str(run_root)]
             common += ["--trainer.enable_progress_bar", "false"]
             started = time.perf_counter()
-            cli("fit", *common, "--trainer.max_time", max_time, log=log)
+            cli("fit", *common, "--trainer.max_time", limit, log=log)
             version = latest_version(run_root)
             metrics = version / "metrics.csv"
             steps = last_value(metrics, "step")

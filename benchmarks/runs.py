@@ -1,11 +1,18 @@
-"""Reading a finished CLI run, with the standard library alone (``gpu_check.py`` imports it before
-anything is installed): the newest run folder, a column of its ``metrics.csv``, a metric Lightning printed."""
+"""Starting and reading CLI runs, with the standard library alone (``gpu_check.py`` imports it before
+anything is installed): a wall-time limit in Lightning's form, the newest run folder, a column of its
+``metrics.csv``, a metric Lightning printed."""
 
 from __future__ import annotations
 
 import csv
 import re
 from pathlib import Path
+
+
+def max_time(seconds: float) -> str:
+    """``--trainer.max_time`` (DD:HH:MM:SS) for ``seconds``, rounded and at least 1."""
+    minutes, seconds = divmod(max(1, round(seconds)), 60)
+    return f"00:{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}"
 
 
 def latest_version(root: Path) -> Path | None:
@@ -22,5 +29,9 @@ def last_value(metrics: Path, column: str) -> float | None:
 
 
 def logged_metric(output: str, name: str) -> float:
-    """A metric from the results table Lightning prints (plain, or drawn with rich's box characters)."""
-    return float(re.search(re.escape(name) + r"\W+([0-9.]+)", output).group(1))
+    """A metric from the results table Lightning prints (plain, or drawn with rich's box characters); a
+    ValueError when the output has none (a run stopped before its table)."""
+    found = re.search(re.escape(name) + r"\W+([0-9.]+)", output)
+    if found is None:
+        raise ValueError(f"{name} is not in the output: the run printed no results table")
+    return float(found.group(1))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 STEPS = [
@@ -83,6 +84,9 @@ def test_smoke_runs_every_step_and_records_each(imdb_dir: Path, tmp_path: Path) 
     assert "Fitting a unigram tokenizer" not in log and by["pretrain"]["tokenizer_fit"] is False
     assert by["pretrain"]["tokenizer_fit_s"] is None
     assert "most recent call first" not in log  # no step came near its limit, so none wrote its stacks
+    # each classifier fit is told to stop itself before its step's limit (90 s in a smoke run)
+    fits = re.findall(r"\$ .* fit --config configs/classify\.yaml .*--trainer\.max_time (\S+)", log)
+    assert len(fits) == 2 and all("00:00:00:01" < limit <= "00:00:01:00" for limit in fits), fits
 
 
 def test_a_short_budget_still_gives_every_step_its_record(imdb_dir: Path, tmp_path: Path) -> None:
@@ -234,3 +238,32 @@ def test_the_tokenizer_fit_is_read_from_the_lines_the_fit_prints(tmp_path: Path)
         "tokenizer_fit": False,
         "tokenizer_fit_s": None,
     }
+
+
+def test_pretraining_leaves_the_classifier_and_its_test_their_time() -> None:
+    """Pretraining's wall time is what was asked, less what the budget left needs for its own start and
+    export and for the steps after it; ``validate``, when skipped, gives its share back to pretraining."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    # a 575 s budget after a 16 s set-up, 4 minutes asked (the H200 window's figures)
+    assert gpu_check.pretrain_seconds(559, 240, smoke=False, skip=["train_speed", "validate"]) == 199
+    assert gpu_check.pretrain_seconds(559, 240, smoke=False, skip=["train_speed"]) == 124
+    assert gpu_check.pretrain_seconds(10_000, 240, smoke=False, skip=[]) == 240
+    assert gpu_check.pretrain_seconds(100, 240, smoke=False, skip=[]) == 10  # never below 10 s
+    assert gpu_check.pretrain_seconds(520, 30, smoke=True, skip=[]) == 30
+
+
+def test_run_helpers_format_max_time_and_name_a_missing_metric() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from runs import logged_metric, max_time
+
+    assert [max_time(s) for s in (30, 199.6, 3725, 0)] == [
+        "00:00:00:30",
+        "00:00:03:20",
+        "00:01:02:05",
+        "00:00:00:01",
+    ]
+    assert logged_metric("│ test/acc │ 0.9112 │", "test/acc") == 0.9112
+    with pytest.raises(ValueError, match="test/acc is not in the output"):
+        logged_metric("Received SIGTERM: 15", "test/acc")
