@@ -39,11 +39,43 @@ def test_splits_are_disjoint_and_test_is_whole(imdb_dir: Path, cache_dir: Path, 
     )  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
+    assert sorted(dm.splits) == ["train", "val"]  # a fit does not load the test reviews
+    dm.setup("test")
     train, val, test = (set(dm.splits[s].order.tolist()) for s in ("train", "val", "test"))
     assert len(val) == 40 and len(train) == 120 and not train & val
     assert len(test) == 80
     batch = next(iter(dm.val_dataloader()))
     assert batch["ids"].shape[1] <= 32 and set(batch["label"].tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize(("stage", "read", "unread"), [("fit", "train", "test"), ("test", "test", "train")])
+def test_a_trainer_stage_reads_and_tokenises_only_the_split_it_needs(
+    tmp_path: Path, pretrained_run: Path, monkeypatch, stage: str, read: str, unread: str
+) -> None:
+    """Under a Trainer, ``prepare_data`` tokenises only its stage's split and ``setup`` loads only it; a
+    loader of the other split says which ``setup`` it needs."""
+    from types import SimpleNamespace
+
+    import imdb_transformer.data.reviews as reviews
+
+    folder = write_imdb(tmp_path / "imdb", {"train": 40, "test": 30})
+    loaded: list[str] = []
+    real = reviews.load_reviews
+    monkeypatch.setattr(
+        reviews, "load_reviews", lambda src, split, *a: loaded.append(split) or real(src, split, *a)
+    )
+    dm = ReviewsDataModule(str(folder), str(tmp_path / "cache"), backbone=str(pretrained_run / "backbone"))
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value=stage)))
+    dm.prepare_data()
+    dm.setup(stage)
+    assert loaded == [read]  # read once for prepare_data and setup together
+    assert [p.name.split("-")[1] for p in (tmp_path / "cache").glob("reviews-*")] == [read]
+    other = {"train": dm.train_dataloader, "test": dm.test_dataloader}[unread]
+    with pytest.raises(
+        RuntimeError,
+        match=rf"the {unread} reviews are not set up: call setup\('{unread.replace('train', 'fit')}'\)",
+    ):
+        other()
 
 
 def test_labels_outside_0_1_are_refused(tmp_path: Path, cache_dir: Path, pretrained_run: Path) -> None:

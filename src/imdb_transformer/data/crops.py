@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import ClassVar
 
 import datasets
 import numpy as np
@@ -330,6 +331,7 @@ class ContrastiveDataModule(ReviewsDataModule):
     """
 
     source_splits = ("train", "unsupervised")
+    stage_splits: ClassVar[dict[str, tuple[str, ...]]] = {}  # every stage carves its validation from both
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import datasets
 import lightning as L
@@ -104,6 +105,7 @@ class ReviewsDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.reverse = False  # set from the backbone: a backward one reads each review reversed
         self.splits: dict[str, _Reviews] = {}
+        self._paths: dict[str, Path] = {}  # each split's cache folder, as prepare_data found it
 
     def _reader(self) -> tuple[Tokenizer, int, bool]:
         """The tokenizer, tokens per review and whether the backbone reads reviews reversed, from the
@@ -127,13 +129,30 @@ class ReviewsDataModule(L.LightningDataModule):
         return self.cache_dir / f"reviews-{split}-{key}"
 
     source_splits: tuple[str, ...] = ("train", "test")  # the dataset splits this module reads
+    # the splits a Trainer stage needs (no stage, or one not named, reads them all): a fit never reads the
+    # test reviews, nor a test the training reviews
+    stage_splits: ClassVar[dict[str, tuple[str, ...]]] = {
+        "fit": ("train",),
+        "validate": ("train",),
+        "test": ("test",),
+        "predict": ("test",),
+    }
+
+    def _splits(self, stage: str | None) -> tuple[str, ...]:
+        return self.stage_splits.get(stage, self.source_splits) if stage else self.source_splits
+
+    def _stage(self) -> str | None:
+        """The stage the attached Trainer runs (fit, validate, test, predict), or None without one."""
+        fn = getattr(getattr(self.trainer, "state", None), "fn", None)
+        return None if fn is None else str(fn.value)
 
     def prepare_data(self) -> None:
-        """Tokenise the splits it reads once (batched, in parallel) into the cache."""
+        """Tokenise the splits the Trainer's stage needs (all of them outside a Trainer), once, batched and
+        in parallel, into the cache."""
         tokenizer, _, _ = self._reader()
-        for split in self.source_splits:
+        for split in self._splits(self._stage()):
             texts, labels = self._load(split)
-            path = self._cache_path(split, texts, tokenizer)
+            path = self._paths[split] = self._cache_path(split, texts, tokenizer)
             if path.exists():
                 continue
             ds = datasets.Dataset.from_dict({"text": texts, "label": labels, "idx": list(range(len(texts)))})
@@ -143,25 +162,28 @@ class ReviewsDataModule(L.LightningDataModule):
             rank_zero_info(f"Cached {len(ds):,} tokenised {split} reviews: {path}")
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the cached splits and arrange them into train, validation (and test)."""
+        """Load the cached splits ``stage`` needs and arrange them: train and validation (from the
+        training reviews), test; those of an earlier ``setup`` stay."""
         self.tokenizer, self.context, self.reverse = self._reader()
         tables = {}
-        for split in self.source_splits:
-            texts, _ = self._load(split)
-            path = self._cache_path(split, texts, self.tokenizer)
+        for split in self._splits(stage):  # the cache folder prepare_data found, else found again
+            path = self._paths.get(split) or self._cache_path(split, self._load(split)[0], self.tokenizer)
             if not path.exists():
                 raise RuntimeError(f"tokenised reviews not found at {path}: call prepare_data() first")
             tables[split] = datasets.load_from_disk(str(path))
-        self.splits = self._arrange(tables)
+        self.splits.update(self._arrange(tables))
 
     def _arrange(self, tables: dict[str, datasets.Dataset]) -> dict[str, _Reviews]:
         """Validation carved out of ``train`` by ``seed``; ``test`` whole. Evaluation sorted by length."""
-        fit, val = validation_rows(len(tables["train"]), self.val_fraction, self.seed)
-        return {
-            "train": _Reviews(tables["train"], fit),
-            "val": _Reviews(tables["train"], _by_length(tables["train"], val)),
-            "test": _Reviews(tables["test"], _by_length(tables["test"], np.arange(len(tables["test"])))),
-        }
+        arranged = {}
+        if "train" in tables:
+            fit, val = validation_rows(len(tables["train"]), self.val_fraction, self.seed)
+            arranged["train"] = _Reviews(tables["train"], fit)
+            arranged["val"] = _Reviews(tables["train"], _by_length(tables["train"], val))
+        if "test" in tables:
+            test = tables["test"]
+            arranged["test"] = _Reviews(test, _by_length(test, np.arange(len(test))))
+        return arranged
 
     def _loader(
         self,
@@ -171,6 +193,9 @@ class ReviewsDataModule(L.LightningDataModule):
         dataset: Dataset | None = None,
     ) -> DataLoader:
         """Batches of ``split`` (its reviews, or ``dataset`` in their place, collated as ``split``'s)."""
+        if dataset is None and split not in self.splits:
+            stage = "fit" if split in ("train", "val") else "test"
+            raise RuntimeError(f"the {split} reviews are not set up: call setup({stage!r}) first")
         return DataLoader(
             self.splits[split] if dataset is None else dataset,
             batch_size=self.batch_size,
