@@ -52,8 +52,8 @@ def test_splits_are_disjoint_and_test_is_whole(imdb_dir: Path, cache_dir: Path, 
 def test_a_trainer_stage_reads_and_tokenises_only_the_split_it_needs(
     tmp_path: Path, pretrained_run: Path, monkeypatch, stage: str, read: str, unread: str
 ) -> None:
-    """Under a Trainer, ``prepare_data`` tokenises only its stage's split and ``setup`` loads only it; a
-    loader of the other split says which ``setup`` it needs."""
+    """Under a running Trainer, ``prepare_data`` tokenises only its stage's split and ``setup`` loads only
+    it; a loader of the other split says what it needs; after the Trainer, ``prepare_data`` does both."""
     from types import SimpleNamespace
 
     import imdb_transformer.data.reviews as reviews
@@ -65,17 +65,22 @@ def test_a_trainer_stage_reads_and_tokenises_only_the_split_it_needs(
         reviews, "load_reviews", lambda src, split, *a: loaded.append(split) or real(src, split, *a)
     )
     dm = ReviewsDataModule(str(folder), str(tmp_path / "cache"), backbone=str(pretrained_run / "backbone"))
-    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value=stage)))
+    running = SimpleNamespace(value="running")
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value=stage), status=running))
     dm.prepare_data()
     dm.setup(stage)
     assert loaded == [read]  # read once for prepare_data and setup together
     assert [p.name.split("-")[1] for p in (tmp_path / "cache").glob("reviews-*")] == [read]
     other = {"train": dm.train_dataloader, "test": dm.test_dataloader}[unread]
-    with pytest.raises(
-        RuntimeError,
-        match=rf"the {unread} reviews are not set up: call setup\('{unread.replace('train', 'fit')}'\)",
-    ):
+    needed = "fit" if unread == "train" else "test"
+    with pytest.raises(RuntimeError, match=rf"call prepare_data\(\) and setup\('{needed}'\) first"):
         other()
+    # once the Trainer has finished, prepare_data is for any use again: every split
+    dm.trainer.state.status = SimpleNamespace(value="finished")
+    dm.prepare_data()
+    dm.setup(needed)
+    assert len(other().dataset) == {"train": 36, "test": 30}[unread]
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "cache").glob("reviews-*")) == ["test", "train"]
 
 
 def test_labels_outside_0_1_are_refused(tmp_path: Path, cache_dir: Path, pretrained_run: Path) -> None:

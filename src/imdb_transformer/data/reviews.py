@@ -142,9 +142,12 @@ class ReviewsDataModule(L.LightningDataModule):
         return self.stage_splits.get(stage, self.source_splits) if stage else self.source_splits
 
     def _stage(self) -> str | None:
-        """The stage the attached Trainer runs (fit, validate, test, predict), or None without one."""
-        fn = getattr(getattr(self.trainer, "state", None), "fn", None)
-        return None if fn is None else str(fn.value)
+        """The stage the attached Trainer is running (fit, validate, test, predict), or None when none
+        runs (no Trainer, or one that has finished)."""
+        state = getattr(self.trainer, "state", None)
+        if state is None or state.fn is None or getattr(state.status, "value", None) != "running":
+            return None
+        return str(state.fn.value)
 
     def prepare_data(self) -> None:
         """Tokenise the splits the Trainer's stage needs (all of them outside a Trainer), once, batched and
@@ -195,7 +198,10 @@ class ReviewsDataModule(L.LightningDataModule):
         """Batches of ``split`` (its reviews, or ``dataset`` in their place, collated as ``split``'s)."""
         if dataset is None and split not in self.splits:
             stage = "fit" if split in ("train", "val") else "test"
-            raise RuntimeError(f"the {split} reviews are not set up: call setup({stage!r}) first")
+            raise RuntimeError(
+                f"the {split} reviews are not set up (a Trainer's stage sets up only its own): call "
+                f"prepare_data() and setup({stage!r}) first"
+            )
         return DataLoader(
             self.splits[split] if dataset is None else dataset,
             batch_size=self.batch_size,
