@@ -82,10 +82,10 @@ NEEDED = {
 # steps a short window can leave out (--skip): no later step needs their results, except that pretraining's
 # MFU needs train_speed's measured peak (validate checks that last.ckpt restores; pretraining logs val/bpb)
 SKIPPABLE = ("train_speed", "validate", "decode", "embed", "embed_index", "finetune")
-# seconds on one H200 (2026-12-04, stamped log): pretraining's start with a cached tokenizer (imports, token
-# blocks, device set-up) 32 and its export and exit 14; validate 47; a frozen classifier's start 62 (the
-# reviews tokenised), two epochs under 83; its test's start 51. Limits and reservations are sized from these.
-PRETRAIN_OVERHEAD = {True: 40, False: 90}  # smoke: the start, the data (without a fit) and the export
+# Limits and reservations, in seconds, sized from an H200 window's stamped log (docs/benchmarks.md, "The GPU
+# check"): pretraining spent 60 s beside its max_time with a cached tokenizer (start, data, compile, export);
+# validate 47; a frozen classifier 62 to start; its test 51 to start.
+PRETRAIN_OVERHEAD = {True: 40, False: 90}  # pretraining's time beyond max_time (a tokenizer fit not included)
 VALIDATE_LIMIT = {True: 60, False: 150}  # the checkpoint's own model compiles again
 CLASSIFIER_LIMIT = {True: 90, False: 150}
 CLASSIFIER_START = {True: 30, False: 75}  # a classifier fit's start; its max_time is what the limit leaves
@@ -441,7 +441,7 @@ def pretrain_seconds(left: float, wanted: float, smoke: bool, skip: list[str]) -
     for pretraining's own start and export and for the steps its backbone is for: ``validate`` unless
     skipped, then a frozen classifier and its test."""
     later = CLASSIFIER_LIMIT[smoke] + TEST_LIMIT
-    later += 0 if "validate" in skip else VALIDATE_LIMIT[smoke] // 2  # half its limit: it took 47 s of 150
+    later += 0 if "validate" in skip else VALIDATE_LIMIT[smoke] // 2  # it takes about a third of its limit
     return round(max(10, min(wanted, left - PRETRAIN_OVERHEAD[smoke] - later)))
 
 
@@ -592,7 +592,7 @@ def steps(check: Check) -> int:
         # than being stopped
         fit += ["--trainer.max_time", max_time(min(limit, check.left()) - CLASSIFIER_START[smoke])]
         fitted = check.step(
-            name, fit, limit=limit, needs=60,
+            name, fit, limit=limit, needs=CLASSIFIER_START[smoke] + 30,  # 30 s of fitting at least
             read=lambda out: {"val_acc": last_value(latest_version(root) / "metrics.csv", "val/acc")},
         )  # fmt: skip
         version = latest_version(root)

@@ -48,13 +48,23 @@ def test_splits_are_disjoint_and_test_is_whole(imdb_dir: Path, cache_dir: Path, 
     assert batch["ids"].shape[1] <= 32 and set(batch["label"].tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize(("stage", "read", "unread"), [("fit", "train", "test"), ("test", "test", "train")])
+@pytest.mark.parametrize(
+    ("stage", "read", "unread"),
+    [
+        ("fit", "train", "test"),
+        ("validate", "train", "test"),
+        ("test", "test", "train"),
+        ("predict", "test", "train"),
+    ],
+)
 def test_a_trainer_stage_reads_and_tokenises_only_the_split_it_needs(
     tmp_path: Path, pretrained_run: Path, monkeypatch, stage: str, read: str, unread: str
 ) -> None:
     """Under a running Trainer, ``prepare_data`` tokenises only its stage's split and ``setup`` loads only
     it; a loader of the other split says what it needs; after the Trainer, ``prepare_data`` does both."""
     from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn, TrainerState, TrainerStatus
 
     import imdb_transformer.data.reviews as reviews
 
@@ -65,8 +75,7 @@ def test_a_trainer_stage_reads_and_tokenises_only_the_split_it_needs(
         reviews, "load_reviews", lambda src, split, *a: loaded.append(split) or real(src, split, *a)
     )
     dm = ReviewsDataModule(str(folder), str(tmp_path / "cache"), backbone=str(pretrained_run / "backbone"))
-    running = SimpleNamespace(value="running")
-    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value=stage), status=running))
+    dm.trainer = SimpleNamespace(state=TrainerState(fn=TrainerFn(stage), status=TrainerStatus.RUNNING))
     dm.prepare_data()
     dm.setup(stage)
     assert loaded == [read]  # read once for prepare_data and setup together
@@ -76,7 +85,7 @@ def test_a_trainer_stage_reads_and_tokenises_only_the_split_it_needs(
     with pytest.raises(RuntimeError, match=rf"call prepare_data\(\) and setup\('{needed}'\) first"):
         other()
     # once the Trainer has finished, prepare_data is for any use again: every split
-    dm.trainer.state.status = SimpleNamespace(value="finished")
+    dm.trainer.state.status = TrainerStatus.FINISHED
     dm.prepare_data()
     dm.setup(needed)
     assert len(other().dataset) == {"train": 36, "test": 30}[unread]
@@ -110,3 +119,28 @@ def test_built_alone_from_a_backbone_it_reads_with_its_tokenizer_and_context(
     assert dm.context == 64  # tiny.yaml's block_size
     assert dm.tokenizer.to_bytes() == (pretrained_run / "tokenizer.model").read_bytes()
     assert max(len(b["ids"][0]) for b in dm.test_dataloader()) <= 64
+
+
+def test_a_real_trainer_fits_on_the_training_reviews_then_tests_on_the_test_reviews(
+    tmp_path: Path, pretrained_run: Path
+) -> None:
+    """Lightning's own fit prepares and loads only the training reviews; a test on the same Trainer and data
+    module then adds the test reviews, keeping the splits the fit set up."""
+    import lightning as L
+
+    from imdb_transformer.models.classifier import SentimentClassifier
+
+    folder, cache = write_imdb(tmp_path / "imdb", {"train": 40, "test": 30}), tmp_path / "cache"
+    backbone = str(pretrained_run / "backbone")
+    dm = ReviewsDataModule(str(folder), str(cache), backbone=backbone, batch_size=16)
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=1, default_root_dir=tmp_path, enable_progress_bar=False, logger=False,
+        enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    model = SentimentClassifier(backbone=backbone)
+    trainer.fit(model, dm)
+    assert [p.name.split("-")[1] for p in cache.glob("reviews-*")] == ["train"]
+    assert sorted(dm.splits) == ["train", "val"]
+    trainer.test(model, dm, verbose=False)
+    assert sorted(p.name.split("-")[1] for p in cache.glob("reviews-*")) == ["test", "train"]
+    assert sorted(dm.splits) == ["test", "train", "val"] and len(dm.splits["test"]) == 30

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -145,7 +146,7 @@ class ReviewsDataModule(L.LightningDataModule):
         """The stage the attached Trainer is running (fit, validate, test, predict), or None when none
         runs (no Trainer, or one that has finished)."""
         state = getattr(self.trainer, "state", None)
-        if state is None or state.fn is None or getattr(state.status, "value", None) != "running":
+        if state is None or state.fn is None or state.status != TrainerStatus.RUNNING:
             return None
         return str(state.fn.value)
 
