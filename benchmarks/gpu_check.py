@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runs import last_value, latest_version, logged_metric, max_time
+from runs import last_value, latest_version, logged_metric, max_time, run_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution: what the project imports (pyproject's dependencies and theirs that GPU
@@ -537,9 +537,8 @@ def steps(check: Check) -> int:
 
     def read_pretraining(output: str) -> dict:
         found = {"max_time_s": seconds, **tokenizer_fit(output)}
-        run = latest_version(lm)
-        metrics = run / "metrics.csv" if run else None
-        if metrics is None or not metrics.is_file():
+        metrics = run_metrics(lm)
+        if metrics is None:
             return {**found, "steps": None, "unread": "no metrics.csv: the run logged no step"}
         flops = last_value(metrics, "train/device/flops_per_sec")
         found.update(steps=last_value(metrics, "step"), flops_per_s=flops)
@@ -593,7 +592,7 @@ def steps(check: Check) -> int:
         fit += ["--trainer.max_time", max_time(min(limit, check.left()) - CLASSIFIER_START[smoke])]
         fitted = check.step(
             name, fit, limit=limit, needs=CLASSIFIER_START[smoke] + 30,  # 30 s of fitting at least
-            read=lambda out: {"val_acc": last_value(latest_version(root) / "metrics.csv", "val/acc")},
+            read=lambda out: {"val_acc": last_value(run_metrics(root), "val/acc")},
         )  # fmt: skip
         version = latest_version(root)
         best = sorted(version.glob("checkpoints/best-*.ckpt")) if version else []

@@ -21,8 +21,18 @@ def latest_version(root: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[8:]), default=None)
 
 
-def last_value(metrics: Path, column: str) -> float | None:
-    """The last value of ``column`` in a run's ``metrics.csv``, or None if it has none."""
+def run_metrics(root: Path) -> Path | None:
+    """The ``metrics.csv`` of the newest run under ``root``, or None when no run logged a step."""
+    run = latest_version(root)
+    metrics = run / "metrics.csv" if run else None
+    return metrics if metrics is not None and metrics.is_file() else None
+
+
+def last_value(metrics: Path | None, column: str) -> float | None:
+    """The last value of ``column`` in a run's ``metrics.csv``, or None if it has none (or there is no
+    file: ``run_metrics`` found no run)."""
+    if metrics is None:
+        return None
     with metrics.open() as f:
         values = [row[column] for row in csv.DictReader(f) if row.get(column)]
     return float(values[-1]) if values else None

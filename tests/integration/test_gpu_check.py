@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
+sys.path.insert(0, str(REPO / "benchmarks"))  # the check and its helpers, as the check imports them
+import gpu_check  # noqa: E402
+from runs import last_value, logged_metric, max_time, run_metrics  # noqa: E402
+
 STEPS = [
     "setup",
     "train_speed",
@@ -37,9 +41,6 @@ def check(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def in_process(tmp_path: Path, skip: list[str] | None = None):
     """A check built in this process (its steps still run as processes), writing under ``tmp_path``."""
     import argparse
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import gpu_check
 
     args = argparse.Namespace(out=tmp_path / "out", work=tmp_path / "work", budget=60, smoke=True)
     args.skip = skip or []
@@ -226,9 +227,6 @@ def test_the_tokenizer_fit_is_read_from_the_lines_the_fit_prints(tmp_path: Path)
     cannot drift apart), and nothing from a run that found the tokenizer cached."""
     from imdb_transformer.text.tokenizer import fit_or_load
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import gpu_check
-
     said: list[str] = []
     texts = [f"review {i}: a fine film, a dull plot and some acting worth seeing again" for i in range(60)]
     fit_or_load(texts, tmp_path, vocab_size=300, model_type="unigram", say=said.append)
@@ -243,9 +241,6 @@ def test_the_tokenizer_fit_is_read_from_the_lines_the_fit_prints(tmp_path: Path)
 def test_pretraining_leaves_the_classifier_and_its_test_their_time() -> None:
     """Pretraining's wall time is what was asked, less what the budget left needs for its own start and
     export and for the steps after it; ``validate``, when skipped, gives its share back to pretraining."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import gpu_check
-
     # a 575 s budget after a 16 s set-up, 4 minutes asked (the H200 window's figures)
     assert gpu_check.pretrain_seconds(559, 240, smoke=False, skip=["train_speed", "validate"]) == 199
     assert gpu_check.pretrain_seconds(559, 240, smoke=False, skip=["train_speed"]) == 124
@@ -254,10 +249,7 @@ def test_pretraining_leaves_the_classifier_and_its_test_their_time() -> None:
     assert gpu_check.pretrain_seconds(520, 30, smoke=True, skip=[]) == 30
 
 
-def test_run_helpers_format_max_time_and_name_a_missing_metric() -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from runs import logged_metric, max_time
-
+def test_run_helpers_format_max_time_read_a_missing_run_and_name_a_missing_metric(tmp_path: Path) -> None:
     assert [max_time(s) for s in (30, 199.6, 3725, 0)] == [
         "00:00:00:30",
         "00:00:03:20",
@@ -267,3 +259,10 @@ def test_run_helpers_format_max_time_and_name_a_missing_metric() -> None:
     assert logged_metric("│ test/acc │ 0.9112 │", "test/acc") == 0.9112
     with pytest.raises(ValueError, match="test/acc is not in the output"):
         logged_metric("Received SIGTERM: 15", "test/acc")
+    assert run_metrics(tmp_path) is None and last_value(run_metrics(tmp_path), "val/acc") is None
+    run = tmp_path / "lightning_logs" / "version_3"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,val/acc\n0,0.5\n1,\n2,0.75\n")
+    assert (
+        run_metrics(tmp_path) == run / "metrics.csv" and last_value(run_metrics(tmp_path), "val/acc") == 0.75
+    )

@@ -140,7 +140,8 @@ class ReviewsDataModule(L.LightningDataModule):
     }
 
     def _splits(self, stage: str | None) -> tuple[str, ...]:
-        return self.stage_splits.get(stage, self.source_splits) if stage else self.source_splits
+        """The splits ``stage`` needs: every one for no stage, or a stage not named."""
+        return self.stage_splits.get(stage or "", self.source_splits)
 
     def _stage(self) -> str | None:
         """The stage the attached Trainer is running (fit, validate, test, predict), or None when none
