@@ -19,7 +19,8 @@ queries, and each adapter fused with BM25 on them.
 Choices are made on the reviews the adapters held out of training (train + unsupervised, their validation
 split); ``--test`` then scores every run once on the 25,000 test reviews with the choices unchanged. Each
 table gives MRR@10, recall@10, the ratio to BM25's MRR@10 and ranx's paired two-sided test against BM25
-(Fisher's randomization test; p below 0.01 marked). Needs ``pip install -e ".[bench]"`` (ranx, scikit-learn).
+(Fisher's randomization test; p below 0.01 marked) and, given several adapters, the same test of each other
+adapter's run against adapter 1's. Needs ``pip install -e ".[bench]"`` (ranx, scikit-learn).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -263,29 +265,50 @@ def fused(runs: dict[str, Run], chosen: Chosen) -> dict[str, Run]:
 
 
 def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chosen: Chosen) -> None:
-    """One table: every run's metrics, its ratio to BM25 and the paired test against BM25."""
+    """One table: every run's metrics, its ratio to BM25 and the paired test against BM25; with more than one
+    adapter, also each other adapter's run tested against the same run made with adapter 1."""
     names = list(runs)
     scores = {name: evaluate(qrels, runs[name], METRICS) for name in names}
     base = scores["BM25"]["mrr@10"]
-    table = record.table(title, ["run", "MRR@10", "recall@10", "vs BM25", "p vs BM25 (MRR@10)", "chosen"])
+    paired = {name: same_with_first_adapter(name, runs) for name in names}
+    columns = ["run", "MRR@10", "recall@10", "vs BM25", "p vs BM25 (MRR@10)", "chosen"]
+    if any(paired.values()):
+        columns.append("p vs adapter 1 (MRR@10)")
+    table = record.table(title, columns)
     for name in ["BM25", *(n for n in names if n != "BM25")]:
-        p = "-"
-        if name != "BM25":
-            found = p_against_bm25(qrels, runs["BM25"], runs[name])
-            p = (f"{found:.2g}" if found > 0 else "<0.001") + (" *" if found < 0.01 else "")
+        p = "-" if name == "BM25" else p_text(p_against(qrels, runs["BM25"], runs[name]))
         params = describe(chosen[name][3]) if name in chosen else "-"
         mrr, recall = scores[name]["mrr@10"], scores[name]["recall@10"]
-        table.add(name, f"{mrr:.3f}", f"{recall:.3f}", f"{mrr / base:.2f}x", p, params)
+        row = [name, f"{mrr:.3f}", f"{recall:.3f}", f"{mrr / base:.2f}x", p, params]
+        if len(columns) > len(row):
+            first = paired[name]
+            row.append(p_text(p_against(qrels, runs[first], runs[name])) if first else "-")
+        table.add(*row)
 
 
-def p_against_bm25(qrels: Qrels, bm25: Run, run: Run) -> float:
-    """Fisher's paired randomization test of ``run`` against BM25 on MRR@10, by ranx (1,000 permutations).
-    One pair per call: ``ranx.compare`` tests every pair of the runs it is given, where the table needs
-    each run against BM25 only. The p-value is a Monte Carlo estimate, and ranx's permutations depend on
+def same_with_first_adapter(name: str, runs: dict[str, Run]) -> str | None:
+    """For a run of adapter 2, 3, ... (``adapter 2, windows + BM25, wsum``), the same run made with adapter 1,
+    if there is one; None for any other run."""
+    found = re.match(r"adapter (\d+)", name)
+    if found is None or found.group(1) == "1":
+        return None
+    first = "adapter 1" + name[found.end() :]
+    return first if first in runs else None
+
+
+def p_text(p: float) -> str:
+    """A p-value as the tables print it, starred below 0.01."""
+    return (f"{p:.2g}" if p > 0 else "<0.001") + (" *" if p < 0.01 else "")
+
+
+def p_against(qrels: Qrels, base: Run, run: Run) -> float:
+    """Fisher's paired randomization test of ``run`` against ``base`` on MRR@10, by ranx (1,000 permutations).
+    One pair per call: ``ranx.compare`` tests every pair of the runs it is given, where a table needs each
+    run against one other only. The p-value is a Monte Carlo estimate, and ranx's permutations depend on
     the tests drawn before them in the process, so it may differ by a few hundredths from one taken among
     other runs; on one thread the same calls give the same p-values."""
-    compared = compare(qrels, [bm25, run], METRICS, stat_test="fisher", max_p=0.01, threads=1)
-    return compared.comparisons[run.name, bm25.name]["mrr@10"]["p_value"]
+    compared = compare(qrels, [base, run], METRICS, stat_test="fisher", max_p=0.01, threads=1)
+    return compared.comparisons[run.name, base.name]["mrr@10"]["p_value"]
 
 
 def describe(params: dict) -> str:

@@ -211,7 +211,7 @@ def test_fusion_expansions_are_the_query_then_what_the_backbone_writes_kept_and_
         assert all(run.name == name for name, run in runs.items())
 
 
-def test_fusion_tests_each_run_against_bm25_by_fishers_randomization_test(monkeypatch) -> None:
+def test_fusion_tests_each_run_against_bm25_and_adapter_1_by_fishers_randomization_test(monkeypatch) -> None:
     fusion = _script("fusion", monkeypatch)
     from ranx import Qrels, Run
 
@@ -229,9 +229,27 @@ def test_fusion_tests_each_run_against_bm25_by_fishers_randomization_test(monkey
     same = ranked(ranks, "same")  # the same ranking: no difference to find
     better = ranked([r // 3 for r in ranks], "better")  # the right document higher for most queries
     noisy = ranked(rng.integers(0, 5, 200).tolist(), "noisy")  # as good on average, other queries
-    assert fusion.p_against_bm25(qrels, bm25, same) == 1.0
-    assert fusion.p_against_bm25(qrels, bm25, better) < 0.01
-    assert fusion.p_against_bm25(qrels, bm25, noisy) > 0.01
+    assert fusion.p_against(qrels, bm25, same) == 1.0
+    assert fusion.p_against(qrels, bm25, better) < 0.01
+    assert fusion.p_against(qrels, bm25, noisy) > 0.01
+
+    # with two adapters, each run of adapter 2 is also tested against the same run made with adapter 1
+    runs = {
+        "BM25": bm25, "adapter 1": ranked(ranks, "adapter 1"),
+        "adapter 2": ranked([r // 3 for r in ranks], "adapter 2"),
+        "adapter 1 + BM25, wsum": ranked(ranks, "adapter 1 + BM25, wsum"),
+        "adapter 2 + BM25, wsum": ranked(ranks, "adapter 2 + BM25, wsum"),
+    }  # fmt: skip
+    record = fusion.Record("fusion")
+    fusion.report(record, "pool", qrels, runs, {})
+    table = record.tables["pool"]
+    assert table.columns[-1] == "p vs adapter 1 (MRR@10)"
+    p_vs_first = {row[0]: row[-1] for row in table.rows}
+    assert p_vs_first["BM25"] == p_vs_first["adapter 1"] == p_vs_first["adapter 1 + BM25, wsum"] == "-"
+    assert p_vs_first["adapter 2"].endswith(" *") and p_vs_first["adapter 2 + BM25, wsum"] == "1"
+    one = fusion.Record("fusion")  # one adapter: no such column
+    fusion.report(one, "pool", qrels, {"BM25": bm25, "adapter 1": runs["adapter 1"]}, {})
+    assert one.tables["pool"].columns[-1] == "chosen"
 
 
 def test_adapter_choice_scores_each_adapter_alone_and_at_each_alpha(
