@@ -271,16 +271,15 @@ def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chose
     scores = {name: evaluate(qrels, runs[name], METRICS) for name in names}
     base = scores["BM25"]["mrr@10"]
     paired = {name: same_with_first_adapter(name, runs) for name in names}
+    against_first = any(paired.values())
     columns = ["run", "MRR@10", "recall@10", "vs BM25", "p vs BM25 (MRR@10)", "chosen"]
-    if any(paired.values()):
-        columns.append("p vs adapter 1 (MRR@10)")
-    table = record.table(title, columns)
+    table = record.table(title, columns + (["p vs adapter 1 (MRR@10)"] if against_first else []))
     for name in ["BM25", *(n for n in names if n != "BM25")]:
         p = "-" if name == "BM25" else p_text(p_against(qrels, runs["BM25"], runs[name]))
         params = describe(chosen[name][3]) if name in chosen else "-"
         mrr, recall = scores[name]["mrr@10"], scores[name]["recall@10"]
         row = [name, f"{mrr:.3f}", f"{recall:.3f}", f"{mrr / base:.2f}x", p, params]
-        if len(columns) > len(row):
+        if against_first:
             first = paired[name]
             row.append(p_text(p_against(qrels, runs[first], runs[name])) if first else "-")
         table.add(*row)

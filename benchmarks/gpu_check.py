@@ -441,7 +441,7 @@ def pretrain_seconds(left: float, wanted: float, smoke: bool, skip: list[str]) -
     for pretraining's own start and export and for the steps its backbone is for: ``validate`` unless
     skipped, then a frozen classifier and its test."""
     later = CLASSIFIER_LIMIT[smoke] + TEST_LIMIT
-    later += 0 if "validate" in skip else VALIDATE_LIMIT[smoke] // 2  # it takes about a third of its limit
+    later += 0 if "validate" in skip else VALIDATE_LIMIT[smoke] // 2  # half its limit; it took about a third
     return round(max(10, min(wanted, left - PRETRAIN_OVERHEAD[smoke] - later)))
 
 

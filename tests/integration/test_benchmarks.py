@@ -233,12 +233,13 @@ def test_fusion_tests_each_run_against_bm25_and_adapter_1_by_fishers_randomizati
     assert fusion.p_against(qrels, bm25, better) < 0.01
     assert fusion.p_against(qrels, bm25, noisy) > 0.01
 
-    # with two adapters, each run of adapter 2 is also tested against the same run made with adapter 1
+    # with two adapters, each run of adapter 2 is also tested against the same run made with adapter 1: the
+    # adapters rank alike (p 1 against each other) and better than BM25; fused, adapter 2 is the better one
+    higher = [r // 3 for r in ranks]
     runs = {
-        "BM25": bm25, "adapter 1": ranked(ranks, "adapter 1"),
-        "adapter 2": ranked([r // 3 for r in ranks], "adapter 2"),
+        "BM25": bm25, "adapter 1": ranked(higher, "adapter 1"), "adapter 2": ranked(higher, "adapter 2"),
         "adapter 1 + BM25, wsum": ranked(ranks, "adapter 1 + BM25, wsum"),
-        "adapter 2 + BM25, wsum": ranked(ranks, "adapter 2 + BM25, wsum"),
+        "adapter 2 + BM25, wsum": ranked(higher, "adapter 2 + BM25, wsum"),
     }  # fmt: skip
     record = fusion.Record("fusion")
     fusion.report(record, "pool", qrels, runs, {})
@@ -246,7 +247,8 @@ def test_fusion_tests_each_run_against_bm25_and_adapter_1_by_fishers_randomizati
     assert table.columns[-1] == "p vs adapter 1 (MRR@10)"
     p_vs_first = {row[0]: row[-1] for row in table.rows}
     assert p_vs_first["BM25"] == p_vs_first["adapter 1"] == p_vs_first["adapter 1 + BM25, wsum"] == "-"
-    assert p_vs_first["adapter 2"].endswith(" *") and p_vs_first["adapter 2 + BM25, wsum"] == "1"
+    assert p_vs_first["adapter 2"] == "1" and p_vs_first["adapter 2 + BM25, wsum"].endswith(" *")
+    assert {row[0]: row[4] for row in table.rows}["adapter 2"].endswith(" *")  # against BM25: better
     one = fusion.Record("fusion")  # one adapter: no such column
     fusion.report(one, "pool", qrels, {"BM25": bm25, "adapter 1": runs["adapter 1"]}, {})
     assert one.tables["pool"].columns[-1] == "chosen"
