@@ -84,8 +84,10 @@ def run_of(name: str, scores_of: Callable[[range], np.ndarray], n: int, depth: i
 class RunStore:
     """Each ranker's run kept in ``folder`` (``--runs``) under a key of what made it: the exact queries
     and documents, the depth, the ranker (an adapter by its embedder's fingerprint: weights, tokenizer,
-    reading), the library versions and :data:`RUNS_FORMAT`. A run is computed once for any number of
-    fusion comparisons; with no folder every run is computed."""
+    reading; a lexical ranker by its library's version), and :data:`RUNS_FORMAT`. The name a run has in
+    this call's tables is not part of the key, so an adapter's run is read back whatever its place on the
+    command line. A run is computed once for any number of fusion comparisons; with no folder every run is
+    computed."""
 
     def __init__(self, folder: str | None, queries: list[str], docs: list[str], depth: int) -> None:
         self.folder = Path(folder) if folder else None
@@ -97,7 +99,7 @@ class RunStore:
             run = make()
             run.name = name  # as a stored run is read back: named for this pool's table
             return run
-        path = self.folder / f"{cache_key(RUNS_FORMAT, self.pool, name, made_by)}.json"
+        path = self.folder / f"{cache_key(RUNS_FORMAT, self.pool, made_by)}.json"
         if not path.exists():
             with atomic_path(path) as partial:  # a run is on disk whole or not at all
                 make().save(str(partial), kind="json")

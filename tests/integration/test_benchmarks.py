@@ -211,6 +211,27 @@ def test_fusion_expansions_are_the_query_then_what_the_backbone_writes_kept_and_
         assert all(run.name == name for name, run in runs.items())
 
 
+def test_fusion_reads_a_stored_run_by_what_made_it_whatever_its_name(tmp_path: Path, monkeypatch) -> None:
+    fusion = _script("fusion", monkeypatch)
+    from ranx import Run
+
+    made = []
+
+    def make() -> Run:
+        made.append(1)
+        return Run({"q0": {"d0": 1.0}, "q1": {"d1": 0.5}}, name="made")
+
+    store = fusion.RunStore(str(tmp_path), ["a", "b"], ["c", "d"], depth=10)
+    first = store.get("adapter 1", "weights A", make)
+    second = store.get("adapter 2", "weights A", make)  # the same adapter in another place of --adapters
+    assert len(made) == 1 and (first.name, second.name) == ("adapter 1", "adapter 2")
+    assert second.to_dict() == first.to_dict()
+    store.get("adapter 2", "weights B", make)  # another adapter: computed
+    fewer = fusion.RunStore(str(tmp_path), ["a"], ["c", "d"], depth=10)  # another pool: computed
+    fewer.get("adapter 1", "weights A", lambda: Run({"q0": {"d0": 1.0}}))
+    assert len(made) == 2 and len(list(tmp_path.iterdir())) == 3
+
+
 def test_fusion_tests_each_run_against_bm25_and_adapter_1_by_fishers_randomization_test(monkeypatch) -> None:
     fusion = _script("fusion", monkeypatch)
     from ranx import Qrels, Run
