@@ -6,9 +6,12 @@
 The halves task (``benchmarks/retrieval.py``): the first half of a review is the query, its own second half
 the one relevant document among all the second halves. Rankers, each keeping its top ``--depth`` per query:
 BM25 (bm25s, the index's lexical side), TF-IDF cosine (scikit-learn, sublinear tf) and each adapter (learned
-sparse vectors, dot product). Each adapter is fused with each lexical ranker two ways with ranx: the convex
-combination of min-max normalised scores (``wsum``, what the index's hybrid mode does) and reciprocal rank
-fusion (``rrf``), the weight and RRF's k each chosen by ``ranx.optimize_fusion`` on MRR@10. ``--norms``
+sparse vectors, dot product). Each adapter is fused with BM25 as ``search --mode hybrid`` fuses them
+(``search``: each ranker's 100 candidates, every candidate scored both ways, min-max, the weight chosen on
+MRR@10 among 0.1, 0.2, ... 0.9), and with each lexical ranker two ways with ranx from the rankers' runs: the
+convex combination of min-max normalised scores (``wsum``; a document outside one run's top ``--depth``
+scores 0 there, where search scores it) and reciprocal rank fusion (``rrf``), the weight and RRF's k each
+chosen by ``ranx.optimize_fusion`` on MRR@10. ``--norms``
 names the score normalisations the convex combination is tried with (``zmuv``: each query's scores to zero
 mean and unit variance), ``--three`` adds the fusion of each adapter with both lexical rankers at once, and
 ``--runs DIR`` keeps every ranker's run on disk so that a second call with other fusions reads them instead of
@@ -26,11 +29,12 @@ adapter's run against adapter 1's. Needs ``pip install -e ".[bench]"`` (ranx, sc
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,7 @@ from imdb_transformer.core.head import load_adapter
 from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.generation import continuation, generate
 from imdb_transformer.search import BM25Index
+from imdb_transformer.search.ranking import CANDIDATES, hybrid_top
 from imdb_transformer.text.imdb import load_reviews
 from imdb_transformer.text.tokenizer import EOS_ID
 
@@ -58,6 +63,10 @@ EXPANDED = ", expanded"  # the name of a ranker's run on the queries --expand le
 # holds already scaled 1.3-fold towards unlikely (greedy decoding of a small LM otherwise loops on a phrase)
 EXPANSION = {"strategy": "greedy", "repetition_penalty": 1.3}
 EXPAND_BATCH = 64  # queries the backbone continues at once
+SEARCH = " + BM25, search"  # an adapter's run ranked as search --mode hybrid ranks, after its name
+ALPHAS = [round(0.1 * i, 1) for i in range(1, 10)]  # the hybrid weights a search run is tried with
+SEARCH_K = 10  # a search run's depth: the metrics read the top 10, as search -k 10 returns them
+Searched = dict[str, dict[float, Run]]  # adapter name: its search run at each hybrid weight
 
 
 def qrels_of(n: int) -> Qrels:
@@ -76,9 +85,15 @@ def run_of(name: str, scores_of: Callable[[range], np.ndarray], n: int, depth: i
         scores = torch.from_numpy(np.ascontiguousarray(scores_of(rows), dtype=np.float32))
         values, docs = scores.topk(min(depth, scores.size(1)), dim=1)
         for i, vals, ids in zip(rows, values.tolist(), docs.tolist(), strict=True):
-            kept = {f"d{d}": v - r * 1e-9 for r, (v, d) in enumerate(zip(vals, ids, strict=True)) if v > 0}
-            found[f"q{i}"] = kept or {"d-1": 0.0}
+            positive = sum(v > 0 for v in vals)  # sorted: the non-zero scores come first
+            found[f"q{i}"] = ranked(ids[:positive], vals[:positive]) or {"d-1": 0.0}
     return Run(found, name=name)
+
+
+def ranked(docs: list[int], scores: list[float]) -> dict[str, float]:
+    """One query's ranking as a ranx run holds it: documents ``d{row}`` by score, best first, each score
+    lowered by its rank times 1e-9 to part ties (see :func:`run_of`)."""
+    return {f"d{d}": float(v) - r * 1e-9 for r, (d, v) in enumerate(zip(docs, scores, strict=True))}
 
 
 class RunStore:
@@ -121,12 +136,18 @@ def versions(*packages: str) -> str:
 
 
 def lexical_runs(
-    queries: list[str], docs: list[str], depth: int, store: RunStore, suffix: str = ""
+    queries: list[str],
+    docs: list[str],
+    depth: int,
+    store: RunStore,
+    suffix: str = "",
+    lexical: Callable[[], BM25Index] | None = None,
 ) -> dict[str, Run]:
-    """BM25's and TF-IDF cosine's runs over one pool (named with ``suffix``)."""
+    """BM25's and TF-IDF cosine's runs over one pool (named with ``suffix``); ``lexical`` gives the BM25
+    index of ``docs`` (default: built here)."""
 
     def bm25() -> Run:
-        index = BM25Index.build(docs)
+        index = lexical() if lexical is not None else BM25Index.build(docs)
         return run_of(
             "BM25", lambda rows: np.stack([index.scores(queries[i]) for i in rows]), len(queries), depth
         )
@@ -141,14 +162,34 @@ def lexical_runs(
     }
 
 
-def adapter_run(
-    name: str, embedder: DocumentEmbedder, queries: list[str], docs: list[str], depth: int
-) -> Run:
-    """The adapter's ranking, its vectors made as ``embed`` makes an index's (and a query's)."""
-    q, d = embedder.embed(queries), embedder.embed(docs)
-    if not sp.issparse(q):
-        q, d = sp.csr_matrix(q.numpy()), sp.csr_matrix(d.numpy())
-    return run_of(name, lambda rows: (q[rows.start : rows.stop] @ d.T).toarray(), len(queries), depth)
+def vectors_of(embedder: DocumentEmbedder, texts: list[str]) -> sp.csr_matrix:
+    """The texts' vectors as ``embed`` makes an index's (and a query's), as a CSR matrix."""
+    vectors = embedder.embed(texts)
+    return vectors if sp.issparse(vectors) else sp.csr_matrix(vectors.numpy())
+
+
+def adapter_run(name: str, q: sp.csr_matrix, d: sp.csr_matrix, depth: int) -> Run:
+    """The adapter's ranking from the queries' vectors ``q`` and the documents' ``d``: cosines."""
+    return run_of(name, lambda rows: (q[rows.start : rows.stop] @ d.T).toarray(), q.shape[0], depth)
+
+
+def search_runs(
+    q: sp.csr_matrix, d: sp.csr_matrix, lexical: BM25Index, queries: list[str], alphas: list[float]
+) -> dict[float, Run]:
+    """Each query's top :data:`SEARCH_K` as ``search --mode hybrid`` ranks them over an exactly searched
+    index of the documents, at each weight of ``alphas``: every document's cosine (``q`` against ``d``)
+    and BM25 score, fused by the index's own :func:`~imdb_transformer.search.ranking.hybrid_top`. The
+    scores are computed once for all weights."""
+    found: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in alphas}
+    d = d.T.tocsr()
+    for start in tqdm(range(0, len(queries), 512), desc="hybrid search", unit="block"):
+        cosines = (q[start : start + 512] @ d).toarray()
+        for i, dense in enumerate(cosines, start):
+            bm25 = lexical.scores(queries[i])
+            for alpha in alphas:
+                rows, scores = hybrid_top(dense, bm25, alpha, SEARCH_K)
+                found[alpha][f"q{i}"] = ranked(rows.tolist(), scores.tolist())
+    return {alpha: Run(run) for alpha, run in found.items()}
 
 
 def ranker_runs(
@@ -158,17 +199,31 @@ def ranker_runs(
     depth: int,
     runs_dir: str | None,
     suffix: str = "",
-) -> dict[str, Run]:
+    alphas: Sequence[float] = (),
+) -> tuple[dict[str, Run], Searched]:
     """BM25, TF-IDF and each adapter's run over one pool of queries and documents, each named with
-    ``suffix``."""
+    ``suffix``, and with ``alphas`` each adapter's search run at each of those hybrid weights. An
+    adapter's vectors are computed once, and only for a run that is not stored."""
     store = RunStore(runs_dir, queries, docs, depth)
-    runs = lexical_runs(queries, docs, depth, store, suffix)
+    lexical = functools.cache(lambda: BM25Index.build(docs))
+    runs = lexical_runs(queries, docs, depth, store, suffix, lexical)
+    searched: Searched = {}
     for name, embedder in embedders.items():
+        vectors = functools.cache(lambda e=embedder: (vectors_of(e, queries), vectors_of(e, docs)))
         runs[name + suffix] = store.get(
-            name + suffix, embedder.fingerprint,
-            lambda e=embedder, n=name + suffix: adapter_run(n, e, queries, docs, depth),
-        )  # fmt: skip
-    return runs
+            name + suffix,
+            embedder.fingerprint,
+            lambda n=name + suffix, v=vectors: adapter_run(n, *v(), depth),
+        )
+        if not alphas:
+            continue
+        made = functools.cache(lambda v=vectors: search_runs(*v(), lexical(), queries, list(alphas)))
+        maker = f"search {embedder.fingerprint} {versions('bm25s')} candidates {CANDIDATES} top {SEARCH_K}"
+        searched[name] = {
+            alpha: store.get(name + SEARCH, f"{maker} alpha {alpha}", lambda a=alpha, m=made: m()[a])
+            for alpha in alphas
+        }
+    return runs, searched
 
 
 def expanded(backbone: Backbone, queries: list[str], tokens: int, folder: str | None) -> list[str]:
@@ -266,7 +321,15 @@ def fused(runs: dict[str, Run], chosen: Chosen) -> dict[str, Run]:
     return out
 
 
-def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chosen: Chosen) -> None:
+def best_alphas(qrels: Qrels, searched: Searched) -> dict[str, float]:
+    """Each adapter's hybrid weight whose search run scores the highest MRR@10 (the lowest on a tie)."""
+    return {
+        name: max(by_alpha, key=lambda a, r=by_alpha: (evaluate(qrels, r[a], "mrr@10"), -a))
+        for name, by_alpha in searched.items()
+    }
+
+
+def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chosen: dict[str, str]) -> None:
     """One table: every run's metrics, its ratio to BM25 and the paired test against BM25; with more than one
     adapter, also each other adapter's run tested against the same run made with adapter 1."""
     names = list(runs)
@@ -278,7 +341,7 @@ def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chose
     table = record.table(title, columns + (["p vs adapter 1 (MRR@10)"] if against_first else []))
     for name in ["BM25", *(n for n in names if n != "BM25")]:
         p = "-" if name == "BM25" else p_text(p_against(qrels, runs["BM25"], runs[name]))
-        params = describe(chosen[name][3]) if name in chosen else "-"
+        params = chosen.get(name, "-")
         mrr, recall = scores[name]["mrr@10"], scores[name]["recall@10"]
         row = [name, f"{mrr:.3f}", f"{recall:.3f}", f"{mrr / base:.2f}x", p, params]
         if against_first:
@@ -327,13 +390,25 @@ def pool_runs(
     depth: int,
     runs_dir: str | None,
     expand: int,
-) -> dict[str, Run]:
-    """Every ranker's run over one pool, and again on the queries expanded by ``expand`` tokens (if any)."""
-    runs = ranker_runs(embedders, queries, docs, depth, runs_dir)
+    alphas: Sequence[float] = (),
+) -> tuple[dict[str, Run], Searched]:
+    """Every ranker's run over one pool, and again on the queries expanded by ``expand`` tokens (if any);
+    each adapter's search runs at ``alphas`` (on the plain queries)."""
+    runs, searched = ranker_runs(embedders, queries, docs, depth, runs_dir, alphas=alphas)
     if expand:
         longer = expanded(backbone, queries, expand, runs_dir)
-        runs |= ranker_runs(embedders, longer, docs, depth, runs_dir, EXPANDED)
-    return runs
+        runs |= ranker_runs(embedders, longer, docs, depth, runs_dir, EXPANDED)[0]
+    return runs, searched
+
+
+def with_search(runs: dict[str, Run], searched: Searched, alphas: dict[str, float]) -> dict[str, Run]:
+    """``runs`` and each adapter's search run at its chosen weight, after the adapter's own run."""
+    out = {}
+    for name, run in runs.items():
+        out[name] = run
+        if name in alphas:
+            out[name + SEARCH] = searched[name][alphas[name]]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -395,10 +470,19 @@ def main(argv: list[str] | None = None) -> None:
     queries, docs = task(held_out_texts(args.source, args.val_fraction, args.seed))
     print(f"held-out training reviews: {len(queries):,} (choices are made here)")
     qrels = qrels_of(len(queries))
-    runs = pool_runs(backbone, embedders, queries, docs, args.depth, args.runs, args.expand)
+    runs, searched = pool_runs(backbone, embedders, queries, docs, args.depth, args.runs, args.expand, ALPHAS)
+    alphas = best_alphas(qrels, searched)
     chosen = choose(qrels, runs, combinations(list(embedders), args.three, args.expand > 0), args.norms)
-    record.notes["chosen"] = {name: describe(params) for name, (*_, params) in chosen.items()}
-    report(record, "held-out training reviews", qrels, {**runs, **fused(runs, chosen)}, chosen)
+    described = {name + SEARCH: f"alpha {alpha:g}" for name, alpha in alphas.items()}
+    described |= {name: describe(params) for name, (*_, params) in chosen.items()}
+    record.notes["chosen"] = described
+    report(
+        record,
+        "held-out training reviews",
+        qrels,
+        with_search(runs, searched, alphas) | fused(runs, chosen),
+        described,
+    )
     record.save(args.out)
 
     if args.test:
@@ -407,8 +491,18 @@ def main(argv: list[str] | None = None) -> None:
         test = load_reviews(args.source, "test", args.max_test).texts
         queries, docs = task(test)
         qrels = qrels_of(len(queries))
-        runs = pool_runs(backbone, embedders, queries, docs, args.depth, args.runs, args.expand)
-        report(record, f"test reviews ({len(queries):,})", qrels, {**runs, **fused(runs, chosen)}, chosen)
+        runs, searched = pool_runs(
+            backbone,
+            embedders,
+            queries,
+            docs,
+            args.depth,
+            args.runs,
+            args.expand,
+            sorted(set(alphas.values())),
+        )  # each adapter's search run at the weight chosen for it on held-out only
+        every = with_search(runs, searched, alphas) | fused(runs, chosen)
+        report(record, f"test reviews ({len(queries):,})", qrels, every, described)
         record.notes["test_seconds"] = round(time.perf_counter() - started)
         record.save(args.out)
 

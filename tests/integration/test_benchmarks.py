@@ -121,7 +121,7 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     )  # fmt: skip
     tables = json.loads(record.read_text())["tables"]
     assert list(tables) == ["held-out training reviews", "test reviews (80)"] and "| BM25 | " in out
-    runs = ["BM25", "TF-IDF", "adapter 1"]
+    runs = ["BM25", "TF-IDF", "adapter 1", "adapter 1 + BM25, search"]
     runs += [f"adapter 1 + {lex}, {m}" for lex in ("BM25", "TF-IDF") for m in ("wsum", "rrf")]
     for table in tables.values():
         assert [row[0] for row in table["rows"]] == runs
@@ -131,9 +131,12 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
     assert chosen["adapter 1 + BM25, wsum"].startswith("weights ") and chosen[
         "adapter 1 + BM25, rrf"
     ].startswith("k ")
+    alpha = chosen["adapter 1 + BM25, search"]  # chosen among 0.1 ... 0.9 on held-out, used on test
+    assert alpha in {f"alpha {a / 10:g}" for a in range(1, 10)}
 
     stored = [p.name for p in (tmp_path / "runs").iterdir()]
-    assert len(stored) == 6 and all(name.endswith(".json") for name in stored)  # 3 rankers x 2 pools, whole
+    # 3 rankers x 2 pools, and the search runs: each weight on held-out, the chosen one on test
+    assert len(stored) == 6 + 9 + 1 and all(name.endswith(".json") for name in stored)
 
     # a second call reads every ranker's stored run and compares more fusions: z-scores, all three rankers;
     # the adapter read another way (windows) is another ranker, computed and stored beside the others
@@ -144,10 +147,13 @@ def test_fusion_scores_every_ranker_and_fusion_with_ranx(
         "--val_fraction", "0.2", "--depth", "20", "--out", str(again), "--runs", str(tmp_path / "runs"),
         "--norms", "min-max", "zmuv", "--three", "--readings", "head_tail", "windows", "--expand", "8",
     )  # fmt: skip
-    assert all(f"{name}: read from" in out for name in ("BM25", "TF-IDF", "adapter 1"))
+    assert all(
+        f"{name}: read from" in out for name in ("BM25", "TF-IDF", "adapter 1", "adapter 1 + BM25, search")
+    )
     assert "adapter 1, windows: read from" not in out
-    # 6 stored before, the windows reading, each of the 4 rankers on the expanded queries, and the expansions
-    assert len(list((tmp_path / "runs").iterdir())) == 6 + 1 + 4 + 1
+    # 16 stored before; the windows reading, alone and searched at each weight; each of the 4 rankers on the
+    # expanded queries; and the expansions
+    assert len(list((tmp_path / "runs").iterdir())) == 16 + 1 + 9 + 4 + 1
     rows = {
         row[0]: row for row in json.loads(again.read_text())["tables"]["held-out training reviews"]["rows"]
     }
@@ -205,10 +211,47 @@ def test_fusion_expansions_are_the_query_then_what_the_backbone_writes_kept_and_
     embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
     docs = ["a dog in the film", "the film's acting was poor", "good acting, a good dog", "a long slow film"]
     for folder in (None, str(tmp_path / "runs")):
-        runs = fusion.pool_runs(backbone, {"adapter 1": embedder}, queries, docs, 3, folder, 8)
+        runs, searched = fusion.pool_runs(backbone, {"adapter 1": embedder}, queries, docs, 3, folder, 8)
+        assert searched == {}  # no weights given: no search runs
         names = ["BM25", "TF-IDF", "adapter 1"]
         assert list(runs) == names + [f"{name}, expanded" for name in names]
         assert all(run.name == name for name, run in runs.items())
+
+
+def test_fusion_search_runs_rank_as_the_index_searches_at_each_weight(
+    pretrained_run: Path, adapter_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    fusion = _script("fusion", monkeypatch)
+    from imdb_transformer.core.backbone import load_backbone
+    from imdb_transformer.core.head import load_adapter
+    from imdb_transformer.embedder import DocumentEmbedder
+    from imdb_transformer.search import SemanticIndex
+
+    backbone = load_backbone(pretrained_run / "backbone")
+    embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
+    words = ["dog", "film", "acting", "slow", "plot", "music", "funny", "dull", "actor", "scene", "ending"]
+    n = len(words)
+    docs = [f"the {words[i]} and the {words[(i + 3) % n]} of this {words[(i + 5) % n]}" for i in range(n)]
+    queries = ["a dog in the film", "slow plot, dull ending", "the music was funny", "great actor"]
+    runs, searched = fusion.ranker_runs(
+        {"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas=[0.1, 0.9]
+    )
+    assert list(runs) == ["BM25", "TF-IDF", "adapter 1"] and list(searched["adapter 1"]) == [0.1, 0.9]
+    orders = set()
+    for alpha, run in searched["adapter 1"].items():
+        assert run.name == "adapter 1 + BM25, search"
+        index = SemanticIndex.build(embedder, docs, alpha=alpha, progress=False)
+        for i, query in enumerate(queries):
+            rows, scores = index.top_k(embedder.embed([query], progress=False), query, "hybrid", 10)
+            ranking = run[f"q{i}"]
+            assert list(ranking) == [f"d{r}" for r in rows]  # the index's own hybrid ranking, in its order
+            assert np.allclose(list(ranking.values()), scores, atol=1e-6)
+            orders.add((i, tuple(rows)))
+    assert len(orders) > len(queries)  # the weight changes some ranking: each run is its own weight's
+    capsys.readouterr()
+    again = fusion.ranker_runs({"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas=[0.9])[1]
+    assert "adapter 1 + BM25, search: read from" in capsys.readouterr().out  # stored per weight
+    assert again["adapter 1"][0.9].to_dict() == searched["adapter 1"][0.9].to_dict()
 
 
 def test_fusion_reads_a_stored_run_by_what_made_it_whatever_its_name(tmp_path: Path, monkeypatch) -> None:

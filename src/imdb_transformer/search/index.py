@@ -53,6 +53,7 @@ from imdb_transformer.search.ranking import (
     check_mode,
     fused_top,
     fusion_rows,
+    hybrid_top,
     top_k_rows,
 )
 from imdb_transformer.search.storage import (
@@ -243,15 +244,11 @@ class SemanticIndex:
         if mode == "lexical":
             rows = top_k_rows(lexical, k)
             return rows, lexical[rows]
-        every = None  # exact search scores every review once; the candidates' cosines are read from it
-        if self._faiss is None:
-            every = self.cosines(vector)
-            dense_rows = candidates(every, CANDIDATES)
-        else:
-            dense_rows, _ = self.dense_top_k(vector, CANDIDATES)
+        if self._faiss is None:  # exact search scores every review once
+            return hybrid_top(self.cosines(vector), lexical, self.alpha, k)
+        dense_rows, _ = self.dense_top_k(vector, CANDIDATES)  # FAISS proposes; the candidates are scored
         rows = fusion_rows([dense_rows, candidates(lexical, CANDIDATES)], k, len(self))
-        dense = every[rows] if every is not None else self.cosines(vector, rows)
-        return fused_top(rows, dense, lexical[rows], self.alpha, k)
+        return fused_top(rows, self.cosines(vector, rows), lexical[rows], self.alpha, k)
 
     def _rank(
         self, vector: torch.Tensor | None, text: str, k: int, mode: Mode, exclude: int | None = None

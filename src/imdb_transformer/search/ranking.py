@@ -84,6 +84,14 @@ def fused_top(
     return rows[order], fused[order]
 
 
+def hybrid_top(dense: np.ndarray, lexical: np.ndarray, alpha: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hybrid ranking from every review's ``dense`` and ``lexical`` scores (what exact search has): each
+    ranker's :data:`CANDIDATES` best non-zero rows, every candidate scored both ways, fused by
+    :func:`fused_top`. Rows and fused scores of the top ``k``."""
+    rows = fusion_rows([candidates(dense, CANDIDATES), candidates(lexical, CANDIDATES)], k, len(dense))
+    return fused_top(rows, dense[rows], lexical[rows], alpha, k)
+
+
 def filled(rows: np.ndarray, scores: np.ndarray, k: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` and ``scores`` filled up to ``k`` with the first other rows of ``count``, scoring 0 (a
     ranker that scores only rows sharing a word or token with the query found fewer)."""
