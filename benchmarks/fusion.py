@@ -7,11 +7,11 @@ The halves task (``benchmarks/retrieval.py``): the first half of a review is the
 the one relevant document among all the second halves. Rankers, each keeping its top ``--depth`` per query:
 BM25 (bm25s, the index's lexical side), TF-IDF cosine (scikit-learn, sublinear tf) and each adapter (learned
 sparse vectors, dot product). Each adapter is fused with BM25 as ``search --mode hybrid`` fuses them
-(``search``: each ranker's 100 candidates, every candidate scored both ways, min-max, the weight chosen on
-MRR@10 among 0.1, 0.2, ... 0.9), and with each lexical ranker two ways with ranx from the rankers' runs: the
-convex combination of min-max normalised scores (``wsum``; a document outside one run's top ``--depth``
-scores 0 there, where search scores it) and reciprocal rank fusion (``rrf``), the weight and RRF's k each
-chosen by ``ranx.optimize_fusion`` on MRR@10. ``--norms``
+(``search``: each ranker's ``CANDIDATES`` (100), every candidate scored both ways, min-max, the weight
+chosen on MRR@10 among 0.1, 0.2, ... 0.9), and with each lexical ranker two ways with ranx from the
+rankers' runs: the convex combination of min-max normalised scores (``wsum``; a document outside one run's
+top ``--depth`` scores 0 there, where search scores it) and reciprocal rank fusion (``rrf``), the weight
+and RRF's k each chosen by ``ranx.optimize_fusion`` on MRR@10. ``--norms``
 names the score normalisations the convex combination is tried with (``zmuv``: each query's scores to zero
 mean and unit variance), ``--three`` adds the fusion of each adapter with both lexical rankers at once, and
 ``--runs DIR`` keeps every ranker's run on disk so that a second call with other fusions reads them instead of
@@ -34,7 +34,7 @@ import importlib.metadata
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,8 @@ from imdb_transformer.text.imdb import load_reviews
 from imdb_transformer.text.tokenizer import EOS_ID
 
 METRICS = ["mrr@10", "recall@10"]
-RUNS_FORMAT = 1  # part of a stored run's key: raise it when a ranker or run_of changes what it ranks
+# part of a stored run's key: raise it when a ranker (search's hybrid_top too) or run_of changes what it ranks
+RUNS_FORMAT = 1
 EXPANSIONS_FORMAT = 1  # part of stored expansions' key: raise it when expanded changes what it writes
 Chosen = dict[str, tuple[list[str], str, str, dict]]  # fusion name: (runs fused, method, norm, params)
 EXPANDED = ", expanded"  # the name of a ranker's run on the queries --expand lengthened
@@ -85,7 +86,7 @@ def run_of(name: str, scores_of: Callable[[range], np.ndarray], n: int, depth: i
         scores = torch.from_numpy(np.ascontiguousarray(scores_of(rows), dtype=np.float32))
         values, docs = scores.topk(min(depth, scores.size(1)), dim=1)
         for i, vals, ids in zip(rows, values.tolist(), docs.tolist(), strict=True):
-            positive = sum(v > 0 for v in vals)  # sorted: the non-zero scores come first
+            positive = sum(v > 0 for v in vals)  # sorted: the positive scores come first
             found[f"q{i}"] = ranked(ids[:positive], vals[:positive]) or {"d-1": 0.0}
     return Run(found, name=name)
 
@@ -99,7 +100,8 @@ def ranked(docs: list[int], scores: list[float]) -> dict[str, float]:
 class RunStore:
     """Each ranker's run kept in ``folder`` (``--runs``) under a key of what made it: the exact queries
     and documents, the depth, the ranker (an adapter by its embedder's fingerprint: weights, tokenizer,
-    reading; a lexical ranker by its library's version), and :data:`RUNS_FORMAT`. The name a run has in
+    reading; a lexical ranker by its library's version; a search run also by its weight, candidates and
+    depth), and :data:`RUNS_FORMAT`. The name a run has in
     this call's tables is not part of the key, so an adapter's run is read back whatever its place on the
     command line. A run is computed once for any number of fusion comparisons; with no folder every run is
     computed."""
@@ -181,9 +183,9 @@ def search_runs(
     and BM25 score, fused by the index's own :func:`~imdb_transformer.search.ranking.hybrid_top`. The
     scores are computed once for all weights."""
     found: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in alphas}
-    d = d.T.tocsr()
+    dt = d.T.tocsr()
     for start in tqdm(range(0, len(queries), 512), desc="hybrid search", unit="block"):
-        cosines = (q[start : start + 512] @ d).toarray()
+        cosines = (q[start : start + 512] @ dt).toarray()
         for i, dense in enumerate(cosines, start):
             bm25 = lexical.scores(queries[i])
             for alpha in alphas:
@@ -199,11 +201,11 @@ def ranker_runs(
     depth: int,
     runs_dir: str | None,
     suffix: str = "",
-    alphas: Sequence[float] = (),
+    alphas: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[dict[str, Run], Searched]:
     """BM25, TF-IDF and each adapter's run over one pool of queries and documents, each named with
-    ``suffix``, and with ``alphas`` each adapter's search run at each of those hybrid weights. An
-    adapter's vectors are computed once, and only for a run that is not stored."""
+    ``suffix``, and each adapter that ``alphas`` names searched at the hybrid weights it lists. Within
+    this call an adapter's vectors are computed once, and only for a run that is not stored."""
     store = RunStore(runs_dir, queries, docs, depth)
     lexical = functools.cache(lambda: BM25Index.build(docs))
     runs = lexical_runs(queries, docs, depth, store, suffix, lexical)
@@ -215,13 +217,14 @@ def ranker_runs(
             embedder.fingerprint,
             lambda n=name + suffix, v=vectors: adapter_run(n, *v(), depth),
         )
-        if not alphas:
+        weights = list((alphas or {}).get(name, ()))
+        if not weights:
             continue
-        made = functools.cache(lambda v=vectors: search_runs(*v(), lexical(), queries, list(alphas)))
+        made = functools.cache(lambda v=vectors, w=weights: search_runs(*v(), lexical(), queries, w))
         maker = f"search {embedder.fingerprint} {versions('bm25s')} candidates {CANDIDATES} top {SEARCH_K}"
         searched[name] = {
-            alpha: store.get(name + SEARCH, f"{maker} alpha {alpha}", lambda a=alpha, m=made: m()[a])
-            for alpha in alphas
+            alpha: store.get(name + suffix + SEARCH, f"{maker} alpha {alpha}", lambda a=alpha, m=made: m()[a])
+            for alpha in weights
         }
     return runs, searched
 
@@ -329,9 +332,10 @@ def best_alphas(qrels: Qrels, searched: Searched) -> dict[str, float]:
     }
 
 
-def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chosen: dict[str, str]) -> None:
-    """One table: every run's metrics, its ratio to BM25 and the paired test against BM25; with more than one
-    adapter, also each other adapter's run tested against the same run made with adapter 1."""
+def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], described: dict[str, str]) -> None:
+    """One table: every run's metrics, its ratio to BM25, the paired test against BM25 and its chosen
+    parameters (``described``: run name to text); with more than one adapter, also each other adapter's run
+    tested against the same run made with adapter 1."""
     names = list(runs)
     scores = {name: evaluate(qrels, runs[name], METRICS) for name in names}
     base = scores["BM25"]["mrr@10"]
@@ -341,7 +345,7 @@ def report(record: Record, title: str, qrels: Qrels, runs: dict[str, Run], chose
     table = record.table(title, columns + (["p vs adapter 1 (MRR@10)"] if against_first else []))
     for name in ["BM25", *(n for n in names if n != "BM25")]:
         p = "-" if name == "BM25" else p_text(p_against(qrels, runs["BM25"], runs[name]))
-        params = chosen.get(name, "-")
+        params = described.get(name, "-")
         mrr, recall = scores[name]["mrr@10"], scores[name]["recall@10"]
         row = [name, f"{mrr:.3f}", f"{recall:.3f}", f"{mrr / base:.2f}x", p, params]
         if against_first:
@@ -390,10 +394,10 @@ def pool_runs(
     depth: int,
     runs_dir: str | None,
     expand: int,
-    alphas: Sequence[float] = (),
+    alphas: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[dict[str, Run], Searched]:
     """Every ranker's run over one pool, and again on the queries expanded by ``expand`` tokens (if any);
-    each adapter's search runs at ``alphas`` (on the plain queries)."""
+    each adapter's search runs at the weights ``alphas`` gives it (on the plain queries)."""
     runs, searched = ranker_runs(embedders, queries, docs, depth, runs_dir, alphas=alphas)
     if expand:
         longer = expanded(backbone, queries, expand, runs_dir)
@@ -470,19 +474,17 @@ def main(argv: list[str] | None = None) -> None:
     queries, docs = task(held_out_texts(args.source, args.val_fraction, args.seed))
     print(f"held-out training reviews: {len(queries):,} (choices are made here)")
     qrels = qrels_of(len(queries))
-    runs, searched = pool_runs(backbone, embedders, queries, docs, args.depth, args.runs, args.expand, ALPHAS)
+    weights = dict.fromkeys(embedders, ALPHAS)  # held-out: each adapter searched at every weight
+    runs, searched = pool_runs(
+        backbone, embedders, queries, docs, args.depth, args.runs, args.expand, weights
+    )
     alphas = best_alphas(qrels, searched)
     chosen = choose(qrels, runs, combinations(list(embedders), args.three, args.expand > 0), args.norms)
     described = {name + SEARCH: f"alpha {alpha:g}" for name, alpha in alphas.items()}
     described |= {name: describe(params) for name, (*_, params) in chosen.items()}
     record.notes["chosen"] = described
-    report(
-        record,
-        "held-out training reviews",
-        qrels,
-        with_search(runs, searched, alphas) | fused(runs, chosen),
-        described,
-    )
+    every = with_search(runs, searched, alphas) | fused(runs, chosen)
+    report(record, "held-out training reviews", qrels, every, described)
     record.save(args.out)
 
     if args.test:
@@ -491,16 +493,10 @@ def main(argv: list[str] | None = None) -> None:
         test = load_reviews(args.source, "test", args.max_test).texts
         queries, docs = task(test)
         qrels = qrels_of(len(queries))
+        weights = {name: [alpha] for name, alpha in alphas.items()}  # the weight chosen for it on held-out
         runs, searched = pool_runs(
-            backbone,
-            embedders,
-            queries,
-            docs,
-            args.depth,
-            args.runs,
-            args.expand,
-            sorted(set(alphas.values())),
-        )  # each adapter's search run at the weight chosen for it on held-out only
+            backbone, embedders, queries, docs, args.depth, args.runs, args.expand, weights
+        )
         every = with_search(runs, searched, alphas) | fused(runs, chosen)
         report(record, f"test reviews ({len(queries):,})", qrels, every, described)
         record.notes["test_seconds"] = round(time.perf_counter() - started)

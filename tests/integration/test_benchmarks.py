@@ -234,7 +234,7 @@ def test_fusion_search_runs_rank_as_the_index_searches_at_each_weight(
     docs = [f"the {words[i]} and the {words[(i + 3) % n]} of this {words[(i + 5) % n]}" for i in range(n)]
     queries = ["a dog in the film", "slow plot, dull ending", "the music was funny", "great actor"]
     runs, searched = fusion.ranker_runs(
-        {"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas=[0.1, 0.9]
+        {"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas={"adapter 1": [0.1, 0.9]}
     )
     assert list(runs) == ["BM25", "TF-IDF", "adapter 1"] and list(searched["adapter 1"]) == [0.1, 0.9]
     orders = set()
@@ -249,9 +249,26 @@ def test_fusion_search_runs_rank_as_the_index_searches_at_each_weight(
             orders.add((i, tuple(rows)))
     assert len(orders) > len(queries)  # the weight changes some ranking: each run is its own weight's
     capsys.readouterr()
-    again = fusion.ranker_runs({"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas=[0.9])[1]
+    again = fusion.ranker_runs(
+        {"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas={"adapter 1": [0.9]}
+    )[1]
     assert "adapter 1 + BM25, search: read from" in capsys.readouterr().out  # stored per weight
     assert again["adapter 1"][0.9].to_dict() == searched["adapter 1"][0.9].to_dict()
+    # each adapter is searched at its own weights only (on test: the one chosen for it)
+    both = {"adapter 1": embedder, "adapter 2": embedder}
+    own = fusion.ranker_runs(both, queries, docs, 5, None, alphas={"adapter 2": [0.9]})[1]
+    assert list(own) == ["adapter 2"] and list(own["adapter 2"]) == [0.9]
+
+
+def test_fusion_chooses_each_adapters_search_weight_by_mrr_the_lower_on_a_tie(monkeypatch) -> None:
+    fusion = _script("fusion", monkeypatch)
+    from ranx import Run
+
+    qrels = fusion.qrels_of(2)
+    worse = Run({"q0": {"d0": 1.0}, "q1": {"d0": 1.0, "d1": 0.5}})  # MRR@10 0.75
+    best = Run({"q0": {"d0": 1.0}, "q1": {"d1": 1.0}})  # MRR@10 1
+    searched = {"adapter 1": {0.3: worse, 0.5: best, 0.7: best}, "adapter 2": {0.2: best, 0.4: worse}}
+    assert fusion.best_alphas(qrels, searched) == {"adapter 1": 0.5, "adapter 2": 0.2}
 
 
 def test_fusion_reads_a_stored_run_by_what_made_it_whatever_its_name(tmp_path: Path, monkeypatch) -> None:

@@ -34,7 +34,6 @@ from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.adapter import EmbeddingAdapter, info_nce
 from imdb_transformer.search import SemanticIndex
-from imdb_transformer.search import index as search_index
 from imdb_transformer.search import ranking as search_ranking
 from imdb_transformer.text.imdb import load_reviews
 from imdb_transformer.text.tokenizer import EOS_ID
@@ -582,8 +581,7 @@ def test_hybrid_fuses_each_rankers_top_proposals_as_the_plain_computation_does(
 ) -> None:
     """Fusion min-max scales both rankers' scores over the union of each one's top ``CANDIDATES`` (among
     reviews it scores above zero) and mixes them by alpha: the ranking of the plain computation."""
-    for module in (search_index, search_ranking):  # exact search's ranking, and FAISS's proposals
-        monkeypatch.setattr(module, "CANDIDATES", proposals)
+    monkeypatch.setattr(search_ranking, "CANDIDATES", proposals)  # what exact search's hybrid_top reads
     backbone = load_backbone(pretrained_run / "backbone")
     embedder = DocumentEmbedder(backbone, head=load_adapter(adapter_run / "adapter", backbone))
     rng = random.Random(1)
