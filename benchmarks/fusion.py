@@ -55,6 +55,7 @@ from imdb_transformer.text.imdb import load_reviews
 from imdb_transformer.text.tokenizer import EOS_ID
 
 METRICS = ["mrr@10", "recall@10"]
+BLOCK = 512  # queries scored against every document at once (a dense block of BLOCK x documents floats)
 # part of a stored run's key: raise it when a ranker (search's hybrid_top too) or run_of changes what it ranks
 RUNS_FORMAT = 1
 EXPANSIONS_FORMAT = 1  # part of stored expansions' key: raise it when expanded changes what it writes
@@ -81,8 +82,8 @@ def run_of(name: str, scores_of: Callable[[range], np.ndarray], n: int, depth: i
     step of 1e-9), because ranx re-sorts a run by score alone, with an unstable sort: without it a run
     read from disk could order its ties, and so score, differently from the run that was saved."""
     found: dict[str, dict[str, float]] = {}
-    for start in range(0, n, 512):
-        rows = range(start, min(n, start + 512))
+    for start in range(0, n, BLOCK):
+        rows = range(start, min(n, start + BLOCK))
         scores = torch.from_numpy(np.ascontiguousarray(scores_of(rows), dtype=np.float32))
         values, docs = scores.topk(min(depth, scores.size(1)), dim=1)
         for i, vals, ids in zip(rows, values.tolist(), docs.tolist(), strict=True):
@@ -100,8 +101,8 @@ def ranked(docs: list[int], scores: list[float]) -> dict[str, float]:
 class RunStore:
     """Each ranker's run kept in ``folder`` (``--runs``) under a key of what made it: the exact queries
     and documents, the depth, the ranker (an adapter by its embedder's fingerprint: weights, tokenizer,
-    reading; a lexical ranker by its library's version; a search run also by its weight, candidates and
-    depth), and :data:`RUNS_FORMAT`. The name a run has in
+    reading; a lexical ranker by its library's version; a search run also by its weight and candidates,
+    its depth being :data:`SEARCH_K`), and :data:`RUNS_FORMAT`. The name a run has in
     this call's tables is not part of the key, so an adapter's run is read back whatever its place on the
     command line. A run is computed once for any number of fusion comparisons; with no folder every run is
     computed."""
@@ -142,14 +143,14 @@ def lexical_runs(
     docs: list[str],
     depth: int,
     store: RunStore,
+    lexical: Callable[[], BM25Index],
     suffix: str = "",
-    lexical: Callable[[], BM25Index] | None = None,
 ) -> dict[str, Run]:
     """BM25's and TF-IDF cosine's runs over one pool (named with ``suffix``); ``lexical`` gives the BM25
-    index of ``docs`` (default: built here)."""
+    index of ``docs``, built once for the pool's BM25 and search runs."""
 
     def bm25() -> Run:
-        index = lexical() if lexical is not None else BM25Index.build(docs)
+        index = lexical()
         return run_of(
             "BM25", lambda rows: np.stack([index.scores(queries[i]) for i in rows]), len(queries), depth
         )
@@ -184,8 +185,8 @@ def search_runs(
     scores are computed once for all weights."""
     found: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in alphas}
     dt = d.T.tocsr()
-    for start in tqdm(range(0, len(queries), 512), desc="hybrid search", unit="block"):
-        cosines = (q[start : start + 512] @ dt).toarray()
+    for start in tqdm(range(0, len(queries), BLOCK), desc="hybrid search", unit="block"):
+        cosines = (q[start : start + BLOCK] @ dt).toarray()
         for i, dense in enumerate(cosines, start):
             bm25 = lexical.scores(queries[i])
             for alpha in alphas:
@@ -208,7 +209,8 @@ def ranker_runs(
     this call an adapter's vectors are computed once, and only for a run that is not stored."""
     store = RunStore(runs_dir, queries, docs, depth)
     lexical = functools.cache(lambda: BM25Index.build(docs))
-    runs = lexical_runs(queries, docs, depth, store, suffix, lexical)
+    runs = lexical_runs(queries, docs, depth, store, lexical, suffix)
+    searches = RunStore(runs_dir, queries, docs, SEARCH_K)  # a search run's depth is its own, not --depth
     searched: Searched = {}
     for name, embedder in embedders.items():
         vectors = functools.cache(lambda e=embedder: (vectors_of(e, queries), vectors_of(e, docs)))
@@ -221,9 +223,9 @@ def ranker_runs(
         if not weights:
             continue
         made = functools.cache(lambda v=vectors, w=weights: search_runs(*v(), lexical(), queries, w))
-        maker = f"search {embedder.fingerprint} {versions('bm25s')} candidates {CANDIDATES} top {SEARCH_K}"
+        maker = f"search {embedder.fingerprint} {versions('bm25s')} candidates {CANDIDATES}"
         searched[name] = {
-            alpha: store.get(name + suffix + SEARCH, f"{maker} alpha {alpha}", lambda a=alpha, m=made: m()[a])
+            alpha: searches.get(name + SEARCH, f"{maker} alpha {alpha}", lambda a=alpha, m=made: m()[a])
             for alpha in weights
         }
     return runs, searched

@@ -249,10 +249,11 @@ def test_fusion_search_runs_rank_as_the_index_searches_at_each_weight(
             orders.add((i, tuple(rows)))
     assert len(orders) > len(queries)  # the weight changes some ranking: each run is its own weight's
     capsys.readouterr()
-    again = fusion.ranker_runs(
-        {"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas={"adapter 1": [0.9]}
+    again = fusion.ranker_runs(  # another --depth: the other runs are computed, the search run is read
+        {"adapter 1": embedder}, queries, docs, 7, str(tmp_path), alphas={"adapter 1": [0.9]}
     )[1]
-    assert "adapter 1 + BM25, search: read from" in capsys.readouterr().out  # stored per weight
+    out = capsys.readouterr().out
+    assert "adapter 1 + BM25, search: read from" in out and "adapter 1: read from" not in out
     assert again["adapter 1"][0.9].to_dict() == searched["adapter 1"][0.9].to_dict()
     # each adapter is searched at its own weights only (on test: the one chosen for it)
     both = {"adapter 1": embedder, "adapter 2": embedder}
