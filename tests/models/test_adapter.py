@@ -512,6 +512,39 @@ def test_sparse_vectors_hold_each_tokens_largest_weight_and_nothing_else() -> No
     assert torch.allclose(vectors[0], raw.nan_to_num() / raw.nan_to_num().norm())
 
 
+def test_a_concat_head_feeds_every_layers_state_side_by_side_to_a_wider_mlp() -> None:
+    torch.manual_seed(0)
+    config = HeadConfig(n_states=3, n_embd=8, pooling="sparse", vocab_size=20, layer_mix="concat", hidden=32)
+    head = EmbeddingHead(config).eval()
+    assert head.mix is None and head.token[0].in_features == 24 and head.token[0].out_features == 32
+    states = [torch.randn(1, 4, 8) for _ in range(3)]
+    ids, mask = torch.tensor([[5, 6, 5, 2]]), torch.ones(1, 4, dtype=torch.bool)
+    side_by_side = torch.cat([head.norm(s) for s in states], -1)
+    weights = torch.nn.functional.softplus(head.token(side_by_side).squeeze(-1))[0]
+    raw = torch.zeros(20)
+    for i, token in enumerate(ids[0].tolist()):
+        raw[token] = max(raw[token], weights[i])
+    assert torch.allclose(head(states, mask, ids)[0], raw / raw.norm())
+    with pytest.raises(InputError, match="unknown layer_mix 'sum'"):
+        EmbeddingHead(HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, layer_mix="sum"))
+    with pytest.raises(InputError, match="hidden=0"):
+        EmbeddingHead(HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, hidden=0))
+
+
+def test_a_concat_head_with_a_wider_mlp_trains_through_the_cli_and_reloads(
+    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    options = ["--model.layer_mix", "concat", "--model.hidden", "48"]
+    run_cli("fit", *tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path), *options)
+    backbone = load_backbone(pretrained_run / "backbone")
+    head = load_adapter(tmp_path / "lightning_logs/version_0/adapter", backbone)
+    c = backbone.decoder.config
+    assert (head.config.layer_mix, head.config.hidden) == ("concat", 48)
+    assert head.token[0].in_features == (c.n_layer + 1) * c.n_embd and head.token[0].out_features == 48
+    vectors = DocumentEmbedder(backbone, head=head).embed(["a good film", "a bad film"], progress=False)
+    assert vectors.shape == (2, c.vocab_size) and vectors.nnz > 0
+
+
 def test_a_sparse_index_ranks_as_the_full_product_and_refuses_ann(
     adapter_run: Path, pretrained_run: Path
 ) -> None:

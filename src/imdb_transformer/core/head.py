@@ -38,6 +38,7 @@ from imdb_transformer.core.pooling import join_windows
 from imdb_transformer.errors import InputError
 
 AdapterPooling = Literal["sparse", "attention", "weighted_mean", "mean"]
+LayerMix = Literal["scalar", "concat"]
 ADAPTER_FORMAT = "imdb_transformer.adapter/1"
 WEIGHTS, CONFIG = "adapter.safetensors", "adapter.json"
 PAIR_BITS = 16  # 65,536 pair dimensions after the vocabulary's: a row's dense vector stays small
@@ -77,6 +78,11 @@ class HeadConfig:
             small MLP, gives every entry a logit from its cosine with the entry's (tied) embedding, and
             ``log1p(relu(.))`` of it is added to the entry's weight, so a review about a "scary" film can
             match "horror".
+        layer_mix: How the layer states are combined before the MLP: ``scalar`` (one learned weight per
+            layer, ELMo's scalar mix: the MLP sees one state of width ``n_embd``) or ``concat`` (every
+            layer's normalised state side by side: the MLP's first layer learns its own mix for each of
+            its units, ``n_states`` times the inputs).
+        hidden: Width of the MLP's hidden layer (default: ``n_embd``).
     """
 
     n_states: int
@@ -88,6 +94,8 @@ class HeadConfig:
     term_bias: bool = False
     pairs: bool = False
     expansion: bool = False
+    layer_mix: LayerMix = "scalar"
+    hidden: int | None = None
 
     @property
     def out_dim(self) -> int:
@@ -118,20 +126,25 @@ class EmbeddingHead(nn.Module):
             raise InputError(
                 "term_bias, pairs and expansion weigh vocabulary entries: they need pooling='sparse'"
             )
+        if config.layer_mix not in ("scalar", "concat"):
+            raise InputError(f"unknown layer_mix {config.layer_mix!r}; expected scalar or concat")
+        if config.hidden is not None and config.hidden < 1:
+            raise InputError(f"hidden={config.hidden}: the MLP needs at least one hidden unit")
         self.config = config
-        self.mix = nn.Parameter(torch.zeros(config.n_states))  # softmax weights over layers
+        # scalar: softmax weights over layers; concat: the states side by side, mixed by the MLP itself
+        self.mix = nn.Parameter(torch.zeros(config.n_states)) if config.layer_mix == "scalar" else None
         self.norm = nn.LayerNorm(config.n_embd, elementwise_affine=False)  # layers differ in scale
         self.drop = nn.Dropout(config.dropout)
+        width = config.n_embd * (config.n_states if config.layer_mix == "concat" else 1)  # the MLP's input
+        hidden = config.hidden or config.n_embd
         out = (2 if config.pairs else 1) if config.pooling == "sparse" else config.dim
-        self.token = nn.Sequential(
-            nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, out)
-        )
-        self.score = nn.Linear(config.n_embd, 1) if config.pooling == "attention" else None
+        self.token = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out))
+        self.score = nn.Linear(width, 1) if config.pooling == "attention" else None
         self.term = nn.Parameter(torch.zeros(config.vocab_size)) if config.term_bias else None
         self.expand = None
         if config.expansion:  # the review's mean state -> a query into the LM head's (tied) embedding
             self.expand = nn.Sequential(
-                nn.Linear(config.n_embd, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.n_embd)
+                nn.Linear(width, config.n_embd), nn.GELU(), nn.Linear(config.n_embd, config.n_embd)
             )
             self.expand_bias = nn.Parameter(torch.full((config.vocab_size,), EXPANSION_BIAS))
 
@@ -161,8 +174,11 @@ class EmbeddingHead(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """:meth:`forward`'s unit vectors and, with ``expansion``, each text's expansion weights
         (B, vocab_size) before normalisation, which training keeps sparse with a FLOPS penalty."""
-        weights = self.mix.softmax(0)
-        x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))  # (B, T, C)
+        if self.mix is None:  # (B, T, n_states * C)
+            x = torch.cat([self.norm(s.float()) for s in states], -1)
+        else:  # (B, T, C)
+            weights = self.mix.softmax(0)
+            x = sum(w * self.norm(s.float()) for w, s in zip(weights, states, strict=True))
         x = self.drop(x)
         if self.config.pooling == "sparse":
             if ids is None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imdb_transformer.core.backbone import add_to_checkpoint, require_backbone
-from imdb_transformer.core.head import AdapterPooling, EmbeddingHead, HeadConfig, save_adapter
+from imdb_transformer.core.head import AdapterPooling, EmbeddingHead, HeadConfig, LayerMix, save_adapter
 from imdb_transformer.errors import InputError
 from imdb_transformer.models.export import export_best, part
 from imdb_transformer.models.optim import adamw_warmup_cosine, decay_groups
@@ -79,6 +79,9 @@ class EmbeddingAdapter(L.LightningModule):
         expansion_penalty: Weight of SPLADE's FLOPS penalty on the expansion weights (the sum over
             the vocabulary of each entry's squared mean weight in the batch): higher keeps fewer
             expansion terms per review, so the index stays sparse and queries fast.
+        layer_mix: ``scalar`` (one learned weight per layer) or ``concat`` (the layers side by side
+            into the MLP, which learns a mix per hidden unit; see :class:`HeadConfig`).
+        hidden: Width of the head's MLP (default: the backbone's width).
     """
 
     def __init__(
@@ -98,6 +101,8 @@ class EmbeddingAdapter(L.LightningModule):
         pairs: bool = False,
         expansion: bool = False,
         expansion_penalty: float = 1e-3,
+        layer_mix: LayerMix = "scalar",
+        hidden: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -118,6 +123,8 @@ class EmbeddingAdapter(L.LightningModule):
             term_bias=term_bias,
             pairs=pairs,
             expansion=expansion,
+            layer_mix=layer_mix,
+            hidden=hidden,
         )
         self.head = EmbeddingHead(config)
         self.train()
