@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -15,7 +16,7 @@ from helpers import fails, read_metrics, run_cli
 
 from imdb_transformer.core.backbone import export_backbone, load_backbone
 from imdb_transformer.core.decoder import CausalDecoder
-from imdb_transformer.core.head import AdapterError, EmbeddingHead, HeadConfig, load_adapter
+from imdb_transformer.core.head import AdapterError, EmbeddingHead, HeadConfig, load_adapter, save_adapter
 from imdb_transformer.data.crops import (
     ContrastiveDataModule,
     TopicBatches,
@@ -543,6 +544,25 @@ def test_a_concat_head_with_a_wider_mlp_trains_through_the_cli_and_reloads(
     assert head.token[0].in_features == (c.n_layer + 1) * c.n_embd and head.token[0].out_features == 48
     vectors = DocumentEmbedder(backbone, head=head).embed(["a good film", "a bad film"], progress=False)
     assert vectors.shape == (2, c.vocab_size) and vectors.nnz > 0
+
+
+def test_an_adapter_saved_without_layer_mix_and_hidden_loads_as_the_scalar_mix_it_was(
+    pretrained_run: Path, tmp_path: Path
+) -> None:
+    backbone = load_backbone(pretrained_run / "backbone")
+    c = backbone.decoder.config
+    torch.manual_seed(0)
+    head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, pooling="sparse", vocab_size=c.vocab_size))
+    folder = save_adapter(head, backbone.fingerprint, None, tmp_path / "adapter")
+    record = json.loads((folder / "adapter.json").read_text())
+    del record["head"]["layer_mix"], record["head"]["hidden"]  # as adapters were written before either
+    (folder / "adapter.json").write_text(json.dumps(record))
+    loaded = load_adapter(folder, backbone)
+    assert (loaded.config.layer_mix, loaded.config.hidden) == ("scalar", None)
+    texts = ["a good film", "a bad film about a good actor"]
+    expected = DocumentEmbedder(backbone, head=head.eval()).embed(texts, progress=False)
+    found = DocumentEmbedder(backbone, head=loaded).embed(texts, progress=False)
+    assert np.allclose(expected.toarray(), found.toarray())
 
 
 def test_a_sparse_index_ranks_as_the_full_product_and_refuses_ann(

@@ -1,9 +1,10 @@
 """The embedding head (:class:`EmbeddingHead`) and its folder format: a small module over a frozen
 backbone's layer states that turns a review into one vector saying what it is about.
 
-The head mixes every layer's states with learned weights (ELMo's scalar mix), maps each token through a
-small MLP and pools: with learned attention (a token's weight is learned, so names and rare words can
-count more than "the movie"), or into a sparse vector of learned token weights over the vocabulary.
+The head reads every layer's states, side by side or mixed with learned weights (ELMo's scalar mix), maps
+each token through a small MLP and pools: with learned attention (a token's weight is learned, so names
+and rare words can count more than "the movie"), or into a sparse vector of learned token weights over
+the vocabulary.
 :class:`~imdb_transformer.models.adapter.EmbeddingAdapter` trains it.
 
 An adapter is saved as a folder: ``adapter.safetensors`` and ``adapter.json`` (its settings and the

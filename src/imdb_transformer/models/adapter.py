@@ -2,12 +2,13 @@
 is about.
 
 Mean-pooled states of a causal LM encode a review's length and tone more than its subject. The head
-reads every layer's states (lower layers keep more of each token's identity), mixes them with learned
-weights (ELMo's scalar mix), maps each token through a small MLP and pools with learned attention (a
-token's weight is learned, so names and rare words can count more than "the movie"). It is trained
-with InfoNCE on in-batch negatives: two random crops of the same review are a positive pair
-(Contriever), every other review in the batch a negative; dropout on the head's input is the noise
-that unsupervised SimCSE relies on. Only the head trains; the backbone's weights never change.
+reads every layer's states (lower layers keep more of each token's identity), side by side or mixed with
+learned weights (ELMo's scalar mix), maps each token through a small MLP and pools: into learned sparse
+token weights over the vocabulary, or with learned attention (a token's weight is learned, so names and
+rare words can count more than "the movie"). It is trained with InfoNCE on in-batch negatives: two
+random crops of the same review are a positive pair (Contriever), every other review in the batch a
+negative; dropout on the head's input is the noise that unsupervised SimCSE relies on. Only the head
+trains; the backbone's weights never change.
 
 The head and its folder format live in :mod:`imdb_transformer.core.head`; this module trains it.
 """
