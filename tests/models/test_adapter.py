@@ -526,24 +526,35 @@ def test_a_concat_head_feeds_every_layers_state_side_by_side_to_a_wider_mlp() ->
     for i, token in enumerate(ids[0].tolist()):
         raw[token] = max(raw[token], weights[i])
     assert torch.allclose(head(states, mask, ids)[0], raw / raw.norm())
+    with pytest.raises(InputError, match="reads 3 layer states, given 2"):
+        head(states[:2], mask, ids)
     with pytest.raises(InputError, match="unknown layer_mix 'sum'"):
-        EmbeddingHead(HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, layer_mix="sum"))
+        HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, layer_mix="sum")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="hidden=0"):
-        EmbeddingHead(HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, hidden=0))
+        HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, hidden=0)
 
 
-def test_a_concat_head_with_a_wider_mlp_trains_through_the_cli_and_reloads(
-    pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("layer_mix", ["concat", "scalar"])
+def test_a_head_with_a_wider_mlp_trains_through_the_cli_and_reloads_with_either_mix(
+    layer_mix: str, pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    options = ["--model.layer_mix", "concat", "--model.hidden", "48"]
+    options = ["--model.layer_mix", layer_mix, "--model.hidden", "48"]
     run_cli("fit", *tiny_adapter_args(pretrained_run, imdb_dir, cache_dir, tmp_path), *options)
     backbone = load_backbone(pretrained_run / "backbone")
-    head = load_adapter(tmp_path / "lightning_logs/version_0/adapter", backbone)
+    folder = tmp_path / "lightning_logs/version_0/adapter"
+    head = load_adapter(folder, backbone)
     c = backbone.decoder.config
-    assert (head.config.layer_mix, head.config.hidden) == ("concat", 48)
-    assert head.token[0].in_features == (c.n_layer + 1) * c.n_embd and head.token[0].out_features == 48
+    width = c.n_embd * (c.n_layer + 1 if layer_mix == "concat" else 1)
+    assert (head.config.layer_mix, head.config.hidden) == (layer_mix, 48)
+    assert head.token[0].in_features == width and head.token[0].out_features == 48
+    assert (head.mix is None) == (layer_mix == "concat")
     vectors = DocumentEmbedder(backbone, head=head).embed(["a good film", "a bad film"], progress=False)
     assert vectors.shape == (2, c.vocab_size) and vectors.nnz > 0
+    record = json.loads((folder / "adapter.json").read_text())
+    record["head"]["hidden"] = 0  # a damaged record is refused naming the file, before anything is built
+    (folder / "adapter.json").write_text(json.dumps(record))
+    with pytest.raises(AdapterError, match=r"adapter\.json: head: hidden=0"):
+        load_adapter(folder, backbone)
 
 
 def test_an_adapter_saved_without_layer_mix_and_hidden_loads_as_the_scalar_mix_it_was(

@@ -98,6 +98,12 @@ class HeadConfig:
     layer_mix: LayerMix = "scalar"
     hidden: int | None = None
 
+    def __post_init__(self) -> None:  # also what loading an adapter.json checks, naming the file
+        if self.layer_mix not in ("scalar", "concat"):
+            raise InputError(f"unknown layer_mix {self.layer_mix!r}; expected scalar or concat")
+        if self.hidden is not None and self.hidden < 1:
+            raise InputError(f"hidden={self.hidden}: the MLP needs at least one hidden unit")
+
     @property
     def out_dim(self) -> int:
         """Width of the vectors the head returns."""
@@ -127,10 +133,6 @@ class EmbeddingHead(nn.Module):
             raise InputError(
                 "term_bias, pairs and expansion weigh vocabulary entries: they need pooling='sparse'"
             )
-        if config.layer_mix not in ("scalar", "concat"):
-            raise InputError(f"unknown layer_mix {config.layer_mix!r}; expected scalar or concat")
-        if config.hidden is not None and config.hidden < 1:
-            raise InputError(f"hidden={config.hidden}: the MLP needs at least one hidden unit")
         self.config = config
         # scalar: softmax weights over layers; concat: the states side by side, mixed by the MLP itself
         self.mix = nn.Parameter(torch.zeros(config.n_states)) if config.layer_mix == "scalar" else None
@@ -175,6 +177,8 @@ class EmbeddingHead(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """:meth:`forward`'s unit vectors and, with ``expansion``, each text's expansion weights
         (B, vocab_size) before normalisation, which training keeps sparse with a FLOPS penalty."""
+        if len(states) != self.config.n_states:
+            raise InputError(f"the head reads {self.config.n_states} layer states, given {len(states)}")
         if self.mix is None:  # (B, T, n_states * C)
             x = torch.cat([self.norm(s.float()) for s in states], -1)
         else:  # (B, T, C)
