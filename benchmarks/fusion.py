@@ -177,19 +177,19 @@ def adapter_run(name: str, q: sp.csr_matrix, d: sp.csr_matrix, depth: int) -> Ru
 
 
 def search_runs(
-    q: sp.csr_matrix, d: sp.csr_matrix, lexical: BM25Index, queries: list[str], alphas: list[float]
+    q: sp.csr_matrix, d: sp.csr_matrix, lexical: BM25Index, queries: list[str], weights: list[float]
 ) -> dict[float, Run]:
     """Each query's top :data:`SEARCH_K` as ``search --mode hybrid`` ranks them over an exactly searched
-    index of the documents, at each weight of ``alphas``: every document's cosine (``q`` against ``d``)
+    index of the documents, at each of ``weights``: every document's cosine (``q`` against ``d``)
     and BM25 score, fused by the index's own :func:`~imdb_transformer.search.ranking.hybrid_top`. The
     scores are computed once for all weights."""
-    found: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in alphas}
+    found: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in weights}
     dt = d.T.tocsr()
     for start in tqdm(range(0, len(queries), BLOCK), desc="hybrid search", unit="block"):
         cosines = (q[start : start + BLOCK] @ dt).toarray()
         for i, dense in enumerate(cosines, start):
             bm25 = lexical.scores(queries[i])
-            for alpha in alphas:
+            for alpha in weights:
                 rows, scores = hybrid_top(dense, bm25, alpha, SEARCH_K)
                 found[alpha][f"q{i}"] = ranked(rows.tolist(), scores.tolist())
     return {alpha: Run(run) for alpha, run in found.items()}
@@ -202,10 +202,10 @@ def ranker_runs(
     depth: int,
     runs_dir: str | None,
     suffix: str = "",
-    alphas: Mapping[str, Sequence[float]] | None = None,
+    weights: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[dict[str, Run], Searched]:
     """BM25, TF-IDF and each adapter's run over one pool of queries and documents, each named with
-    ``suffix``, and each adapter that ``alphas`` names searched at the hybrid weights it lists. Within
+    ``suffix``, and each adapter that ``weights`` names searched at the hybrid weights it lists. Within
     this call an adapter's vectors are computed once, and only for a run that is not stored."""
     store = RunStore(runs_dir, queries, docs, depth)
     lexical = functools.cache(lambda: BM25Index.build(docs))
@@ -219,14 +219,14 @@ def ranker_runs(
             embedder.fingerprint,
             lambda n=name + suffix, v=vectors: adapter_run(n, *v(), depth),
         )
-        weights = list((alphas or {}).get(name, ()))
-        if not weights:
+        mine = list((weights or {}).get(name, ()))
+        if not mine:
             continue
-        made = functools.cache(lambda v=vectors, w=weights: search_runs(*v(), lexical(), queries, w))
+        made = functools.cache(lambda v=vectors, w=mine: search_runs(*v(), lexical(), queries, w))
         maker = f"search {embedder.fingerprint} {versions('bm25s')} candidates {CANDIDATES}"
         searched[name] = {
             alpha: searches.get(name + SEARCH, f"{maker} alpha {alpha}", lambda a=alpha, m=made: m()[a])
-            for alpha in weights
+            for alpha in mine
         }
     return runs, searched
 
@@ -396,11 +396,11 @@ def pool_runs(
     depth: int,
     runs_dir: str | None,
     expand: int,
-    alphas: Mapping[str, Sequence[float]] | None = None,
+    weights: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[dict[str, Run], Searched]:
     """Every ranker's run over one pool, and again on the queries expanded by ``expand`` tokens (if any);
-    each adapter's search runs at the weights ``alphas`` gives it (on the plain queries)."""
-    runs, searched = ranker_runs(embedders, queries, docs, depth, runs_dir, alphas=alphas)
+    each adapter's search runs at the weights ``weights`` gives it (on the plain queries)."""
+    runs, searched = ranker_runs(embedders, queries, docs, depth, runs_dir, weights=weights)
     if expand:
         longer = expanded(backbone, queries, expand, runs_dir)
         runs |= ranker_runs(embedders, longer, docs, depth, runs_dir, EXPANDED)[0]

@@ -234,7 +234,7 @@ def test_fusion_search_runs_rank_as_the_index_searches_at_each_weight(
     docs = [f"the {words[i]} and the {words[(i + 3) % n]} of this {words[(i + 5) % n]}" for i in range(n)]
     queries = ["a dog in the film", "slow plot, dull ending", "the music was funny", "great actor"]
     runs, searched = fusion.ranker_runs(
-        {"adapter 1": embedder}, queries, docs, 5, str(tmp_path), alphas={"adapter 1": [0.1, 0.9]}
+        {"adapter 1": embedder}, queries, docs, 5, str(tmp_path), weights={"adapter 1": [0.1, 0.9]}
     )
     assert list(runs) == ["BM25", "TF-IDF", "adapter 1"] and list(searched["adapter 1"]) == [0.1, 0.9]
     orders = set()
@@ -250,14 +250,14 @@ def test_fusion_search_runs_rank_as_the_index_searches_at_each_weight(
     assert len(orders) > len(queries)  # the weight changes some ranking: each run is its own weight's
     capsys.readouterr()
     again = fusion.ranker_runs(  # another --depth: the other runs are computed, the search run is read
-        {"adapter 1": embedder}, queries, docs, 7, str(tmp_path), alphas={"adapter 1": [0.9]}
+        {"adapter 1": embedder}, queries, docs, 7, str(tmp_path), weights={"adapter 1": [0.9]}
     )[1]
     out = capsys.readouterr().out
     assert "adapter 1 + BM25, search: read from" in out and "adapter 1: read from" not in out
     assert again["adapter 1"][0.9].to_dict() == searched["adapter 1"][0.9].to_dict()
     # each adapter is searched at its own weights only (on test: the one chosen for it)
     both = {"adapter 1": embedder, "adapter 2": embedder}
-    own = fusion.ranker_runs(both, queries, docs, 5, None, alphas={"adapter 2": [0.9]})[1]
+    own = fusion.ranker_runs(both, queries, docs, 5, None, weights={"adapter 2": [0.9]})[1]
     assert list(own) == ["adapter 2"] and list(own["adapter 2"]) == [0.9]
 
 

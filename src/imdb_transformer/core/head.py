@@ -99,6 +99,16 @@ class HeadConfig:
     hidden: int | None = None
 
     def __post_init__(self) -> None:  # also what loading an adapter.json checks, naming the file
+        if self.pooling not in ("sparse", "attention", "weighted_mean", "mean"):
+            raise InputError(
+                f"unknown pooling {self.pooling!r}; expected sparse, attention, weighted_mean or mean"
+            )
+        if self.pooling == "sparse" and (self.vocab_size or 0) < 1:
+            raise InputError("sparse pooling needs the backbone's vocab_size")
+        if (self.term_bias or self.pairs or self.expansion) and self.pooling != "sparse":
+            raise InputError(
+                "term_bias, pairs and expansion weigh vocabulary entries: they need pooling='sparse'"
+            )
         if self.layer_mix not in ("scalar", "concat"):
             raise InputError(f"unknown layer_mix {self.layer_mix!r}; expected scalar or concat")
         if self.hidden is not None and self.hidden < 1:
@@ -123,16 +133,6 @@ class EmbeddingHead(nn.Module):
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
-        if config.pooling not in ("sparse", "attention", "weighted_mean", "mean"):
-            raise InputError(
-                f"unknown pooling {config.pooling!r}; expected sparse, attention, weighted_mean or mean"
-            )
-        if config.pooling == "sparse" and (config.vocab_size or 0) < 1:
-            raise InputError("sparse pooling needs the backbone's vocab_size")
-        if (config.term_bias or config.pairs or config.expansion) and config.pooling != "sparse":
-            raise InputError(
-                "term_bias, pairs and expansion weigh vocabulary entries: they need pooling='sparse'"
-            )
         self.config = config
         # scalar: softmax weights over layers; concat: the states side by side, mixed by the MLP itself
         self.mix = nn.Parameter(torch.zeros(config.n_states)) if config.layer_mix == "scalar" else None
