@@ -534,6 +534,37 @@ def test_a_concat_head_feeds_every_layers_state_side_by_side_to_a_wider_mlp() ->
         HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, hidden=0)
 
 
+def test_a_concat_head_feeds_the_side_by_side_state_to_attention_pooling_and_to_expansion() -> None:
+    torch.manual_seed(0)
+    states = [torch.randn(2, 4, 8) for _ in range(3)]
+    mask = torch.tensor([[True, True, True, False], [True] * 4])
+    norm = torch.nn.functional.layer_norm
+    side_by_side = torch.cat([norm(s, (8,)) for s in states], -1)  # (2, 4, 24)
+    attention = HeadConfig(n_states=3, n_embd=8, dim=6, pooling="attention", layer_mix="concat", dropout=0.0)
+    head = EmbeddingHead(attention).eval()
+    assert head.score.in_features == 24 and head.token[0].in_features == 24
+    with torch.no_grad():
+        for row in range(2):  # each review's softmax over its real tokens, then its tokens' vectors
+            real = side_by_side[row][mask[row]]
+            pooled = head.score(real).squeeze(-1).softmax(0) @ head.token(real)
+            torch.testing.assert_close(head(states, mask)[row], pooled / pooled.norm())
+
+    expansion = HeadConfig(
+        n_states=3, n_embd=8, pooling="sparse", vocab_size=20, layer_mix="concat", expansion=True, dropout=0.0
+    )
+    head, embedding = EmbeddingHead(expansion).eval(), torch.randn(20, 8)
+    assert head.expand[0].in_features == 24  # the expansion MLP reads the concatenated state too
+    ids = torch.tensor([[5, 6, 5, 0], [2, 3, 4, 5]])
+    with torch.no_grad():
+        weights = head.encode(states, mask, ids, embedding=embedding)[1]
+        for row in range(2):  # the mean of the review's real concatenated states, through the LM head
+            mean = side_by_side[row][mask[row]].mean(0)
+            query = torch.nn.functional.normalize(head.expand(mean), dim=-1)
+            keys = torch.nn.functional.normalize(embedding, dim=-1)
+            expected = torch.log1p(torch.relu(10.0 * query @ keys.T + head.expand_bias))
+            torch.testing.assert_close(weights[row], expected)
+
+
 @pytest.mark.parametrize("layer_mix", ["concat", "scalar"])
 def test_a_head_with_a_wider_mlp_trains_through_the_cli_and_reloads_with_either_mix(
     layer_mix: str, pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
