@@ -176,9 +176,12 @@ def read_folder_record(
     remedy: str,
 ) -> dict[str, Any]:
     """The JSON object in ``folder / record``, after checking that ``folder`` holds every one of
-    ``files``. A missing folder or file is ``error`` saying what ``folder`` should be (``kind``) and
-    ``fix``; an unreadable record, or one that is not a JSON object, is ``error`` naming it and
-    ``remedy``. Exports, adapters and indexes (a folder of files and its JSON record) all open so."""
+    ``files``. A missing folder or file, or a file given as ``folder``, is ``error`` saying what
+    ``folder`` should be (``kind``) and ``fix``; an unreadable record, or one that is not a JSON
+    object, is ``error`` naming it and ``remedy``. Exports, adapters and indexes (a folder of files
+    and its JSON record) all open so."""
+    if folder.is_file():
+        raise error(f"{folder} is a file, not {kind}; {fix}")
     if not folder.is_dir():
         raise error(f"{kind} {str(folder)!r} not found; {fix}")
     missing = [name for name in files if not (folder / name).is_file()]

@@ -425,9 +425,43 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
             "description": "Pretrain a causal transformer on IMDB and reuse it. Training and evaluation: "
             "fit, validate, test, predict. Also: "
             + "; ".join(f"`imdb-transformer {name} --help` ({_summary(f)})" for name, f in VERBS.items())
-            + "."
+            + ".",
+            # a bad option raises, for main to print as one line, instead of the usage and exit
+            "exit_on_error": False,
+            **{name: {"exit_on_error": False} for name in SUBCOMMANDS},
         },
     )
+
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# jsonargparse's bookkeeping around a bad value (the types of a Union it tried), not the reason
+_NOT_A_REASON = (
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Given value: NestedArg(",
+    "Does not validate against any of the Union subtypes",
+    "Expected a <class 'NoneType'>",
+    "Problem with given class_path",
+)
+
+
+def parse_error_line(message: str) -> str:
+    """A parser's error ``message`` as one line: the option (nested keys joined, ``--model.hidden``)
+    and the reasons, without the Union bookkeeping jsonargparse prints around them."""
+    keys, reasons = [], []
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith('Parser key "'):
+            key, _, line = line[len('Parser key "') :].partition('":')
+            keys.append(key)
+        line = line.strip().removeprefix("- ")
+        if line and not line.startswith(_NOT_A_REASON):
+            reasons.append(line)
+    if not reasons:
+        return " ".join(message.split())
+    where = f"--{'.'.join(dict.fromkeys(keys))}: " if keys else ""
+    return where + "; ".join(dict.fromkeys(reasons))
 
 
 # a verb's name is its function's, with dashes (export_index: export-index)
@@ -513,7 +547,7 @@ def run_verb(name: str, argv: list[str]) -> None:
         hint = ""
         if "unrecognized arguments" in str(err) and any(not a.option_strings for a in parser._actions):
             hint = "; plain words (texts, a query) go after all the options"
-        raise InputError(f"{' '.join(str(err).split())}{hint} (see imdb-transformer {name} --help)") from None
+        raise InputError(f"{parse_error_line(str(err))}{hint} (see imdb-transformer {name} --help)") from None
     options.pop("config", None)
     function = VERBS[name]
     positional = [
@@ -522,6 +556,17 @@ def run_verb(name: str, argv: list[str]) -> None:
         if p.kind is inspect.Parameter.POSITIONAL_ONLY
     ]
     function(*positional, **options)
+
+
+def _refused(err: argparse.ArgumentError, words: list[str]) -> InputError:
+    """LightningCLI's refusal of ``words`` (the command line) as one line: an unknown or missing
+    command lists them all; a bad option is named with its reason."""
+    if not words or (words[0] not in SUBCOMMANDS and not words[0].startswith("-")):
+        given = f"{words[0]!r} is not a command" if words else "no command given"
+        commands = ", ".join([*SUBCOMMANDS, *VERBS])
+        return InputError(f"{given}: choose one of {commands} (see imdb-transformer --help)")
+    command = f"imdb-transformer {words[0]}" if words[0] in SUBCOMMANDS else "imdb-transformer"
+    return InputError(f"{parse_error_line(str(err))} (see {command} --help)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -533,7 +578,10 @@ def main(argv: list[str] | None = None) -> None:
         if words and words[0] in VERBS:
             run_verb(words[0], words[1:])
         else:
-            build_cli(argv)  # None: LightningCLI reads sys.argv itself
+            try:
+                build_cli(argv)  # None: LightningCLI reads sys.argv itself
+            except argparse.ArgumentError as err:
+                raise _refused(err, words) from None
     except ImdbError as err:
         sys.exit(f"error: {err}")
     except SIGTERMException:  # Lightning ends a run that got SIGTERM with a SystemExit of status 0

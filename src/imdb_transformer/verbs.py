@@ -9,6 +9,7 @@ and ``--print_config``. They can be called from Python just the same.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from imdb_transformer.core.pooling import Pooling
 from imdb_transformer.errors import InputError
 from imdb_transformer.generation import DecodeDType, Strategy
 from imdb_transformer.predict import TrainerOptions
-from imdb_transformer.search import Mode
+from imdb_transformer.search import Hit, Mode, format_hits
 from imdb_transformer.text.imdb import DEFAULT_SOURCE
 
 Split = Literal["train", "test", "unsupervised"]
@@ -179,10 +180,12 @@ def search(
         path: Search a local Qdrant folder's collection instead.
         collection: The Qdrant collection, with --url or --path.
     """
-    from imdb_transformer.search import SemanticIndex, format_hits
+    from imdb_transformer.search import SemanticIndex
 
-    if bool(query) == (like is not None):
-        raise InputError("give either a query or --like REVIEW_KEY (not both)")
+    if query and like is not None:
+        raise InputError("give either a query or --like REVIEW_KEY, not both")
+    if not query and like is None:
+        raise InputError("nothing to search for: give a query (some words) or --like REVIEW_KEY")
     _check_positive(k=k)
     if (index is None) == (url is None and path is None):
         raise InputError("give the index one way: --index DIR, or a Qdrant collection with --url or --path")
@@ -194,13 +197,25 @@ def search(
         client = connect(url, path, create=False)
         try:
             engine = QdrantIndex(client, collection, backbone=backbone, adapter=adapter)
-            print(format_hits(engine.query(query, k, mode)))
+            _show_hits(engine.query(query, k, mode))
         finally:
             client.close()
         return
     loaded = SemanticIndex.load(index, backbone=backbone, adapter=adapter)
-    hits = loaded.like(like, k, mode) if like is not None else loaded.query(query, k, mode)
+    _show_hits(loaded.like(like, k, mode) if like is not None else loaded.query(query, k, mode))
+
+
+def _show_hits(hits: list[Hit]) -> None:
+    """Print the hits' table, and say on stderr when some of them only fill ``-k``: a hit that scores
+    0 and holds no word of the query matched nothing (fewer reviews match than were asked for)."""
     print(format_hits(hits))
+    empty = sum(h.score == 0 and not h.matched for h in hits)
+    if empty == len(hits):
+        note = "no review of the index matches the query; the hits, scoring 0, are arbitrary"
+    else:
+        note = f"{empty} of the {len(hits)} hits match nothing in the query (score 0); they fill -k"
+    if empty:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def generate(
@@ -371,7 +386,8 @@ def classify(
     for i, (text, p) in enumerate(zip(inputs, mean.tolist(), strict=True), start=1):
         line = f"{i}\t{'pos' if p > 0.5 else 'neg'}\t{p:.3f}\t{snippet(' '.join(text.split()), 80)}"
         if words is not None:
-            line += "\t" + ", ".join(f"{word} {share:+.2f}" for word, share in top_words(words[i - 1]))
+            shown = top_words(words[i - 1])  # a very long "word" is cut as the text is
+            line += "\t" + ", ".join(f"{snippet(word, 24)} {share:+.2f}" for word, share in shown)
         print(line)
 
 

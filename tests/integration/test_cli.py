@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import HELPERS, REPO, fails, read_metrics, run_cli
+from helpers import HELPERS, REPO, cli, fails, read_metrics, run_cli
 
 from imdb_transformer.cli import VERBS, build_cli, main, verb_parser
 from imdb_transformer.core.backbone import CHECKPOINT_KEY
@@ -222,6 +222,8 @@ def test_word_votes_train_test_and_explain_through_the_cli(
     good, bad = (dict(w.rsplit(" ", 1) for w in line.split("\t")[-1].split(", ")) for line in out[1:])
     assert out[1].split("\t")[1] == "pos" and float(good["superb"]) > 0 and float(good["wonderful"]) > 0
     assert out[2].split("\t")[1] == "neg" and float(bad["boring"]) < 0 and float(bad["dull"]) < 0
+    long = run_cli("classify", "--classifier", str(best), "--explain", "true", "a" * 5000).stdout.splitlines()
+    assert len(long[1]) < 200 and long[1].split("\t")[-1].startswith("a" * 23 + "… ")  # the word cut, too
 
 
 def test_the_classifier_trains_under_ddp_on_two_cpu_processes(
@@ -246,6 +248,27 @@ def test_a_refused_backbone_is_one_line_not_a_namespace_dump(imdb_dir: Path, tmp
     )
     assert err.strip().splitlines()[-1].startswith(f"error: backbone '{tmp_path / 'nope'}' not found")
     assert "Namespace" not in err and "Traceback" not in err
+
+
+def test_a_mistyped_training_option_or_command_is_one_line_not_the_usage(
+    tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    for option, value, reason in [
+        ("--model.learning_rate", "fast", "Expected a <class 'float'>. Got value: fast"),
+        ("--data.max_reviews", "2.5", "Expected a <class 'int'>; Given value: 2.5"),  # int | None
+        ("--trainer.max_steps", "many", "Expected a <class 'int'>. Got value: many"),
+    ]:
+        err = fails("fit", *tiny_fit_args, option, value)
+        assert err == f"error: {option}: {reason} (see imdb-transformer fit --help)\n", err
+    err = fails("fit", *tiny_fit_args, "--model.nosuch", "1")
+    assert err == "error: --model: Option 'nosuch' is not accepted (see imdb-transformer fit --help)\n"
+    assert not (tmp_path / "lightning_logs").exists()  # refused before any run folder
+    commands = "fit, validate, test, predict, embed, search, generate, classify, serve, export, export-index"
+    assert (
+        fails("fitt")
+        == f"error: 'fitt' is not a command: choose one of {commands} (see imdb-transformer --help)\n"
+    )
+    assert fails().startswith("error: no command given: choose one of fit,")
 
 
 def test_a_real_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,7 +323,33 @@ def test_embed_then_search_prints_a_table(pretrained_run: Path, imdb_dir: Path, 
     assert lines[0].split()[:4] == ["#", "score", "review", "key"] and len(lines) == 2 + 3
     assert run_cli("search", "a wonderful superb movie", "--index", index, "--k", "3").stdout == out
     err = fails("search", "--index", index, "x", "-k", "0")
-    assert err.startswith("error: ") and '"k"' in err and "PositiveInt" in err and err.count("\n") == 1
+    assert err.startswith("error: --k: ") and "PositiveInt" in err and err.count("\n") == 1
+    assert "nothing to search for: give a query" in fails("search", "--index", index)
+    assert "not both" in fails("search", "--index", index, "film", "--like", "test/pos/1")
+    nowhere, a_file = tmp_path / "nope", str(tmp_path / "i" / "index.json")
+    err = fails("search", "--index", index, "--adapter", str(nowhere), "film")
+    assert f"the adapter given for {index}, {nowhere}, does not exist" in err and err.count("\n") == 1
+    assert f"{a_file} is a file, not an adapter folder" in fails(
+        "search", "--index", index, "--adapter", a_file, "x"
+    )
+    nothing = cli("search", "--index", index, "xyzzyqq", "--mode", "lexical", "-k", "2")
+    assert nothing.returncode == 0 and len(nothing.stdout.strip().splitlines()) == 2 + 2  # k hits, scoring 0
+    assert "note: no review of the index matches the query" in nothing.stderr
+
+
+def test_search_says_when_hits_only_fill_k(capsys: pytest.CaptureFixture[str]) -> None:
+    from imdb_transformer.search import Hit
+    from imdb_transformer.verbs import _show_hits
+
+    def hit(rank: int, score: float, matched: list[str]) -> Hit:
+        return Hit(rank, score, f"test/pos/{rank}", rank, 1, "a review", matched)
+
+    _show_hits([hit(1, 0.7, ["film"]), hit(2, 0.0, ["film"]), hit(3, 0.0, []), hit(4, 0.0, [])])
+    shown = capsys.readouterr()  # hybrid's lowest candidate can fuse to 0 and still match: not counted
+    assert len(shown.out.splitlines()) == 2 + 4
+    assert shown.err == "note: 2 of the 4 hits match nothing in the query (score 0); they fill -k\n"
+    _show_hits([hit(1, 0.7, [])])  # a dense hit that shares no word still scores: no note
+    assert capsys.readouterr().err == ""
 
 
 def test_an_index_reads_long_reviews_in_windows_records_it_and_reads_its_queries_so(
@@ -352,7 +401,11 @@ def test_generate_prints_one_continuation_per_prompt(pretrained_run: Path) -> No
         assert message in fails(*args, *bad)
     half = run_cli(*args, "--dtype", "bfloat16").stdout  # decoded by a bf16 copy of the weights
     assert half.startswith("[1] A wonderful film") and "\n[2] It was dull" in half
-    assert 'Parser key "dtype"' in fails(*args, "--dtype", "float16")
+    err = fails(*args, "--dtype", "float16")
+    assert (
+        err.startswith("error: --dtype: Expected a typing.Literal['auto', 'float32', 'bfloat16']")
+        and err.count("\n") == 1
+    )
 
 
 def test_qk_norm_and_relu2_train_and_travel_with_the_backbone(

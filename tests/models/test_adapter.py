@@ -607,6 +607,33 @@ def test_an_adapter_saved_without_layer_mix_and_hidden_loads_as_the_scalar_mix_i
     assert np.allclose(expected.toarray(), found.toarray())
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_states", -1, "n_states=-1: it must be a positive number"),
+        ("n_embd", 0, "n_embd=0: it must be a positive number"),
+        ("dim", 0, "dim=0: it must be a positive number"),
+        ("dropout", 1.5, "dropout=1.5: it must be at least 0 and below 1"),
+        ("dropout", -0.5, "dropout=-0.5: it must be at least 0 and below 1"),
+        ("vocab_size", -1, "vocab_size=-1: it must be a positive number"),
+    ],
+)
+def test_a_head_refuses_impossible_numbers_in_training_and_in_a_damaged_adapter_json(
+    field: str, value: float, message: str, pretrained_run: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match=message):
+        HeadConfig(**{"n_states": 2, "n_embd": 8, "pooling": "sparse", "vocab_size": 20, field: value})
+    backbone = load_backbone(pretrained_run / "backbone")
+    c = backbone.decoder.config
+    head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, pooling="sparse", vocab_size=c.vocab_size))
+    folder = save_adapter(head, backbone.fingerprint, None, tmp_path / "adapter")
+    record = json.loads((folder / "adapter.json").read_text())
+    record["head"][field] = value  # refused naming the file, before any weight is allocated
+    (folder / "adapter.json").write_text(json.dumps(record))
+    with pytest.raises(AdapterError, match=rf"adapter\.json: head: {message}"):
+        load_adapter(folder, backbone)
+
+
 def test_a_sparse_index_ranks_as_the_full_product_and_refuses_ann(
     adapter_run: Path, pretrained_run: Path
 ) -> None:

@@ -103,7 +103,14 @@ class HeadConfig:
             raise InputError(
                 f"unknown pooling {self.pooling!r}; expected sparse, attention, weighted_mean or mean"
             )
-        if self.pooling == "sparse" and (self.vocab_size or 0) < 1:
+        for name in ("n_states", "n_embd", "dim"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)}: it must be a positive number")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"dropout={self.dropout}: it must be at least 0 and below 1")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise InputError(f"vocab_size={self.vocab_size}: it must be a positive number")
+        if self.pooling == "sparse" and self.vocab_size is None:
             raise InputError("sparse pooling needs the backbone's vocab_size")
         if (self.term_bias or self.pairs or self.expansion) and self.pooling != "sparse":
             raise InputError(

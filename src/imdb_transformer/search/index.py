@@ -337,8 +337,8 @@ class SemanticIndex:
             remedy=REMEDY,
         )  # fmt: skip
         check_meta(meta, folder / "index.json")
-        backbone = backbone if backbone is not None else _recorded(meta["backbone"], folder)
-        adapter = adapter if adapter is not None else _recorded(meta["adapter"], folder)
+        recorded = {what: _recorded(meta[what], folder) for what in ("backbone", "adapter")}
+        backbone, adapter = located(str(folder), {"backbone": backbone, "adapter": adapter}, recorded)
         if embedder is None:
             embedder = embedder_for(str(folder), meta, backbone, adapter)
         check_embedder(str(folder), meta, embedder)
@@ -374,20 +374,35 @@ def _recorded(path: str | None, folder: Path) -> Path | None:
     return folder / path if path else None  # an absolute path stays itself
 
 
-def embedder_for(
-    where: str, meta: dict, backbone: str | os.PathLike | None, adapter: str | os.PathLike | None
-) -> DocumentEmbedder:
-    """The embedder of ``backbone`` and ``adapter`` with the pooling, length and reading an index's
-    record ``meta`` holds (one without ``windows`` read head and tail); ``where`` names the index in
-    errors (a file that is gone, another embedder)."""
-    if backbone is None:
-        raise SearchIndexError(f"{where} does not record its backbone: pass the one that built it")
-    for what, path in (("backbone", backbone), ("adapter", adapter)):
+def located(
+    where: str, given: dict[str, str | os.PathLike | None], recorded: dict[str, str | os.PathLike | None]
+) -> tuple[str | os.PathLike | None, str | os.PathLike | None]:
+    """The backbone and adapter paths of the index ``where``: each one ``given`` (a caller's), else the
+    one ``recorded``. One that does not exist is refused, saying whether it was given or recorded."""
+    paths = []
+    for what in ("backbone", "adapter"):
+        path = given[what] if given[what] is not None else recorded[what]
         if path is not None and not Path(path).exists():
+            if given[what] is not None:
+                raise SearchIndexError(
+                    f"the {what} given for {where}, {path}, does not exist: check the path"
+                )
             raise SearchIndexError(
                 f"the {what} of {where} is not at {path} any more; pass its new place with --{what} "
                 f"(SemanticIndex.load(..., {what}=PATH))"
             )
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def embedder_for(
+    where: str, meta: dict, backbone: str | os.PathLike | None, adapter: str | os.PathLike | None
+) -> DocumentEmbedder:
+    """The embedder of ``backbone`` and ``adapter`` (paths :func:`located` found) with the pooling,
+    length and reading an index's record ``meta`` holds (one without ``windows`` read head and tail);
+    ``where`` names the index in errors."""
+    if backbone is None:
+        raise SearchIndexError(f"{where} does not record its backbone: pass the one that built it")
     pooling = meta["pooling"] if adapter is None else "mean"
     return load_embedder(backbone, adapter, pooling, meta["max_length"], meta.get("windows", False))
 

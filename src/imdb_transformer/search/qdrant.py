@@ -31,7 +31,7 @@ from imdb_transformer.embedder import DocumentEmbedder
 from imdb_transformer.errors import InputError
 from imdb_transformer.search.bm25 import BM25Index
 from imdb_transformer.search.hits import Hit, hits_of
-from imdb_transformer.search.index import SemanticIndex, check_embedder, embedder_for
+from imdb_transformer.search.index import SemanticIndex, check_embedder, embedder_for, located
 from imdb_transformer.search.ranking import (
     CANDIDATES,
     Mode,
@@ -197,8 +197,8 @@ class QdrantIndex:
                 f"expected {QDRANT_FORMAT}; collection metadata needs Qdrant 1.16 or later)"
             )
         if embedder is None:
-            backbone = backbone if backbone is not None else meta["backbone"]
-            adapter = adapter if adapter is not None else meta["adapter"]
+            recorded = {what: meta[what] for what in ("backbone", "adapter")}
+            backbone, adapter = located(where, {"backbone": backbone, "adapter": adapter}, recorded)
             embedder = embedder_for(where, meta, backbone, adapter)
         check_embedder(where, meta, embedder)
         self.client, self.collection, self.embedder, self.meta = client, collection, embedder, meta
