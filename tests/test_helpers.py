@@ -19,7 +19,7 @@ def test_a_run_in_this_process_reports_as_a_process_and_leaves_this_one_as_it_wa
     refused = in_process(["search", "--index", str(tmp_path / "nowhere"), "a query"])
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: ")
     unknown = in_process(["no-such-verb"])
-    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr  # argparse's own status
+    assert unknown.returncode == 1 and "error: 'no-such-verb' is not a command" in unknown.stderr
     after = (dict(os.environ), os.getcwd(), torch.get_num_threads(), torch.random.get_rng_state())
     assert after[:3] == before[:3] and torch.equal(after[3], before[3]) and random.getstate() == state
 

@@ -66,7 +66,9 @@ def test_qdrant_ranks_as_the_index_does(indexes: dict, kind: str, tmp_path: Path
                 same_ranking(ours, theirs)
                 if mode == "lexical" and ours[0].score > 0:  # Qdrant lists them in the query's order
                     assert set(ours[0].matched) == set(theirs[0].matched)
-        with pytest.raises(SearchIndexError, match="pass its new place with --backbone"):
+        with pytest.raises(
+            SearchIndexError, match="the backbone given for Qdrant collection 'imdb', .*moved, does not"
+        ):
             QdrantIndex(client, "imdb", backbone=tmp_path / "moved")
         with pytest.raises(InputError, match="--replace true"):
             export_index(index, client, "imdb", progress=False)
