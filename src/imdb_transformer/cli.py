@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import inspect
+import re
 import shutil
 import signal
 import sys
@@ -108,9 +109,12 @@ class ImdbCLI(LightningCLI):
         ``--ckpt_path last`` means the newest ``last.ckpt`` under the root of a run of the same module
         as the one asked for: Lightning alone looks only in the new run's (empty) checkpoint folder and
         would silently start from scratch. A missing, truncated or unsafe checkpoint stops here with
-        one line naming it.
+        one line naming it, as does a mistyped option or command (:func:`refused`).
         """
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:  # raised, not exited on: the parser has exit_on_error off
+            raise refused(err, sys.argv[1:] if args is None else [str(a) for a in args]) from None
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         if config is None or not config.get("ckpt_path"):
@@ -129,7 +133,21 @@ class ImdbCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else None
         if config is not None and config.get("ckpt_path"):
             check_requested(Path(config.ckpt_path), config.model, resuming=subcommand == "fit")
-        super()._parse_ckpt_path()
+        try:
+            super()._parse_ckpt_path()
+        except argparse.ArgumentError as err:  # a saved setting of another type than this version's
+            raise CheckpointError(
+                f"the settings saved in {config.ckpt_path} do not fit this version's model "
+                f"({parse_error_line(str(err))}): pass a checkpoint written by this version"
+            ) from None
+        model = self.config[subcommand].model if config is not None and config.get("ckpt_path") else None
+        unknown = sorted(model.get("dict_kwargs") or {}) if model is not None else []
+        if unknown:  # saved settings the model no longer takes: its constructor would fail on them
+            raise CheckpointError(
+                f"the settings saved in {config.ckpt_path} include {', '.join(unknown)}, which this "
+                f"version's {model.class_path.rsplit('.', 1)[-1]} does not take: pass a checkpoint "
+                "written by this version"
+            )
 
     def before_instantiate_classes(self) -> None:
         """Without ``--trainer.precision``, choose it from the hardware (:func:`hardware.default_precision`:
@@ -426,20 +444,21 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ImdbCLI:
             "fit, validate, test, predict. Also: "
             + "; ".join(f"`imdb-transformer {name} --help` ({_summary(f)})" for name, f in VERBS.items())
             + ".",
-            # a bad option raises, for main to print as one line, instead of the usage and exit
+            # a bad option raises (the subcommands' parsers inherit it), for parse_arguments to make
+            # one line of, instead of printing the usage and exiting
             "exit_on_error": False,
-            **{name: {"exit_on_error": False} for name in SUBCOMMANDS},
         },
     )
 
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # jsonargparse's bookkeeping around a bad value (the types of a Union it tried), not the reason
 _NOT_A_REASON = (
     "Subtypes:",
     "Errors:",
     "Given value type:",
     "Given value: NestedArg(",
+    "Given value: {",
+    "Given value: Namespace(",
     "Does not validate against any of the Union subtypes",
     "Expected a <class 'NoneType'>",
     "Problem with given class_path",
@@ -451,11 +470,11 @@ def parse_error_line(message: str) -> str:
     and the reasons, without the Union bookkeeping jsonargparse prints around them."""
     keys, reasons = [], []
     for line in message.splitlines():
-        line = line.strip()
-        if line.startswith('Parser key "'):
-            key, _, line = line[len('Parser key "') :].partition('":')
-            keys.append(key)
         line = line.strip().removeprefix("- ")
+        key = re.match(r'Parser key "([^"]+)"(?: element \d+)?:', line)
+        if key:
+            keys.append(key.group(1))
+            line = line[key.end() :].strip()
         if line and not line.startswith(_NOT_A_REASON):
             reasons.append(line)
     if not reasons:
@@ -558,14 +577,16 @@ def run_verb(name: str, argv: list[str]) -> None:
     function(*positional, **options)
 
 
-def _refused(err: argparse.ArgumentError, words: list[str]) -> InputError:
-    """LightningCLI's refusal of ``words`` (the command line) as one line: an unknown or missing
-    command lists them all; a bad option is named with its reason."""
-    if not words or (words[0] not in SUBCOMMANDS and not words[0].startswith("-")):
-        given = f"{words[0]!r} is not a command" if words else "no command given"
-        commands = ", ".join([*SUBCOMMANDS, *VERBS])
+def refused(err: argparse.ArgumentError, words: list[str]) -> InputError:
+    """LightningCLI's refusal of the command line ``words`` as one line: an unknown or missing command
+    lists every command; a bad option is named with its reason."""
+    subcommands = list(LightningCLI.subcommands())
+    if "subcommand" in str(err):  # jsonargparse: an invalid choice, or none given
+        unknown = re.search(r"invalid choice: '([^']*)'", str(err))
+        given = f"{unknown.group(1)!r} is not a command" if unknown else "no command given"
+        commands = ", ".join([*subcommands, *VERBS])
         return InputError(f"{given}: choose one of {commands} (see imdb-transformer --help)")
-    command = f"imdb-transformer {words[0]}" if words[0] in SUBCOMMANDS else "imdb-transformer"
+    command = " ".join(["imdb-transformer", *[w for w in words if w in subcommands][:1]])
     return InputError(f"{parse_error_line(str(err))} (see {command} --help)")
 
 
@@ -578,10 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         if words and words[0] in VERBS:
             run_verb(words[0], words[1:])
         else:
-            try:
-                build_cli(argv)  # None: LightningCLI reads sys.argv itself
-            except argparse.ArgumentError as err:
-                raise _refused(err, words) from None
+            build_cli(argv)  # None: LightningCLI reads sys.argv itself
     except ImdbError as err:
         sys.exit(f"error: {err}")
     except SIGTERMException:  # Lightning ends a run that got SIGTERM with a SystemExit of status 0

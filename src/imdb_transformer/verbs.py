@@ -23,6 +23,7 @@ from imdb_transformer.errors import InputError
 from imdb_transformer.generation import DecodeDType, Strategy
 from imdb_transformer.predict import TrainerOptions
 from imdb_transformer.search import Hit, Mode, format_hits
+from imdb_transformer.search.ranking import check_mode
 from imdb_transformer.text.imdb import DEFAULT_SOURCE
 
 Split = Literal["train", "test", "unsupervised"]
@@ -197,24 +198,29 @@ def search(
         client = connect(url, path, create=False)
         try:
             engine = QdrantIndex(client, collection, backbone=backbone, adapter=adapter)
-            _show_hits(engine.query(query, k, mode))
+            fused = check_mode(mode, engine.meta["lexical"]) == "hybrid"
+            _show_hits(engine.query(query, k, mode), fused, "the query")
         finally:
             client.close()
         return
     loaded = SemanticIndex.load(index, backbone=backbone, adapter=adapter)
-    _show_hits(loaded.like(like, k, mode) if like is not None else loaded.query(query, k, mode))
+    hits = loaded.like(like, k, mode) if like is not None else loaded.query(query, k, mode)
+    fused = check_mode(mode, loaded.lexical is not None) == "hybrid"
+    _show_hits(hits, fused, "the query" if like is None else "the review")
 
 
-def _show_hits(hits: list[Hit]) -> None:
-    """Print the hits' table, and say on stderr when some of them only fill ``-k``: a hit that scores
-    0 and holds no word of the query matched nothing (fewer reviews match than were asked for)."""
+def _show_hits(hits: list[Hit], fused: bool, asked: str) -> None:
+    """Print the hits' table and, when some only fill ``-k``, say so on stderr: ranked by one scorer
+    (not ``fused``), a hit scoring 0 shares nothing with what was ``asked`` (BM25 no word, a sparse
+    vector no token). Hybrid's min-max scaling gives its lowest real candidate 0 too, so it says nothing."""
     print(format_hits(hits))
-    empty = sum(h.score == 0 and not h.matched for h in hits)
+    empty = 0 if fused else sum(h.score == 0 for h in hits)
     if empty == len(hits):
-        note = "no review of the index matches the query; the hits, scoring 0, are arbitrary"
-    else:
-        note = f"{empty} of the {len(hits)} hits match nothing in the query (score 0); they fill -k"
-    if empty:
+        print(
+            f"note: no review of the index shares anything with {asked}; these hits score 0", file=sys.stderr
+        )
+    elif empty:
+        note = f"the last {empty} of the {len(hits)} hits share nothing with {asked} (score 0); they fill -k"
         print(f"note: {note}", file=sys.stderr)
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import HELPERS, SCRIPT
+from helpers import HELPERS, SCRIPT, fails
 
 from imdb_transformer.cli import CheckpointError, _check_training_state
 from imdb_transformer.core.backbone import CHECKPOINT_KEY, BackboneError, load_backbone, load_checkpoint
@@ -71,6 +71,26 @@ def test_a_checkpoint_with_an_empty_or_foreign_tokenizer_is_refused(
     checkpoint[CHECKPOINT_KEY]["tokenizer"] = "garbage"  # not a field of the record: ignored
     torch.save(checkpoint, tmp_path / "extra.ckpt")
     assert load_backbone(tmp_path / "extra.ckpt").tokenizer.vocab_size == 400
+
+
+def test_a_checkpoint_whose_saved_settings_do_not_parse_is_one_error_naming_it(
+    pretrained_run: Path, tiny_fit_args: list[str], tmp_path: Path
+) -> None:
+    for name, setting, value, reason in [
+        (
+            "old.ckpt",
+            "dropped_setting",
+            1,
+            "include dropped_setting, which this version's CausalLM does not take",
+        ),
+        ("typed.ckpt", "warmup_steps", "soon", "do not fit this version's model (--model.warmup_steps: "),
+    ]:  # a setting a later version removed; one whose type it changed
+        checkpoint = load_checkpoint(pretrained_run / "checkpoints/last.ckpt")
+        checkpoint["hyper_parameters"][setting] = value
+        torch.save(checkpoint, tmp_path / name)
+        err = fails("validate", *tiny_fit_args, "--ckpt_path", str(tmp_path / name))
+        assert err.startswith(f"error: the settings saved in {tmp_path / name} {reason}"), err
+        assert err.count("\n") == 1 and err.endswith("pass a checkpoint written by this version\n")
 
 
 def test_crafted_classifier_checkpoints_are_one_error(tmp_path: Path) -> None:

@@ -621,11 +621,12 @@ def test_an_adapter_saved_without_layer_mix_and_hidden_loads_as_the_scalar_mix_i
 def test_a_head_refuses_impossible_numbers_in_training_and_in_a_damaged_adapter_json(
     field: str, value: float, message: str, pretrained_run: Path, tmp_path: Path
 ) -> None:
+    pooling = "attention" if field == "dim" else "sparse"  # a sparse head has no use for dim
     with pytest.raises(InputError, match=message):
-        HeadConfig(**{"n_states": 2, "n_embd": 8, "pooling": "sparse", "vocab_size": 20, field: value})
+        HeadConfig(**{"n_states": 2, "n_embd": 8, "pooling": pooling, "vocab_size": 20, field: value})
     backbone = load_backbone(pretrained_run / "backbone")
     c = backbone.decoder.config
-    head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, pooling="sparse", vocab_size=c.vocab_size))
+    head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, pooling=pooling, vocab_size=c.vocab_size))
     folder = save_adapter(head, backbone.fingerprint, None, tmp_path / "adapter")
     record = json.loads((folder / "adapter.json").read_text())
     record["head"][field] = value  # refused naming the file, before any weight is allocated

@@ -148,6 +148,9 @@ def test_a_moved_index_finds_its_backbone_or_says_how_to_re_point_it(
     (tmp_path / "moved" / "index").rename(tmp_path / "index")  # the index alone moves
     with pytest.raises(SearchIndexError, match="pass its new place with --backbone"):
         SemanticIndex.load(tmp_path / "index")
+    assert SemanticIndex.load(tmp_path / "index", embedder).query(TEXTS[0], 2) == expected  # no path needed
+    with pytest.raises(SearchIndexError, match=r"the backbone given for .*index, .*nowhere, does not exist"):
+        SemanticIndex.load(tmp_path / "index", backbone=tmp_path / "nowhere")
     loaded = SemanticIndex.load(tmp_path / "index", backbone=tmp_path / "moved" / "backbone")
     assert loaded.query(TEXTS[0], 2) == expected
 

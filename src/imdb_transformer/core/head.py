@@ -103,7 +103,8 @@ class HeadConfig:
             raise InputError(
                 f"unknown pooling {self.pooling!r}; expected sparse, attention, weighted_mean or mean"
             )
-        for name in ("n_states", "n_embd", "dim"):
+        sizes = ("n_states", "n_embd") if self.pooling == "sparse" else ("n_states", "n_embd", "dim")
+        for name in sizes:  # sparse vectors are vocabulary-wide: dim is not used
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}: it must be a positive number")
         if not 0.0 <= self.dropout < 1.0:

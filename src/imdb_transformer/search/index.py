@@ -338,7 +338,8 @@ class SemanticIndex:
         )  # fmt: skip
         check_meta(meta, folder / "index.json")
         recorded = {what: _recorded(meta[what], folder) for what in ("backbone", "adapter")}
-        backbone, adapter = located(str(folder), {"backbone": backbone, "adapter": adapter}, recorded)
+        given = {"backbone": backbone, "adapter": adapter}
+        backbone, adapter = located(str(folder), given, recorded, check=embedder is None)
         if embedder is None:
             embedder = embedder_for(str(folder), meta, backbone, adapter)
         check_embedder(str(folder), meta, embedder)
@@ -375,14 +376,18 @@ def _recorded(path: str | None, folder: Path) -> Path | None:
 
 
 def located(
-    where: str, given: dict[str, str | os.PathLike | None], recorded: dict[str, str | os.PathLike | None]
+    where: str,
+    given: dict[str, str | os.PathLike | None],
+    recorded: dict[str, str | os.PathLike | None],
+    check: bool = True,
 ) -> tuple[str | os.PathLike | None, str | os.PathLike | None]:
     """The backbone and adapter paths of the index ``where``: each one ``given`` (a caller's), else the
-    one ``recorded``. One that does not exist is refused, saying whether it was given or recorded."""
+    one ``recorded``. With ``check`` (they are about to be loaded), one that does not exist is refused,
+    saying whether it was given or recorded."""
     paths = []
     for what in ("backbone", "adapter"):
         path = given[what] if given[what] is not None else recorded[what]
-        if path is not None and not Path(path).exists():
+        if check and path is not None and not Path(path).exists():
             if given[what] is not None:
                 raise SearchIndexError(
                     f"the {what} given for {where}, {path}, does not exist: check the path"
