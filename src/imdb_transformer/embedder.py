@@ -20,6 +20,7 @@ from imdb_transformer.core.pooling import Pooling, join_windows, pool, pooled_si
 from imdb_transformer.errors import InputError
 from imdb_transformer.text.batching import collate_for, length_batches
 from imdb_transformer.text.imdb import clean_text
+from imdb_transformer.text.texts import is_blank
 
 
 class DocumentEmbedder(LightningModule):
@@ -104,7 +105,7 @@ class DocumentEmbedder(LightningModule):
     def embed(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> Tensor | sp.csr_matrix:
         """Unit vectors (N, C) for raw review texts, computed in batches of similar length: a tensor, or
         for a sparse head a ``scipy.sparse`` CSR matrix (float32)."""
-        if any(not t.strip() for t in texts):
+        if any(is_blank(t) for t in texts):
             raise InputError("cannot embed an empty text: give at least one word")
         ids = self.encode(texts)
         batches = length_batches(ids, batch_size, self.max_length)  # little padding per batch

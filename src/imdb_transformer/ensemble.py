@@ -21,6 +21,7 @@ from imdb_transformer.errors import ImdbError, InputError
 from imdb_transformer.models.classifier import SentimentClassifier
 from imdb_transformer.text.batching import collate_for, length_batches
 from imdb_transformer.text.imdb import clean_text
+from imdb_transformer.text.texts import is_blank
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class SentimentEnsemble(LightningModule):
         """Refuse no texts, an empty text, and ``explain`` without word votes to explain with."""
         if not texts:
             raise InputError("no texts to classify")
-        empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
+        empty = [i for i, t in enumerate(texts) if is_blank(t)]
         if empty:
             raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty: give every text some words")
         if explain and not self.explains:

@@ -38,6 +38,7 @@ from imdb_transformer.core.backbone import Backbone
 from imdb_transformer.core.decoder import CausalDecoder, KVCache
 from imdb_transformer.errors import InputError
 from imdb_transformer.hardware import describe_cpu
+from imdb_transformer.text.texts import is_blank
 from imdb_transformer.text.tokenizer import EOS_ID, PAD_ID, Tokenizer
 
 Strategy = Literal["greedy", "sample", "top_k", "top_p"]
@@ -370,7 +371,7 @@ def generate_text(backbone: Backbone, prompts: Sequence[str], max_new_tokens: in
     did in pretraining. ``options`` are those of :func:`generate`.
     """
     for i, prompt in enumerate(prompts):
-        if not prompt.strip():
+        if is_blank(prompt):
             raise InputError(f"prompt {i + 1} is empty; give the opening words of a review to continue")
     tok = backbone.tokenizer
     ids = [[EOS_ID, *tok.encode(prompt)] for prompt in prompts]
@@ -391,7 +392,7 @@ def stream_text(backbone: Backbone, prompt: str, max_new_tokens: int, **options)
     add to the continuation and how many tokens that took, as :func:`generate_text` reads them (a
     character spelled by several byte tokens comes out whole, once its last byte is chosen).
     ``options`` are those of :func:`stream`."""
-    if not prompt.strip():
+    if is_blank(prompt):
         raise InputError("the prompt is empty; give the opening words of a review to continue")
     tok = backbone.tokenizer
     ids = tok.encode(prompt)

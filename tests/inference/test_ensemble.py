@@ -230,6 +230,7 @@ def test_classify_refuses_bad_input_clearly(classifiers: tuple[Path, Path], tmp_
     assert "no column 'text'" in err and "body" in err
     assert "give the texts to classify one way" in fails("classify", "--classifier", str(forward))
     assert "is empty" in fails("classify", "--classifier", str(forward), "   ")
+    assert "text 2 of 2 is empty" in fails("classify", "--classifier", str(forward), "good", "\u200b")
     err = fails("classify", "--classifier", str(tmp_path / "t.csv"), "text")
     assert err.startswith("error:") and "not a checkpoint" in err
     with pytest.raises(InputError, match="at least one"):

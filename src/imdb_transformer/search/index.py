@@ -74,6 +74,7 @@ from imdb_transformer.search.storage import (
     vector_arrays,
     vectors_from_arrays,
 )
+from imdb_transformer.text.texts import is_blank
 
 
 class SemanticIndex:
@@ -182,7 +183,7 @@ class SemanticIndex:
         """:meth:`query` for several ``(text, k, mode)`` at once: their texts are embedded together, in
         one pass of the model (what the server's batching relies on)."""
         for text, k, _ in queries:
-            if not text or not text.strip():
+            if is_blank(text):
                 raise InputError("empty query: give some words to search for")
             self._check_k(k)
         modes = [self._mode(mode) for _, _, mode in queries]

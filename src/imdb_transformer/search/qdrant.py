@@ -42,6 +42,7 @@ from imdb_transformer.search.ranking import (
     fusion_rows,
 )
 from imdb_transformer.search.storage import SearchIndexError
+from imdb_transformer.text.texts import is_blank
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -210,7 +211,7 @@ class QdrantIndex:
 
     def query(self, text: str, k: int = 5, mode: Mode | None = None) -> list[Hit]:
         """The ``k`` reviews that best match ``text``, best first (see :meth:`SemanticIndex.query`)."""
-        if not text or not text.strip():
+        if is_blank(text):
             raise InputError("empty query: give some words to search for")
         check_k(k, len(self))
         rows, scores = self.top_k(text, check_mode(mode, self.meta["lexical"]), k)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from imdb_transformer.generation import Strategy
 from imdb_transformer.search.ranking import Mode
+from imdb_transformer.text.texts import is_blank
 
 MAX_BODY = 1_000_000  # bytes of one request body
 
@@ -41,7 +42,7 @@ class _Strict(BaseModel):
 
 
 def _words(text: str) -> str:
-    if not text.strip():
+    if is_blank(text):
         raise ValueError("text is empty or whitespace: give some words")
     return text
 

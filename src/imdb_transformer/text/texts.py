@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from imdb_transformer.errors import InputError
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing to read: it is empty, or only whitespace and invisible format
+    characters (zero-width spaces and joiners, byte-order marks: Unicode category Cf)."""
+    return not text or all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
 
 
 def read_texts(path: str | os.PathLike, column: str = "text") -> list[str]:
@@ -49,6 +56,6 @@ def read_texts(path: str | os.PathLike, column: str = "text") -> list[str]:
     if not texts:
         raise InputError(f"{path} holds no texts")
     for i, text in enumerate(texts, start=1):
-        if not text.strip():
+        if is_blank(text):
             raise InputError(f"{path}: {where.format(i)} is empty; remove it or give it some words")
     return texts
