@@ -128,11 +128,13 @@ class ImdbCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Lightning fills the model's settings from the checkpoint given with ``--ckpt_path``, its
         class included; first refuse a checkpoint of another module and, when resuming a ``fit``,
-        one whose settings differ from those asked for (Lightning would silently use its own)."""
+        one whose settings differ from those asked for (Lightning would silently use its own), then
+        one whose saved settings this version's model does not take."""
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
-        if config is not None and config.get("ckpt_path"):
-            check_requested(Path(config.ckpt_path), config.model, resuming=subcommand == "fit")
+        if config is None or not config.get("ckpt_path"):
+            return  # Lightning has nothing to read either
+        check_requested(Path(config.ckpt_path), config.model, resuming=subcommand == "fit")
         try:
             super()._parse_ckpt_path()
         except argparse.ArgumentError as err:  # a saved setting of another type than this version's
@@ -140,8 +142,8 @@ class ImdbCLI(LightningCLI):
                 f"the settings saved in {config.ckpt_path} do not fit this version's model "
                 f"({parse_error_line(str(err))}): pass a checkpoint written by this version"
             ) from None
-        model = self.config[subcommand].model if config is not None and config.get("ckpt_path") else None
-        unknown = sorted(model.get("dict_kwargs") or {}) if model is not None else []
+        model = self.config[subcommand].model  # the settings Lightning merged in from the checkpoint
+        unknown = sorted(model.get("dict_kwargs") or {})
         if unknown:  # saved settings the model no longer takes: its constructor would fail on them
             raise CheckpointError(
                 f"the settings saved in {config.ckpt_path} include {', '.join(unknown)}, which this "

@@ -215,13 +215,10 @@ def _show_hits(hits: list[Hit], fused: bool, asked: str) -> None:
     vector no token). Hybrid's min-max scaling gives its lowest real candidate 0 too, so it says nothing."""
     print(format_hits(hits))
     empty = 0 if fused else sum(h.score == 0 for h in hits)
-    if empty == len(hits):
-        print(
-            f"note: no review of the index shares anything with {asked}; these hits score 0", file=sys.stderr
-        )
-    elif empty:
-        note = f"the last {empty} of the {len(hits)} hits share nothing with {asked} (score 0); they fill -k"
-        print(f"note: {note}", file=sys.stderr)
+    if empty:
+        some = f"the last {empty} of the {len(hits)} hits share nothing with {asked} (score 0); they fill -k"
+        every = f"no review of the index shares anything with {asked}; these hits score 0"
+        print(f"note: {every if empty == len(hits) else some}", file=sys.stderr)
 
 
 def generate(

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import tiny_adapter_args
 from helpers import fails, read_metrics, run_cli
 
-from imdb_transformer.core.backbone import export_backbone, load_backbone
+from imdb_transformer.core.backbone import Backbone, export_backbone, load_backbone
 from imdb_transformer.core.decoder import CausalDecoder
 from imdb_transformer.core.head import AdapterError, EmbeddingHead, HeadConfig, load_adapter, save_adapter
 from imdb_transformer.data.crops import (
@@ -530,8 +530,6 @@ def test_a_concat_head_feeds_every_layers_state_side_by_side_to_a_wider_mlp() ->
         head(states[:2], mask, ids)
     with pytest.raises(InputError, match="unknown layer_mix 'sum'"):
         HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, layer_mix="sum")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="hidden=0"):
-        HeadConfig(n_states=2, n_embd=8, pooling="sparse", vocab_size=20, hidden=0)
 
 
 def test_a_concat_head_feeds_the_side_by_side_state_to_attention_pooling_and_to_expansion() -> None:
@@ -565,6 +563,25 @@ def test_a_concat_head_feeds_the_side_by_side_state_to_attention_pooling_and_to_
             torch.testing.assert_close(weights[row], expected)
 
 
+def saved_head(backbone: Backbone, pooling: str, folder: Path) -> tuple[EmbeddingHead, Path]:
+    """A fresh head over every layer of ``backbone``, saved as an adapter folder."""
+    c = backbone.decoder.config
+    head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, pooling=pooling, vocab_size=c.vocab_size))
+    return head, save_adapter(head, backbone.fingerprint, None, folder)
+
+
+def edit_head_record(folder: Path, **fields: object) -> None:
+    """Set ``fields`` in the ``head`` record of ``folder``'s adapter.json; a field set to None is
+    removed (as a record written before it existed)."""
+    record = json.loads((folder / "adapter.json").read_text())
+    for name, value in fields.items():
+        if value is None:
+            del record["head"][name]
+        else:
+            record["head"][name] = value
+    (folder / "adapter.json").write_text(json.dumps(record))
+
+
 @pytest.mark.parametrize("layer_mix", ["concat", "scalar"])
 def test_a_head_with_a_wider_mlp_trains_through_the_cli_and_reloads_with_either_mix(
     layer_mix: str, pretrained_run: Path, imdb_dir: Path, cache_dir: Path, tmp_path: Path
@@ -581,24 +598,15 @@ def test_a_head_with_a_wider_mlp_trains_through_the_cli_and_reloads_with_either_
     assert (head.mix is None) == (layer_mix == "concat")
     vectors = DocumentEmbedder(backbone, head=head).embed(["a good film", "a bad film"], progress=False)
     assert vectors.shape == (2, c.vocab_size) and vectors.nnz > 0
-    record = json.loads((folder / "adapter.json").read_text())
-    record["head"]["hidden"] = 0  # a damaged record is refused naming the file, before anything is built
-    (folder / "adapter.json").write_text(json.dumps(record))
-    with pytest.raises(AdapterError, match=r"adapter\.json: head: hidden=0"):
-        load_adapter(folder, backbone)
 
 
 def test_an_adapter_saved_without_layer_mix_and_hidden_loads_as_the_scalar_mix_it_was(
     pretrained_run: Path, tmp_path: Path
 ) -> None:
     backbone = load_backbone(pretrained_run / "backbone")
-    c = backbone.decoder.config
     torch.manual_seed(0)
-    head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, pooling="sparse", vocab_size=c.vocab_size))
-    folder = save_adapter(head, backbone.fingerprint, None, tmp_path / "adapter")
-    record = json.loads((folder / "adapter.json").read_text())
-    del record["head"]["layer_mix"], record["head"]["hidden"]  # as adapters were written before either
-    (folder / "adapter.json").write_text(json.dumps(record))
+    head, folder = saved_head(backbone, "sparse", tmp_path / "adapter")
+    edit_head_record(folder, layer_mix=None, hidden=None)  # as adapters were written before either
     loaded = load_adapter(folder, backbone)
     assert (loaded.config.layer_mix, loaded.config.hidden) == ("scalar", None)
     texts = ["a good film", "a bad film about a good actor"]
@@ -616,6 +624,7 @@ def test_an_adapter_saved_without_layer_mix_and_hidden_loads_as_the_scalar_mix_i
         ("dropout", 1.5, "dropout=1.5: it must be at least 0 and below 1"),
         ("dropout", -0.5, "dropout=-0.5: it must be at least 0 and below 1"),
         ("vocab_size", -1, "vocab_size=-1: it must be a positive number"),
+        ("hidden", 0, "hidden=0: the MLP needs at least one hidden unit"),
     ],
 )
 def test_a_head_refuses_impossible_numbers_in_training_and_in_a_damaged_adapter_json(
@@ -625,12 +634,8 @@ def test_a_head_refuses_impossible_numbers_in_training_and_in_a_damaged_adapter_
     with pytest.raises(InputError, match=message):
         HeadConfig(**{"n_states": 2, "n_embd": 8, "pooling": pooling, "vocab_size": 20, field: value})
     backbone = load_backbone(pretrained_run / "backbone")
-    c = backbone.decoder.config
-    head = EmbeddingHead(HeadConfig(c.n_layer + 1, c.n_embd, pooling=pooling, vocab_size=c.vocab_size))
-    folder = save_adapter(head, backbone.fingerprint, None, tmp_path / "adapter")
-    record = json.loads((folder / "adapter.json").read_text())
-    record["head"][field] = value  # refused naming the file, before any weight is allocated
-    (folder / "adapter.json").write_text(json.dumps(record))
+    _, folder = saved_head(backbone, pooling, tmp_path / "adapter")
+    edit_head_record(folder, **{field: value})  # refused naming the file, before any weight is allocated
     with pytest.raises(AdapterError, match=rf"adapter\.json: head: {message}"):
         load_adapter(folder, backbone)
 
